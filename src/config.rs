@@ -1,0 +1,704 @@
+//! Typed configuration: the TOML file, environment twins and flags all land here.
+//!
+//! Every default is a named constant with the reason for its value. The doc comments on the
+//! structs are the configuration reference; `config/gateway.toml` mirrors them key by key.
+//! Validation collects every problem before failing, so `--check-config` reports them all at once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::map::rules::{MappingConfig, Target};
+
+/// OTLP/gRPC's registered port, so SDKs work with their defaults.
+pub const DEFAULT_OTLP_GRPC_ADDR: &str = "0.0.0.0:4317";
+/// OTLP/HTTP's registered port.
+pub const DEFAULT_OTLP_HTTP_ADDR: &str = "0.0.0.0:4318";
+/// Side API (feedback, health, metrics), apart from the data ports like the Collector's extensions.
+pub const DEFAULT_API_ADDR: &str = "0.0.0.0:8080";
+/// MLflow's own default `mlflow server` address.
+pub const DEFAULT_TRACKING_URI: &str = "http://127.0.0.1:5000";
+/// MLflow's "Default" experiment exists on every fresh server.
+pub const DEFAULT_EXPERIMENT_ID: &str = "0";
+/// Matches the OTel Collector's default gRPC max receive size, so a drop-in swap accepts the same.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Real OTLP compresses 4-8x; 64 MiB leaves headroom for that and stops zip bombs long before OOM.
+pub const DEFAULT_MAX_DECOMPRESSED_BYTES: usize = 64 * 1024 * 1024;
+/// Beyond this many concurrent export requests the gateway is saturated; refuse instead of queueing.
+pub const DEFAULT_MAX_INFLIGHT_REQUESTS: usize = 1024;
+/// 256 MiB of decoded spans waiting for MLflow: minutes of MLflow's ~1.5k spans/s ceiling.
+pub const DEFAULT_MAX_QUEUE_BYTES: usize = 256 * 1024 * 1024;
+/// Seconds a refused client is told to wait; short, since the queue drains at MLflow's pace.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(2);
+/// MLflow ingests best at 100-500 spans per request (mlflow-rest.md §9); more only adds latency.
+pub const DEFAULT_BATCH_MAX_SPANS: usize = 500;
+/// Keeps one MLflow request well below proxies' common 8-16 MiB body limits.
+pub const DEFAULT_BATCH_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// Same as the Collector's batch processor: low latency while still forming useful batches.
+pub const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_millis(200);
+/// SQLite is a single writer: more than two concurrent span posts only add tail latency.
+pub const DEFAULT_EXPORT_CONCURRENCY: usize = 2;
+/// StartTraceV3 scales with concurrency on PostgreSQL and does no harm on SQLite (§9).
+pub const DEFAULT_TRACE_INFO_CONCURRENCY: usize = 4;
+/// About 15 minutes of SQLite's ~60 TraceInfo writes/s; each job is well under 2 KiB.
+pub const DEFAULT_TRACE_INFO_QUEUE: usize = 50_000;
+/// One slow MLflow call must not stall a worker forever; generous for 1000-span batches (~1 s).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// First retry soon: most failures are a restarting server or a busy SQLite.
+pub const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+/// Caps the wait so delivery resumes within half a minute of MLflow coming back.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Zero means retry until delivered: the queue's byte limit, not time, bounds what is held.
+pub const DEFAULT_MAX_ELAPSED: Duration = Duration::ZERO;
+/// Roots normally follow their children within one BatchSpanProcessor interval (5 s);
+/// ten minutes covers long agent runs whose root ends last.
+pub const DEFAULT_ROOT_WAIT: Duration = Duration::from_secs(600);
+/// Bounds memory for traces whose root never comes (each entry is a few hundred bytes).
+pub const DEFAULT_MAX_PENDING_TRACES: usize = 100_000;
+/// Kubernetes' default termination grace period is 30 s; leave a few seconds for the exit.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
+/// How often readiness re-checks that MLflow answers.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// Requests for experiments by name create them, as MLflow's SDK does with set_experiment.
+pub const DEFAULT_CREATE_MISSING_EXPERIMENTS: bool = true;
+
+/// The whole configuration. Unknown keys are errors, so a typo never silently does nothing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listener addresses.
+    pub server: ServerConfig,
+    /// Limits applied to incoming OTLP requests.
+    pub receiver: ReceiverConfig,
+    /// The MLflow tracking server spans are forwarded to.
+    pub mlflow: MlflowConfig,
+    /// How spans are grouped into MLflow requests.
+    pub batch: BatchConfig,
+    /// Memory bounds for data waiting to be delivered.
+    pub queue: QueueConfig,
+    /// Retry policy for MLflow calls.
+    pub retry: RetryConfig,
+    /// Tracking of traces whose root span has not arrived yet.
+    pub traces: TracesConfig,
+    /// Experiment routing by `service.name`.
+    pub routing: RoutingConfig,
+    /// Attribute-to-TraceInfo mapping table.
+    pub mapping: MappingConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Directory for durable state (pending feedback, spool). Created if missing.
+    pub data_dir: Option<PathBuf>,
+    /// Time allowed on SIGTERM/SIGINT to flush what is in memory to MLflow.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            receiver: ReceiverConfig::default(),
+            mlflow: MlflowConfig::default(),
+            batch: BatchConfig::default(),
+            queue: QueueConfig::default(),
+            retry: RetryConfig::default(),
+            traces: TracesConfig::default(),
+            routing: RoutingConfig::default(),
+            mapping: MappingConfig::default(),
+            log: LogConfig::default(),
+            data_dir: None,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
+    }
+}
+
+/// Listener addresses (`host:port`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// OTLP/gRPC TraceService (and the gateway's own gRPC services).
+    pub otlp_grpc_addr: String,
+    /// OTLP/HTTP `POST /v1/traces`.
+    pub otlp_http_addr: String,
+    /// Side API: `/healthz`, `/readyz`, `/metrics`, feedback.
+    pub api_addr: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            otlp_grpc_addr: DEFAULT_OTLP_GRPC_ADDR.into(),
+            otlp_http_addr: DEFAULT_OTLP_HTTP_ADDR.into(),
+            api_addr: DEFAULT_API_ADDR.into(),
+        }
+    }
+}
+
+/// Limits on incoming OTLP requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiverConfig {
+    /// Largest request body on the wire (compressed), and largest gRPC message. Larger gets 413.
+    pub max_message_bytes: usize,
+    /// Largest body after decompression. Larger gets 413 (zip-bomb guard).
+    pub max_decompressed_bytes: usize,
+    /// Concurrent OTLP requests being decoded and admitted; more get a retryable refusal.
+    pub max_inflight_requests: usize,
+    /// `Retry-After` sent with retryable refusals.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_decompressed_bytes: DEFAULT_MAX_DECOMPRESSED_BYTES,
+            max_inflight_requests: DEFAULT_MAX_INFLIGHT_REQUESTS,
+            retry_after: DEFAULT_RETRY_AFTER,
+        }
+    }
+}
+
+/// A string that never shows up in logs or `Debug` output.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+/// The MLflow tracking server. Environment: `MLFLOW_TRACKING_URI`, `MLFLOW_EXPERIMENT_ID`,
+/// `MLFLOW_EXPERIMENT_NAME`, `MLFLOW_TRACKING_TOKEN`, `MLFLOW_TRACKING_USERNAME`/`PASSWORD`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MlflowConfig {
+    /// Base URL of the tracking server.
+    pub tracking_uri: String,
+    /// Default experiment by id (wins over `experiment_name`).
+    pub experiment_id: Option<String>,
+    /// Default experiment by name.
+    pub experiment_name: Option<String>,
+    /// Create experiments named by requests or routing rules when they do not exist.
+    pub create_missing_experiments: bool,
+    /// Bearer token (`Authorization: Bearer`), for servers behind a token-checking proxy.
+    pub token: Option<Secret>,
+    /// Basic-auth user (MLflow's `basic-auth` app). Needs `password`.
+    pub username: Option<String>,
+    /// Basic-auth password.
+    pub password: Option<Secret>,
+    /// Per-attempt timeout of every MLflow call.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Span batches posted to `/v1/traces` concurrently.
+    pub export_concurrency: usize,
+    /// StartTraceV3 calls in flight at once.
+    pub trace_info_concurrency: usize,
+    /// How often readiness re-checks MLflow's `/health`.
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
+}
+
+impl Default for MlflowConfig {
+    fn default() -> Self {
+        Self {
+            tracking_uri: DEFAULT_TRACKING_URI.into(),
+            experiment_id: None,
+            experiment_name: None,
+            create_missing_experiments: DEFAULT_CREATE_MISSING_EXPERIMENTS,
+            token: None,
+            username: None,
+            password: None,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            export_concurrency: DEFAULT_EXPORT_CONCURRENCY,
+            trace_info_concurrency: DEFAULT_TRACE_INFO_CONCURRENCY,
+            health_interval: DEFAULT_HEALTH_INTERVAL,
+        }
+    }
+}
+
+/// Batching of spans per experiment before they are posted to `/v1/traces`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Flush when a batch holds this many spans.
+    pub max_spans: usize,
+    /// Flush when a batch's encoded size reaches this many bytes.
+    pub max_bytes: usize,
+    /// Flush a batch this long after its first span arrived.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_spans: DEFAULT_BATCH_MAX_SPANS,
+            max_bytes: DEFAULT_BATCH_MAX_BYTES,
+            timeout: DEFAULT_BATCH_TIMEOUT,
+        }
+    }
+}
+
+/// Memory bounds. At a bound the receivers refuse with retryable codes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Encoded span bytes accepted but not yet delivered to MLflow.
+    pub max_bytes: usize,
+    /// TraceInfo writes waiting for StartTraceV3. Overflow is logged and counted.
+    pub max_trace_infos: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: DEFAULT_MAX_QUEUE_BYTES,
+            max_trace_infos: DEFAULT_TRACE_INFO_QUEUE,
+        }
+    }
+}
+
+/// Exponential backoff with full jitter for retryable MLflow failures.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// First delay.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Largest delay between attempts (a `Retry-After` from MLflow may ask for more).
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Give up after this long (logged and counted). `0s` retries until delivered.
+    #[serde(with = "humantime_serde")]
+    pub max_elapsed: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            initial_backoff: DEFAULT_INITIAL_BACKOFF,
+            max_backoff: DEFAULT_MAX_BACKOFF,
+            max_elapsed: DEFAULT_MAX_ELAPSED,
+        }
+    }
+}
+
+/// Traces whose root span has not been seen yet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracesConfig {
+    /// Forget a trace's collected facts if its root has not come within this time (counted).
+    #[serde(with = "humantime_serde")]
+    pub root_wait: Duration,
+    /// Most traces awaiting their root; the oldest are forgotten first (counted).
+    pub max_pending: usize,
+}
+
+impl Default for TracesConfig {
+    fn default() -> Self {
+        Self {
+            root_wait: DEFAULT_ROOT_WAIT,
+            max_pending: DEFAULT_MAX_PENDING_TRACES,
+        }
+    }
+}
+
+/// Experiment routing: header `x-mlflow-experiment-id`, then resource attributes
+/// `mlflow.experiment.id` / `mlflow.experiment.name`, then these rules, then the default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Rules matched in order against the resource's `service.name`.
+    pub rules: Vec<RouteRule>,
+}
+
+/// One routing rule: spans of `service_name` go to the named or numbered experiment.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    pub service_name: String,
+    pub experiment_id: Option<String>,
+    pub experiment_name: Option<String>,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `mlflow_otlp_gateway=debug`; `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Errors from loading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// The resolved listener addresses of a valid config.
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    pub otlp_grpc: SocketAddr,
+    pub otlp_http: SocketAddr,
+    pub api: SocketAddr,
+}
+
+impl Config {
+    /// Parses a TOML document.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Applies MLflow's environment conventions over file values. `lookup` is the environment
+    /// (injected so tests need not mutate the process environment).
+    pub fn apply_mlflow_env(&mut self, lookup: &dyn Fn(&str) -> Option<String>) {
+        let get = |k: &str| lookup(k).filter(|v| !v.trim().is_empty());
+        if let Some(v) = get("MLFLOW_TRACKING_URI") {
+            self.mlflow.tracking_uri = v;
+        }
+        if let Some(v) = get("MLFLOW_EXPERIMENT_ID") {
+            self.mlflow.experiment_id = Some(v);
+        }
+        if let Some(v) = get("MLFLOW_EXPERIMENT_NAME") {
+            self.mlflow.experiment_name = Some(v);
+        }
+        if let Some(v) = get("MLFLOW_TRACKING_TOKEN") {
+            self.mlflow.token = Some(Secret::new(v));
+        }
+        if let Some(v) = get("MLFLOW_TRACKING_USERNAME") {
+            self.mlflow.username = Some(v);
+        }
+        if let Some(v) = get("MLFLOW_TRACKING_PASSWORD") {
+            self.mlflow.password = Some(Secret::new(v));
+        }
+    }
+
+    /// Checks every value and reports all problems at once.
+    pub fn validate(&self) -> Result<Addrs, ConfigError> {
+        let mut errors = Vec::new();
+        let mut addr = |key: &str, value: &str| match value.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                errors.push(format!("{key}: '{value}' is not a host:port socket address"));
+                None
+            }
+        };
+        let grpc = addr("server.otlp_grpc_addr", &self.server.otlp_grpc_addr);
+        let http = addr("server.otlp_http_addr", &self.server.otlp_http_addr);
+        let api = addr("server.api_addr", &self.server.api_addr);
+
+        match reqwest::Url::parse(&self.mlflow.tracking_uri) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            Ok(u) => errors.push(format!(
+                "mlflow.tracking_uri: scheme '{}' is not supported (use http or https; \
+                 databricks and file stores do not accept OTLP spans)",
+                u.scheme()
+            )),
+            Err(e) => errors.push(format!(
+                "mlflow.tracking_uri: '{}' is not a URL: {e}",
+                self.mlflow.tracking_uri
+            )),
+        }
+        if let Some(id) = &self.mlflow.experiment_id
+            && !is_experiment_id(id)
+        {
+            errors.push(format!(
+                "mlflow.experiment_id: '{id}' is not a numeric experiment id"
+            ));
+        }
+        if let Some(name) = &self.mlflow.experiment_name
+            && (name.trim().is_empty() || name.chars().count() > 500)
+        {
+            errors.push("mlflow.experiment_name: must be 1 to 500 characters".into());
+        }
+        if self.mlflow.username.is_some() != self.mlflow.password.is_some() {
+            errors.push(
+                "mlflow.username and mlflow.password: set both or neither \
+                 (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)"
+                    .into(),
+            );
+        }
+        let positive: [(&str, usize); 9] = [
+            ("receiver.max_message_bytes", self.receiver.max_message_bytes),
+            (
+                "receiver.max_decompressed_bytes",
+                self.receiver.max_decompressed_bytes,
+            ),
+            (
+                "receiver.max_inflight_requests",
+                self.receiver.max_inflight_requests,
+            ),
+            ("batch.max_spans", self.batch.max_spans),
+            ("batch.max_bytes", self.batch.max_bytes),
+            ("queue.max_trace_infos", self.queue.max_trace_infos),
+            ("mlflow.export_concurrency", self.mlflow.export_concurrency),
+            (
+                "mlflow.trace_info_concurrency",
+                self.mlflow.trace_info_concurrency,
+            ),
+            ("traces.max_pending", self.traces.max_pending),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                errors.push(format!("{key}: must be greater than 0"));
+            }
+        }
+        if self.queue.max_bytes < self.receiver.max_decompressed_bytes {
+            errors.push(format!(
+                "queue.max_bytes ({}) must be at least receiver.max_decompressed_bytes ({}), \
+                 or the largest accepted request could never be queued",
+                self.queue.max_bytes, self.receiver.max_decompressed_bytes
+            ));
+        }
+        if self.queue.max_bytes > u32::MAX as usize {
+            errors.push(format!("queue.max_bytes: at most {} bytes", u32::MAX));
+        }
+        if self.receiver.max_decompressed_bytes < self.receiver.max_message_bytes {
+            errors.push(
+                "receiver.max_decompressed_bytes must be at least receiver.max_message_bytes"
+                    .into(),
+            );
+        }
+        for (name, d) in [
+            ("batch.timeout", self.batch.timeout),
+            ("mlflow.request_timeout", self.mlflow.request_timeout),
+            ("retry.initial_backoff", self.retry.initial_backoff),
+            ("mlflow.health_interval", self.mlflow.health_interval),
+        ] {
+            if d.is_zero() {
+                errors.push(format!("{name}: must be greater than 0s"));
+            }
+        }
+        if self.retry.max_backoff < self.retry.initial_backoff {
+            errors.push("retry.max_backoff must be at least retry.initial_backoff".into());
+        }
+        for (i, rule) in self.routing.rules.iter().enumerate() {
+            let key = format!("routing.rules[{i}]");
+            if rule.service_name.is_empty() {
+                errors.push(format!("{key}.service_name: must not be empty"));
+            }
+            match (&rule.experiment_id, &rule.experiment_name) {
+                (Some(id), None) if !is_experiment_id(id) => errors.push(format!(
+                    "{key}.experiment_id: '{id}' is not a numeric experiment id"
+                )),
+                (Some(_), None) => {}
+                (None, Some(name)) if name.trim().is_empty() => {
+                    errors.push(format!("{key}.experiment_name: must not be empty"))
+                }
+                (None, Some(_)) => {}
+                _ => errors.push(format!(
+                    "{key}: set exactly one of experiment_id and experiment_name"
+                )),
+            }
+        }
+        for (i, rule) in self.mapping.rules.iter().enumerate() {
+            if let Err(e) = rule.target.parse::<Target>() {
+                errors.push(format!("mapping.rules[{i}].target: {e}"));
+            }
+        }
+        for (key, _) in self
+            .mapping
+            .static_metadata
+            .iter()
+            .chain(self.mapping.static_tags.iter())
+        {
+            if !crate::map::limits::is_valid_key(key) {
+                errors.push(format!(
+                    "mapping static key '{key}': MLflow keys are 1-250 characters of letters, \
+                     digits, '_', '-', '.', '/', ':' and spaces"
+                ));
+            }
+        }
+        check_static(&self.mapping.static_tags, &mut errors);
+        if let Some(dir) = &self.data_dir
+            && dir.as_os_str().is_empty()
+        {
+            errors.push("data_dir: must not be empty".into());
+        }
+        if !["trace", "debug", "info", "warn", "error", "off"]
+            .iter()
+            .any(|l| self.log.level.to_ascii_lowercase().starts_with(l))
+            && !self.log.level.contains('=')
+        {
+            errors.push(format!(
+                "log.level: '{}' is not a level or tracing filter",
+                self.log.level
+            ));
+        }
+
+        match (grpc, http, api) {
+            (Some(otlp_grpc), Some(otlp_http), Some(api)) if errors.is_empty() => Ok(Addrs {
+                otlp_grpc,
+                otlp_http,
+                api,
+            }),
+            _ => Err(ConfigError::Invalid(errors)),
+        }
+    }
+
+    /// The default experiment as the pipeline names it.
+    pub fn default_experiment(&self) -> crate::pipeline::envelope::ExperimentRef {
+        use crate::pipeline::envelope::ExperimentRef;
+        match (&self.mlflow.experiment_id, &self.mlflow.experiment_name) {
+            (Some(id), _) => ExperimentRef::Id(id.clone()),
+            (None, Some(name)) => ExperimentRef::Name(name.clone()),
+            (None, None) => ExperimentRef::Id(DEFAULT_EXPERIMENT_ID.into()),
+        }
+    }
+}
+
+fn check_static(tags: &BTreeMap<String, String>, errors: &mut Vec<String>) {
+    for (key, value) in tags {
+        if value.chars().count() > crate::map::limits::MAX_TAG_VALUE_CHARS {
+            errors.push(format!(
+                "mapping.static_tags.{key}: longer than MLflow's {} character limit",
+                crate::map::limits::MAX_TAG_VALUE_CHARS
+            ));
+        }
+    }
+}
+
+/// MLflow experiment ids are integers (MLflow answers 400 to anything else).
+pub fn is_experiment_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(key, _)| *key == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_use_standard_ports() {
+        let addrs = Config::default().validate().expect("defaults valid");
+        assert_eq!(addrs.otlp_grpc.port(), 4317);
+        assert_eq!(addrs.otlp_http.port(), 4318);
+        assert_eq!(addrs.api.port(), 8080);
+    }
+
+    #[test]
+    fn shipped_config_file_parses_and_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.toml");
+        let cfg = Config::from_file(&path).expect("shipped config parses");
+        cfg.validate().expect("shipped config valid");
+        assert_eq!(cfg.batch.max_spans, DEFAULT_BATCH_MAX_SPANS);
+        assert_eq!(cfg.queue.max_bytes, DEFAULT_MAX_QUEUE_BYTES);
+        assert_eq!(cfg.mapping.rules.len(), 0);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Config::from_toml("[batch]\nmax_span = 3\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("max_span"), "{err}");
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let toml = r#"
+            [server]
+            otlp_grpc_addr = "nope"
+            [mlflow]
+            tracking_uri = "file:///tmp/mlruns"
+            experiment_id = "abc"
+            username = "u"
+            [batch]
+            max_spans = 0
+        "#;
+        let cfg = Config::from_toml(toml, Path::new("x.toml")).unwrap();
+        let ConfigError::Invalid(errors) = cfg.validate().unwrap_err() else {
+            panic!("expected Invalid")
+        };
+        assert_eq!(errors.len(), 5, "{errors:#?}");
+    }
+
+    #[test]
+    fn mlflow_env_overrides_file_values() {
+        let mut cfg = Config::from_toml(
+            "[mlflow]\ntracking_uri = \"http://file:1\"\nexperiment_id = \"3\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        cfg.apply_mlflow_env(&env(&[
+            ("MLFLOW_TRACKING_URI", "http://env:5000"),
+            ("MLFLOW_EXPERIMENT_ID", "7"),
+            ("MLFLOW_TRACKING_TOKEN", "s3cret"),
+        ]));
+        assert_eq!(cfg.mlflow.tracking_uri, "http://env:5000");
+        assert_eq!(cfg.mlflow.experiment_id.as_deref(), Some("7"));
+        assert!(!format!("{cfg:?}").contains("s3cret"), "secret leaked");
+    }
+
+    #[test]
+    fn default_experiment_prefers_id_then_name_then_zero() {
+        use crate::pipeline::envelope::ExperimentRef;
+        let mut cfg = Config::default();
+        assert_eq!(cfg.default_experiment(), ExperimentRef::Id("0".into()));
+        cfg.mlflow.experiment_name = Some("chat".into());
+        assert_eq!(cfg.default_experiment(), ExperimentRef::Name("chat".into()));
+        cfg.mlflow.experiment_id = Some("4".into());
+        assert_eq!(cfg.default_experiment(), ExperimentRef::Id("4".into()));
+    }
+}

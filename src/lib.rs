@@ -1,0 +1,344 @@
+//! mlflow-otlp-gateway: receives OpenTelemetry spans (OTLP gRPC and HTTP) and turns them into
+//! complete MLflow traces, with the TraceInfo MLflow's own SDK would write.
+//!
+//! Data flow: `receive` (limits, decompression, decoding) -> `pipeline::ingest` (validate,
+//! route, map, admit) -> `pipeline::batcher` -> `pipeline::export` (spans to `/v1/traces`, then
+//! StartTraceV3 per delivered root). `ops` serves health, readiness and metrics.
+
+pub mod config;
+pub mod map;
+pub mod mlflow;
+pub mod ops;
+pub mod pipeline;
+pub mod receive;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::mlflow::MlflowClient;
+use crate::mlflow::experiments::Experiments;
+use crate::mlflow::retry::RetryPolicy;
+use crate::ops::health::Health;
+use crate::pipeline::export::{SpanExporter, run_span_workers, run_trace_info_workers};
+use crate::pipeline::ingest::Ingest;
+use crate::pipeline::traces::TraceTracker;
+
+/// How often expired traces-awaiting-root are swept and gauges refreshed.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Client(#[from] mlflow::client::ClientBuildError),
+    #[error("cannot listen on {addr} ({name}): {source}")]
+    Bind {
+        name: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What was left when shutdown finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Whether everything accepted was handed to MLflow within the deadline.
+    pub drained: bool,
+    /// Encoded span bytes still undelivered at the deadline.
+    pub undelivered_bytes: usize,
+}
+
+/// A started gateway. Dropping it without `shutdown` aborts its tasks.
+pub struct Gateway {
+    pub otlp_grpc_addr: SocketAddr,
+    pub otlp_http_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    health: Arc<Health>,
+    ingest: Arc<Ingest>,
+    stop_receivers: CancellationToken,
+    drain: CancellationToken,
+    stop_api: CancellationToken,
+    receivers: Vec<JoinHandle<()>>,
+    pipeline: Option<JoinHandle<()>>,
+    api: Option<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+    shutdown_timeout: Duration,
+}
+
+async fn bind(name: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { name, addr, source })
+}
+
+impl Gateway {
+    /// Validates `config`, binds every listener and starts the pipeline.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let addrs = config.validate()?;
+        if let Some(dir) = &config.data_dir {
+            std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let metrics = ops::metrics::handle();
+        let client = MlflowClient::new(&config.mlflow)?;
+        let experiments = Experiments::new(client.clone(), config.mlflow.create_missing_experiments);
+        let health = Arc::new(Health::new());
+        let policy = RetryPolicy::from(&config.retry);
+        let tracker = Arc::new(TraceTracker::new(
+            config.traces.max_pending,
+            config.traces.root_wait,
+        ));
+        let queue_bytes = Arc::new(Semaphore::new(config.queue.max_bytes));
+        let (envelopes_tx, envelopes_rx) = mpsc::unbounded_channel();
+        let ingest = Arc::new(Ingest::new(
+            &config,
+            tracker.clone(),
+            experiments.clone(),
+            envelopes_tx,
+            queue_bytes,
+        ));
+
+        // Pipeline: batcher -> span workers -> TraceInfo workers. Each stage ends when the one
+        // before it has ended and dropped its sender, so shutdown drains front to back.
+        let drain = CancellationToken::new();
+        let (batches_tx, batches_rx) = mpsc::channel(config.mlflow.export_concurrency);
+        let (infos_tx, infos_rx) = mpsc::channel(config.queue.max_trace_infos);
+        let exporter = Arc::new(SpanExporter {
+            client: client.clone(),
+            experiments,
+            policy: policy.clone(),
+            trace_infos: infos_tx,
+            health: health.clone(),
+        });
+        let batcher = tokio::spawn(pipeline::batcher::run(
+            envelopes_rx,
+            batches_tx,
+            config.batch.clone(),
+            drain.clone(),
+        ));
+        let spans = tokio::spawn(run_span_workers(
+            exporter,
+            batches_rx,
+            config.mlflow.export_concurrency,
+        ));
+        let infos = tokio::spawn(run_trace_info_workers(
+            client.clone(),
+            policy,
+            health.clone(),
+            infos_rx,
+            config.mlflow.trace_info_concurrency,
+        ));
+        let pipeline = tokio::spawn(async move {
+            let _ = batcher.await;
+            let _ = spans.await;
+            let _ = infos.await;
+        });
+
+        let grpc_listener = bind("otlp_grpc", addrs.otlp_grpc).await?;
+        let http_listener = bind("otlp_http", addrs.otlp_http).await?;
+        let api_listener = bind("api", addrs.api).await?;
+        let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
+        let otlp_grpc_addr = local(&grpc_listener, addrs.otlp_grpc);
+        let otlp_http_addr = local(&http_listener, addrs.otlp_http);
+        let api_addr = local(&api_listener, addrs.api);
+
+        let stop_receivers = CancellationToken::new();
+        let stop_api = CancellationToken::new();
+        let grpc = {
+            let service =
+                receive::grpc::GrpcReceiver::service(ingest.clone(), config.receiver.max_decompressed_bytes);
+            let stop = stop_receivers.clone();
+            tokio::spawn(async move {
+                let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
+                if let Err(e) = tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                    .await
+                {
+                    tracing::error!(error = %e, "OTLP gRPC server failed");
+                }
+            })
+        };
+        let http = {
+            let router = receive::http::router(receive::http::HttpReceiver {
+                ingest: ingest.clone(),
+                max_message_bytes: config.receiver.max_message_bytes,
+                max_decompressed_bytes: config.receiver.max_decompressed_bytes,
+            });
+            let stop = stop_receivers.clone();
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(http_listener, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+                {
+                    tracing::error!(error = %e, "OTLP HTTP server failed");
+                }
+            })
+        };
+        let api = {
+            let router = ops::api::router(ops::api::ApiState {
+                health: health.clone(),
+                metrics,
+            });
+            let stop = stop_api.clone();
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(api_listener, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+                {
+                    tracing::error!(error = %e, "API server failed");
+                }
+            })
+        };
+
+        let checker = {
+            let health = health.clone();
+            let stop = stop_api.clone();
+            let interval = config.mlflow.health_interval;
+            tokio::spawn(async move {
+                loop {
+                    let problem = match client.health().await {
+                        Err(e) => Some(format!("MLflow at {} does not answer: {e}", client.base_url())),
+                        Ok(()) => match client.check_auth().await {
+                            Err(e) if e.class() == mlflow::ErrorClass::Auth => Some(format!(
+                                "MLflow refused the gateway's credentials: {e}"
+                            )),
+                            _ => None,
+                        },
+                    };
+                    health.set_mlflow_problem(problem);
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(interval) => {}
+                    }
+                }
+            })
+        };
+        let housekeeping = {
+            let stop = stop_api.clone();
+            let ingest = ingest.clone();
+            tokio::spawn(async move {
+                loop {
+                    let forgotten = tracker.sweep().without_root;
+                    if forgotten > 0 {
+                        metrics::counter!("gateway_traces_without_root_total")
+                            .increment(forgotten as u64);
+                        tracing::info!(forgotten, "traces expired without their root span");
+                    }
+                    metrics::gauge!("gateway_traces_awaiting_root").set(tracker.awaiting() as f64);
+                    metrics::gauge!("gateway_queue_bytes").set(ingest.queued_bytes() as f64);
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(HOUSEKEEPING_INTERVAL) => {}
+                    }
+                }
+            })
+        };
+
+        health.set_listeners_up(true);
+        tracing::info!(
+            otlp_grpc = %otlp_grpc_addr,
+            otlp_http = %otlp_http_addr,
+            api = %api_addr,
+            mlflow = %config.mlflow.tracking_uri,
+            default_experiment = %config.default_experiment(),
+            "gateway started"
+        );
+        Ok(Self {
+            otlp_grpc_addr,
+            otlp_http_addr,
+            api_addr,
+            health,
+            ingest,
+            stop_receivers,
+            drain,
+            stop_api,
+            receivers: vec![grpc, http],
+            pipeline: Some(pipeline),
+            api: Some(api),
+            background: vec![checker, housekeeping],
+            shutdown_timeout: config.shutdown_timeout,
+        })
+    }
+
+    /// Readiness as `/readyz` reports it.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        self.health.readiness()
+    }
+
+    /// Stops accepting, delivers what is queued within the shutdown deadline, then stops.
+    pub async fn shutdown(mut self) -> ShutdownReport {
+        tracing::info!(timeout = ?self.shutdown_timeout, "shutting down: draining to MLflow");
+        self.health.set_draining();
+        self.stop_receivers.cancel();
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        for r in self.receivers.drain(..) {
+            let _ = tokio::time::timeout_at(deadline, r).await;
+        }
+        self.drain.cancel();
+        let drained = match self.pipeline.take() {
+            Some(p) => {
+                let abort = p.abort_handle();
+                match tokio::time::timeout_at(deadline, p).await {
+                    Ok(_) => true,
+                    Err(_) => {
+                        abort.abort();
+                        false
+                    }
+                }
+            }
+            None => true,
+        };
+        let undelivered_bytes = if drained { 0 } else { self.ingest.queued_bytes() };
+        if drained {
+            tracing::info!("drained: everything accepted was handed to MLflow");
+        } else {
+            tracing::error!(
+                undelivered_bytes,
+                "shutdown deadline passed with spans or TraceInfos not delivered"
+            );
+        }
+        self.stop_api.cancel();
+        if let Some(api) = self.api.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
+        }
+        ShutdownReport {
+            drained,
+            undelivered_bytes,
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop_receivers.cancel();
+        self.drain.cancel();
+        self.stop_api.cancel();
+        for t in self
+            .receivers
+            .iter()
+            .chain(self.background.iter())
+            .chain(self.pipeline.iter())
+            .chain(self.api.iter())
+        {
+            t.abort();
+        }
+    }
+}

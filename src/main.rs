@@ -1,0 +1,160 @@
+//! CLI edge: flags and environment, configuration, logging, signals, exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use mlflow_otlp_gateway::Gateway;
+use mlflow_otlp_gateway::config::{Config, LogFormat};
+
+/// OTLP collector/gateway that turns OpenTelemetry spans into MLflow traces.
+///
+/// Precedence: flags, then environment, then the config file, then built-in defaults.
+/// MLflow's own variables are honoured: MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_ID,
+/// MLFLOW_EXPERIMENT_NAME, MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME/PASSWORD.
+#[derive(Debug, Parser)]
+#[command(name = "mlflow-otlp-gateway", version)]
+struct Args {
+    /// TOML configuration file (see config/gateway.toml).
+    #[arg(long, env = "GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// OTLP/gRPC listen address [default: 0.0.0.0:4317].
+    #[arg(long, env = "GATEWAY_OTLP_GRPC_ADDR")]
+    otlp_grpc_addr: Option<String>,
+    /// OTLP/HTTP listen address [default: 0.0.0.0:4318].
+    #[arg(long, env = "GATEWAY_OTLP_HTTP_ADDR")]
+    otlp_http_addr: Option<String>,
+    /// Side API listen address (health, metrics, feedback) [default: 0.0.0.0:8080].
+    #[arg(long, env = "GATEWAY_API_ADDR")]
+    api_addr: Option<String>,
+    /// Directory for durable state.
+    #[arg(long, env = "GATEWAY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// MLflow tracking server URL (overrides MLFLOW_TRACKING_URI).
+    #[arg(long)]
+    mlflow_tracking_uri: Option<String>,
+    /// Default experiment id (overrides MLFLOW_EXPERIMENT_ID).
+    #[arg(long)]
+    experiment_id: Option<String>,
+    /// Default experiment name (overrides MLFLOW_EXPERIMENT_NAME).
+    #[arg(long)]
+    experiment_name: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum, env = "GATEWAY_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+    /// Log level or tracing filter (RUST_LOG wins).
+    #[arg(long, env = "GATEWAY_LOG_LEVEL")]
+    log_level: Option<String>,
+    /// Validate the configuration, report every problem, and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn load(args: &Args) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    config.apply_mlflow_env(&|k| std::env::var(k).ok());
+    let set = |slot: &mut String, v: &Option<String>| {
+        if let Some(v) = v {
+            *slot = v.clone();
+        }
+    };
+    set(&mut config.server.otlp_grpc_addr, &args.otlp_grpc_addr);
+    set(&mut config.server.otlp_http_addr, &args.otlp_http_addr);
+    set(&mut config.server.api_addr, &args.api_addr);
+    set(&mut config.mlflow.tracking_uri, &args.mlflow_tracking_uri);
+    if let Some(id) = &args.experiment_id {
+        config.mlflow.experiment_id = Some(id.clone());
+    }
+    if let Some(name) = &args.experiment_name {
+        config.mlflow.experiment_name = Some(name.clone());
+    }
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = Some(dir.clone());
+    }
+    if let Some(f) = args.log_format {
+        config.log.format = f;
+    }
+    if let Some(l) = &args.log_level {
+        config.log.level = l.clone();
+    }
+    Ok(config)
+}
+
+async fn wait_for_signal() -> anyhow::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        tokio::select! {
+            _ = term.recv() => Ok("SIGTERM"),
+            r = tokio::signal::ctrl_c() => r.map(|_| "SIGINT").context("waiting for SIGINT"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        Ok("Ctrl-C")
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<bool> {
+    let gateway = Gateway::start(config).await?;
+    let signal = wait_for_signal().await?;
+    tracing::info!(signal, "received shutdown signal");
+    Ok(gateway.shutdown().await.drained)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        return match config.validate() {
+            Ok(addrs) => {
+                println!(
+                    "configuration OK: OTLP gRPC {}, OTLP HTTP {}, API {}, MLflow {}, default experiment {}",
+                    addrs.otlp_grpc,
+                    addrs.otlp_http,
+                    addrs.api,
+                    config.mlflow.tracking_uri,
+                    config.default_experiment()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    if let Err(e) = config.validate() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    mlflow_otlp_gateway::ops::logging::init(config.log.format, &config.log.level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(3),
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "gateway failed");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Per-span checks and fixes: what makes a span unusable (reported in `partial_success`), what
+//! must be shortened before MLflow sees it, and what is added to root spans so MLflow lifts
+//! session, user and tags at ingest, before the TraceInfo write lands.
+
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+
+use super::attrs::set_str;
+use super::limits::{self, Field};
+use super::rules::TraceFacts;
+
+/// Span attributes MLflow reads as the session; over 250 characters they sink the whole batch.
+const SESSION_ATTRS: [&str; 2] = ["session.id", "gen_ai.conversation.id"];
+/// Span attribute MLflow lifts into `mlflow.trace.user`.
+const USER_ATTR: &str = "user.id";
+/// Root-span attribute prefix MLflow turns into trace tags.
+const TRACE_TAG_PREFIX: &str = "mlflow.traceTag.";
+
+/// Why a span cannot be forwarded. The text goes to the client in `partial_success`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SpanProblem {
+    #[error("trace_id must be 16 bytes and not all zero")]
+    BadTraceId,
+    #[error("span_id must be 8 bytes and not all zero")]
+    BadSpanId,
+    #[error("parent_span_id must be empty or 8 bytes")]
+    BadParentId,
+    #[error("span is unfinished (end_time_unix_nano is 0)")]
+    Unfinished,
+    #[error("end_time_unix_nano is before start_time_unix_nano")]
+    EndBeforeStart,
+}
+
+impl SpanProblem {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpanProblem::BadTraceId => "bad_trace_id",
+            SpanProblem::BadSpanId => "bad_span_id",
+            SpanProblem::BadParentId => "bad_parent_id",
+            SpanProblem::Unfinished => "unfinished",
+            SpanProblem::EndBeforeStart => "end_before_start",
+        }
+    }
+}
+
+/// Checks what MLflow needs of a span. Wrong-length ids are caught here because OTLP/JSON with
+/// snake_case keys decodes into empty ids without an error.
+pub fn check(span: &Span) -> Result<(), SpanProblem> {
+    if span.trace_id.len() != 16 || span.trace_id.iter().all(|b| *b == 0) {
+        return Err(SpanProblem::BadTraceId);
+    }
+    if span.span_id.len() != 8 || span.span_id.iter().all(|b| *b == 0) {
+        return Err(SpanProblem::BadSpanId);
+    }
+    if !(span.parent_span_id.is_empty() || span.parent_span_id.len() == 8) {
+        return Err(SpanProblem::BadParentId);
+    }
+    // MLflow stores an end time of 0 as the epoch and gives the trace a negative duration.
+    if span.end_time_unix_nano == 0 {
+        return Err(SpanProblem::Unfinished);
+    }
+    if span.end_time_unix_nano < span.start_time_unix_nano {
+        return Err(SpanProblem::EndBeforeStart);
+    }
+    Ok(())
+}
+
+/// A span is a trace root when it has no parent (an all-zero parent id counts as none).
+pub fn is_root(span: &Span) -> bool {
+    span.parent_span_id.iter().all(|b| *b == 0)
+}
+
+/// Shortens the attributes MLflow would reject the whole batch for.
+pub fn fit(span: &mut Span) {
+    for kv in span.attributes.iter_mut() {
+        if !SESSION_ATTRS.contains(&kv.key.as_str()) {
+            continue;
+        }
+        if let Some(Value::StringValue(s)) = kv.value.as_mut().and_then(|v| v.value.as_mut()) {
+            limits::fit(s, Field::SpanSessionId);
+        }
+    }
+}
+
+/// Puts the trace's facts on its root span in the attributes MLflow lifts at ingest, so the
+/// trace is searchable by session, user and tags as soon as its spans land.
+pub fn enrich_root(span: &mut Span, facts: &TraceFacts) {
+    if let Some(session) = facts.session() {
+        // The session wins over gen_ai.conversation.id only if that one disagrees; keep both
+        // consistent so MLflow's "first attribute wins" picks the mapped value.
+        set_str(&mut span.attributes, SESSION_ATTRS[0], session);
+    }
+    if let Some(user) = facts.user() {
+        set_str(&mut span.attributes, USER_ATTR, user);
+    }
+    for (key, value) in &facts.tags {
+        set_str(&mut span.attributes, &format!("{TRACE_TAG_PREFIX}{key}"), value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::map::attrs::{find_str, kv_str};
+    use opentelemetry_proto::tonic::common::v1::KeyValue;
+
+    pub fn span(parent: &[u8]) -> Span {
+        Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            parent_span_id: parent.to_vec(),
+            name: "s".into(),
+            start_time_unix_nano: 10,
+            end_time_unix_nano: 20,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn valid_spans_pass_and_roots_are_detected() {
+        assert_eq!(check(&span(&[])), Ok(()));
+        assert!(is_root(&span(&[])));
+        assert!(is_root(&span(&[0; 8])));
+        assert!(!is_root(&span(&[3; 8])));
+    }
+
+    #[test]
+    fn each_problem_is_named() {
+        let mut s = span(&[]);
+        s.trace_id = vec![];
+        assert_eq!(check(&s), Err(SpanProblem::BadTraceId));
+        s.trace_id = vec![0; 16];
+        assert_eq!(check(&s), Err(SpanProblem::BadTraceId));
+        s.trace_id = vec![1; 15];
+        assert_eq!(check(&s), Err(SpanProblem::BadTraceId));
+        let mut s = span(&[]);
+        s.span_id = vec![];
+        assert_eq!(check(&s), Err(SpanProblem::BadSpanId));
+        let s = span(&[1; 4]);
+        assert_eq!(check(&s), Err(SpanProblem::BadParentId));
+        let mut s = span(&[]);
+        s.end_time_unix_nano = 0;
+        assert_eq!(check(&s), Err(SpanProblem::Unfinished));
+        s.end_time_unix_nano = 5;
+        assert_eq!(check(&s), Err(SpanProblem::EndBeforeStart));
+    }
+
+    #[test]
+    fn long_session_ids_are_cut_on_every_span() {
+        let mut s = span(&[7; 8]);
+        s.attributes = vec![
+            kv_str("session.id", &"x".repeat(400)),
+            kv_str("gen_ai.conversation.id", &"y".repeat(251)),
+            kv_str("other", &"z".repeat(400)),
+        ];
+        fit(&mut s);
+        assert_eq!(find_str(&s.attributes, "session.id").unwrap().len(), 250);
+        assert_eq!(
+            find_str(&s.attributes, "gen_ai.conversation.id").unwrap().len(),
+            250
+        );
+        assert_eq!(find_str(&s.attributes, "other").unwrap().len(), 400);
+    }
+
+    #[test]
+    fn root_gets_the_attributes_mlflow_lifts() {
+        let mut s = span(&[]);
+        s.attributes = vec![kv_str("session.id", "old")];
+        let mut facts = TraceFacts::default();
+        facts
+            .metadata
+            .insert("mlflow.trace.session".into(), "sess".into());
+        facts.metadata.insert("mlflow.trace.user".into(), "u".into());
+        facts.tags.insert("team".into(), "alpha".into());
+        enrich_root(&mut s, &facts);
+        let get = |k: &str| find_str(&s.attributes, k);
+        assert_eq!(get("session.id").as_deref(), Some("sess"));
+        assert_eq!(get("user.id").as_deref(), Some("u"));
+        assert_eq!(get("mlflow.traceTag.team").as_deref(), Some("alpha"));
+        assert_eq!(
+            s.attributes.iter().filter(|kv: &&KeyValue| kv.key == "session.id").count(),
+            1
+        );
+    }
+}

@@ -1,0 +1,366 @@
+//! The MLflow REST client: span ingest, TraceInfo, experiments, health.
+//!
+//! Two connection pools: `/v1/traces` reuses connections, while the Flask-served `/api/...`
+//! routes get a fresh connection per call, because on a reused connection every reply arrives
+//! ~40 ms late (delayed ACK between its two TCP writes; mlflow-rest.md §0.11). A fresh loopback
+//! connection costs well under a millisecond.
+
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::{Client, Response, Url};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::error::MlflowError;
+use crate::config::MlflowConfig;
+
+/// The header MLflow routes new traces by. Never sent empty: MLflow answers 200 and drops.
+pub const EXPERIMENT_HEADER: &str = "x-mlflow-experiment-id";
+
+/// An experiment as MLflow describes it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Experiment {
+    pub experiment_id: String,
+    pub name: String,
+    #[serde(default)]
+    pub lifecycle_stage: String,
+}
+
+impl Experiment {
+    pub fn is_active(&self) -> bool {
+        self.lifecycle_stage.is_empty() || self.lifecycle_stage == "active"
+    }
+}
+
+#[derive(Deserialize)]
+struct ExperimentReply {
+    experiment: Experiment,
+}
+
+/// Errors building the client (bad URI or TLS setup).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the MLflow client: {0}")]
+pub struct ClientBuildError(String);
+
+/// A cheap-to-clone handle to one MLflow tracking server.
+#[derive(Clone)]
+pub struct MlflowClient {
+    base: Url,
+    spans: Client,
+    rest: Client,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for MlflowClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MlflowClient")
+            .field("base", &self.base.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MlflowClient {
+    pub fn new(cfg: &MlflowConfig) -> Result<Self, ClientBuildError> {
+        // reqwest is built without a default crypto provider; ring is installed once here.
+        // An Err only means one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut base =
+            Url::parse(&cfg.tracking_uri).map_err(|e| ClientBuildError(e.to_string()))?;
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        let mut headers = HeaderMap::new();
+        if let (Some(user), Some(password)) = (&cfg.username, &cfg.password) {
+            let token = base64::engine::general_purpose::STANDARD
+                .encode(format!("{user}:{}", password.expose()));
+            let mut v = HeaderValue::from_str(&format!("Basic {token}"))
+                .map_err(|_| ClientBuildError("username/password not valid in a header".into()))?;
+            v.set_sensitive(true);
+            headers.insert(AUTHORIZATION, v);
+        } else if let Some(token) = &cfg.token {
+            let mut v = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                .map_err(|_| ClientBuildError("token not valid in a header".into()))?;
+            v.set_sensitive(true);
+            headers.insert(AUTHORIZATION, v);
+        }
+        let build = |pool_idle: usize| {
+            Client::builder()
+                .default_headers(headers.clone())
+                .timeout(cfg.request_timeout)
+                .connect_timeout(cfg.request_timeout.min(Duration::from_secs(10)))
+                .pool_max_idle_per_host(pool_idle)
+                .tcp_nodelay(true)
+                .user_agent(concat!("mlflow-otlp-gateway/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| ClientBuildError(e.to_string()))
+        };
+        Ok(Self {
+            base,
+            spans: build(usize::MAX)?,
+            rest: build(0)?,
+            timeout: cfg.request_timeout,
+        })
+    }
+
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> Url {
+        // `path` is a constant relative path; joining cannot fail for those.
+        self.base
+            .join(path.trim_start_matches('/'))
+            .unwrap_or_else(|_| self.base.clone())
+    }
+
+    /// Posts an encoded `ExportTraceServiceRequest` to `/v1/traces`.
+    pub async fn post_spans(&self, experiment_id: &str, body: Bytes) -> Result<(), MlflowError> {
+        if experiment_id.is_empty() {
+            return Err(MlflowError::BadReply(
+                "refusing to send an empty experiment id".into(),
+            ));
+        }
+        let reply = self
+            .spans
+            .post(self.url("v1/traces"))
+            .header(CONTENT_TYPE, "application/x-protobuf")
+            .header(EXPERIMENT_HEADER, experiment_id)
+            .body(body)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        check(reply).await.map(drop)
+    }
+
+    /// StartTraceV3: writes a trace's TraceInfo.
+    pub async fn start_trace(&self, body: &Value) -> Result<(), MlflowError> {
+        let reply = self
+            .rest
+            .post(self.url("api/3.0/mlflow/traces"))
+            .json(body)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        check(reply).await.map(drop)
+    }
+
+    /// An experiment by id; `None` when MLflow does not know it.
+    pub async fn get_experiment(&self, id: &str) -> Result<Option<Experiment>, MlflowError> {
+        let reply = self
+            .rest
+            .get(self.url("api/2.0/mlflow/experiments/get"))
+            .query(&[("experiment_id", id)])
+            .send()
+            .await
+            .map_err(transport_error)?;
+        not_found_as_none(check(reply).await)?
+            .map(|v| parse::<ExperimentReply>(v).map(|r| r.experiment))
+            .transpose()
+    }
+
+    /// An experiment by name (deleted ones included; check `is_active`).
+    pub async fn get_experiment_by_name(
+        &self,
+        name: &str,
+    ) -> Result<Option<Experiment>, MlflowError> {
+        let reply = self
+            .rest
+            .get(self.url("api/2.0/mlflow/experiments/get-by-name"))
+            .query(&[("experiment_name", name)])
+            .send()
+            .await
+            .map_err(transport_error)?;
+        not_found_as_none(check(reply).await)?
+            .map(|v| parse::<ExperimentReply>(v).map(|r| r.experiment))
+            .transpose()
+    }
+
+    /// Creates an experiment; on a name race, returns the one that won.
+    pub async fn create_experiment(&self, name: &str) -> Result<String, MlflowError> {
+        let reply = self
+            .rest
+            .post(self.url("api/2.0/mlflow/experiments/create"))
+            .json(&serde_json::json!({
+                "name": name,
+                "tags": [{"key": "mlflow.note.content", "value": "Created by mlflow-otlp-gateway"}]
+            }))
+            .send()
+            .await
+            .map_err(transport_error)?;
+        match check(reply).await {
+            Ok(v) => v
+                .get("experiment_id")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| MlflowError::BadReply("create experiment: no experiment_id".into())),
+            Err(e) if e.status() == Some(400) && e.to_string().contains("RESOURCE_ALREADY_EXISTS") => {
+                match self.get_experiment_by_name(name).await? {
+                    Some(exp) => Ok(exp.experiment_id),
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// GET `/health`: whether the server answers at all.
+    pub async fn health(&self) -> Result<(), MlflowError> {
+        let reply = self
+            .rest
+            .get(self.url("health"))
+            .timeout(self.timeout.min(Duration::from_secs(5)))
+            .send()
+            .await
+            .map_err(transport_error)?;
+        check(reply).await.map(drop)
+    }
+
+    /// GET on an authenticated, cheap REST route, to find out whether credentials work.
+    pub async fn check_auth(&self) -> Result<(), MlflowError> {
+        self.get_experiment("0").await.map(drop)
+    }
+
+    /// Any JSON GET on the REST API (used by tests and the feedback path).
+    pub async fn get_json(&self, path: &str, query: &[(&str, &str)]) -> Result<Value, MlflowError> {
+        let reply = self
+            .rest
+            .get(self.url(path))
+            .query(query)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        check(reply).await
+    }
+
+    /// Any JSON POST on the REST API.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Result<Value, MlflowError> {
+        let reply = self
+            .rest
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        check(reply).await
+    }
+}
+
+fn transport_error(e: reqwest::Error) -> MlflowError {
+    if e.is_timeout() {
+        MlflowError::Timeout
+    } else {
+        // Walk the source chain: reqwest's top-level text hides the cause (refused, reset).
+        let mut msg = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            source = s.source();
+        }
+        MlflowError::Connect(msg)
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, MlflowError> {
+    serde_json::from_value(v).map_err(|e| MlflowError::BadReply(e.to_string()))
+}
+
+fn not_found_as_none(r: Result<Value, MlflowError>) -> Result<Option<Value>, MlflowError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.status() == Some(404) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Turns a reply into its JSON body, or a classified error carrying MLflow's message.
+async fn check(reply: Response) -> Result<Value, MlflowError> {
+    let status = reply.status();
+    let retry_after = reply
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let is_json = reply
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"));
+    let body = reply.bytes().await.map_err(transport_error)?;
+    if status.is_success() {
+        if !is_json || body.is_empty() {
+            return Ok(Value::Null);
+        }
+        return serde_json::from_slice(&body).map_err(|e| MlflowError::BadReply(e.to_string()));
+    }
+    Err(MlflowError::Status {
+        status: status.as_u16(),
+        message: error_message(&body),
+        retry_after,
+    })
+}
+
+/// MLflow's two error shapes: `{"error_code","message"}` and FastAPI's `{"detail"}`.
+fn error_message(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return text.chars().take(500).collect();
+    };
+    if let Some(msg) = v.get("message").and_then(Value::as_str) {
+        let code = v.get("error_code").and_then(Value::as_str).unwrap_or("");
+        return format!("{code} {msg}").trim().chars().take(1000).collect();
+    }
+    if let Some(detail) = v.get("detail") {
+        return match detail {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+        .chars()
+        .take(1000)
+        .collect();
+    }
+    text.chars().take(500).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_messages_from_both_shapes() {
+        assert_eq!(
+            error_message(br#"{"error_code":"RESOURCE_DOES_NOT_EXIST","message":"No Experiment"}"#),
+            "RESOURCE_DOES_NOT_EXIST No Experiment"
+        );
+        assert_eq!(
+            error_message(br#"{"detail":"Invalid OpenTelemetry format"}"#),
+            "Invalid OpenTelemetry format"
+        );
+        assert_eq!(error_message(b"<html>oops"), "<html>oops");
+    }
+
+    #[test]
+    fn credentials_never_appear_in_debug_output() {
+        let cfg = MlflowConfig {
+            token: Some(crate::config::Secret::new("tok-123")),
+            ..MlflowConfig::default()
+        };
+        let client = MlflowClient::new(&cfg).unwrap();
+        assert!(!format!("{client:?}").contains("tok-123"));
+    }
+
+    #[test]
+    fn base_url_gets_a_trailing_slash_for_joins() {
+        let cfg = MlflowConfig {
+            tracking_uri: "http://h:5000/mlflow".into(),
+            ..MlflowConfig::default()
+        };
+        let client = MlflowClient::new(&cfg).unwrap();
+        assert_eq!(client.url("v1/traces").as_str(), "http://h:5000/mlflow/v1/traces");
+    }
+}

@@ -1,0 +1,10 @@
+//! Everything that talks to the MLflow tracking server.
+
+pub mod client;
+pub mod error;
+pub mod experiments;
+pub mod retry;
+
+pub use client::MlflowClient;
+pub use error::{ErrorClass, MlflowError};
+

@@ -1,0 +1,52 @@
+//! Prometheus metrics through the `metrics` facade, rendered by the side API's `/metrics`.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Batch-size buckets around MLflow's sweet spot of 100-500 spans per request.
+const BATCH_BUCKETS: &[f64] = &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0];
+
+/// Installs the process-wide recorder once and returns its handle.
+pub fn handle() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("gateway_export_batch_spans".into()),
+                    BATCH_BUCKETS,
+                )
+                .map(|b| b.build_recorder())
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed (an embedding application's).
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("gateway_receiver_spans_received_total", "Spans received, by transport.");
+    describe_counter!("gateway_receiver_spans_accepted_total", "Spans accepted into the pipeline, by transport.");
+    describe_counter!("gateway_receiver_spans_rejected_total", "Unusable spans reported in partial_success or 400, by transport and reason.");
+    describe_counter!("gateway_receiver_spans_refused_total", "Spans refused with a retryable code, by transport and reason.");
+    describe_counter!("gateway_receiver_requests_refused_total", "Requests refused before decoding, by transport and reason.");
+    describe_counter!("gateway_export_spans_total", "Spans delivered to MLflow.");
+    describe_counter!("gateway_export_traces_total", "TraceInfos written with StartTraceV3.");
+    describe_counter!("gateway_export_failures_total", "Deliveries given up, by kind (spans, trace_info) and reason.");
+    describe_counter!("gateway_export_spans_failed_total", "Spans not delivered, by reason.");
+    describe_counter!("gateway_export_retries_total", "Retried MLflow calls, by kind and reason.");
+    describe_histogram!("gateway_export_batch_spans", "Spans per /v1/traces batch.");
+    describe_gauge!("gateway_queue_bytes", "Encoded span bytes accepted and not yet delivered.");
+    describe_gauge!("gateway_queue_spans", "Spans accepted and not yet delivered.");
+    describe_gauge!("gateway_trace_info_queue", "TraceInfo writes waiting for StartTraceV3.");
+    describe_counter!("gateway_trace_info_dropped_total", "TraceInfo writes dropped because their queue was full.");
+    describe_gauge!("gateway_traces_awaiting_root", "Traces whose root span has not arrived.");
+    describe_counter!("gateway_traces_without_root_total", "Traces forgotten without their root (timeout or capacity).");
+    describe_counter!("gateway_truncations_total", "Values shortened to MLflow's limits, by field.");
+}

@@ -1,0 +1,6 @@
+//! Operating the gateway: health and readiness, metrics, logging, the side API listener.
+
+pub mod api;
+pub mod health;
+pub mod logging;
+pub mod metrics;

@@ -1,0 +1,8 @@
+//! The data path between receivers and MLflow: ingest (admit, route, map) -> batcher ->
+//! span export -> TraceInfo export.
+
+pub mod batcher;
+pub mod envelope;
+pub mod export;
+pub mod ingest;
+pub mod traces;
