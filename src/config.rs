@@ -434,7 +434,9 @@ impl Config {
         let mut addr = |key: &str, value: &str| match value.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                errors.push(format!("{key}: '{value}' is not a host:port socket address"));
+                errors.push(format!(
+                    "{key}: '{value}' is not a host:port socket address"
+                ));
                 None
             }
         };
@@ -474,7 +476,10 @@ impl Config {
             );
         }
         let positive: [(&str, usize); 9] = [
-            ("receiver.max_message_bytes", self.receiver.max_message_bytes),
+            (
+                "receiver.max_message_bytes",
+                self.receiver.max_message_bytes,
+            ),
             (
                 "receiver.max_decompressed_bytes",
                 self.receiver.max_decompressed_bytes,

@@ -98,7 +98,8 @@ impl Gateway {
         }
         let metrics = ops::metrics::handle();
         let client = MlflowClient::new(&config.mlflow)?;
-        let experiments = Experiments::new(client.clone(), config.mlflow.create_missing_experiments);
+        let experiments =
+            Experiments::new(client.clone(), config.mlflow.create_missing_experiments);
         let health = Arc::new(Health::new());
         let policy = RetryPolicy::from(&config.retry);
         let tracker = Arc::new(TraceTracker::new(
@@ -162,8 +163,10 @@ impl Gateway {
         let stop_receivers = CancellationToken::new();
         let stop_api = CancellationToken::new();
         let grpc = {
-            let service =
-                receive::grpc::GrpcReceiver::service(ingest.clone(), config.receiver.max_decompressed_bytes);
+            let service = receive::grpc::GrpcReceiver::service(
+                ingest.clone(),
+                config.receiver.max_decompressed_bytes,
+            );
             let stop = stop_receivers.clone();
             tokio::spawn(async move {
                 let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
@@ -215,11 +218,14 @@ impl Gateway {
             tokio::spawn(async move {
                 loop {
                     let problem = match client.health().await {
-                        Err(e) => Some(format!("MLflow at {} does not answer: {e}", client.base_url())),
+                        Err(e) => Some(format!(
+                            "MLflow at {} does not answer: {e}",
+                            client.base_url()
+                        )),
                         Ok(()) => match client.check_auth().await {
-                            Err(e) if e.class() == mlflow::ErrorClass::Auth => Some(format!(
-                                "MLflow refused the gateway's credentials: {e}"
-                            )),
+                            Err(e) if e.class() == mlflow::ErrorClass::Auth => {
+                                Some(format!("MLflow refused the gateway's credentials: {e}"))
+                            }
                             _ => None,
                         },
                     };
@@ -306,7 +312,11 @@ impl Gateway {
             }
             None => true,
         };
-        let undelivered_bytes = if drained { 0 } else { self.ingest.queued_bytes() };
+        let undelivered_bytes = if drained {
+            0
+        } else {
+            self.ingest.queued_bytes()
+        };
         if drained {
             tracing::info!("drained: everything accepted was handed to MLflow");
         } else {

@@ -96,7 +96,9 @@ async fn wait_for_signal() -> anyhow::Result<&'static str> {
     }
     #[cfg(not(unix))]
     {
-        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
         Ok("Ctrl-C")
     }
 }
@@ -141,7 +143,10 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     mlflow_otlp_gateway::ops::logging::init(config.log.format, &config.log.level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -36,13 +36,14 @@ impl Turn {
         let session = format!("session-{u}");
         let user = format!("user-{u}");
         let team = format!("team-{u}");
-        let root = SpanSpec::root(trace_id, "POST /chat", now_nanos() - 2_000_000_000, 250).with(vec![
-            header("x-request-id", &request_id),
-            header("x-session-id", &session),
-            header("x-user-id", &user),
-            s("http.request.method", "POST"),
-            s("mlflow.traceTag.team", &team),
-        ]);
+        let root =
+            SpanSpec::root(trace_id, "POST /chat", now_nanos() - 2_000_000_000, 250).with(vec![
+                header("x-request-id", &request_id),
+                header("x-session-id", &session),
+                header("x-user-id", &user),
+                s("http.request.method", "POST"),
+                s("mlflow.traceTag.team", &team),
+            ]);
         let child = SpanSpec::child(&root, "chat gpt-4o", 20, 200).with(vec![
             s("gen_ai.operation.name", "chat"),
             s("gen_ai.request.model", "gpt-4o"),
@@ -72,7 +73,8 @@ impl Turn {
 }
 
 fn rfc3339_ms(nanos: u64) -> String {
-    let t = OffsetDateTime::from_unix_timestamp_nanos((nanos / 1_000_000 * 1_000_000) as i128).unwrap();
+    let t =
+        OffsetDateTime::from_unix_timestamp_nanos((nanos / 1_000_000 * 1_000_000) as i128).unwrap();
     // MLflow renders milliseconds always.
     let s = t.format(&Rfc3339).unwrap();
     match s.find('.') {
@@ -90,7 +92,10 @@ async fn assert_turn_complete(mlflow: &Mlflow, experiment: &str, turn: &Turn) {
         })
         .await;
     assert_eq!(info["state"], "OK", "{info:#}");
-    assert_eq!(info["trace_location"]["mlflow_experiment"]["experiment_id"], experiment);
+    assert_eq!(
+        info["trace_location"]["mlflow_experiment"]["experiment_id"],
+        experiment
+    );
     // Timing from the root span, not the child.
     let expected_time = rfc3339_ms(turn.root.start);
     let got_time = info["request_time"].as_str().unwrap();
@@ -125,7 +130,10 @@ async fn assert_turn_complete(mlflow: &Mlflow, experiment: &str, turn: &Turn) {
         format!("tags.team = '{}'", turn.team),
     ] {
         let found = mlflow.search(experiment, &filter).await;
-        let ids: Vec<&str> = found.iter().filter_map(|t| t["trace_id"].as_str()).collect();
+        let ids: Vec<&str> = found
+            .iter()
+            .filter_map(|t| t["trace_id"].as_str())
+            .collect();
         assert_eq!(ids, vec![tr.as_str()], "search {filter}");
     }
 }
@@ -145,10 +153,20 @@ async fn http_protobuf_trace_lands_complete() {
     let (mlflow, exp) = setup("http-proto").await;
     let gw = gateway(&mlflow.url, &exp, |_| {}).await;
     let turn = Turn::new();
-    let r = post_http(gw.otlp_http_addr, turn.request().encode_to_vec(), "application/x-protobuf", None, &[]).await;
+    let r = post_http(
+        gw.otlp_http_addr,
+        turn.request().encode_to_vec(),
+        "application/x-protobuf",
+        None,
+        &[],
+    )
+    .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/x-protobuf");
-    assert_eq!(decode_response(&r.bytes().await.unwrap()).partial_success, None);
+    assert_eq!(
+        decode_response(&r.bytes().await.unwrap()).partial_success,
+        None
+    );
     assert_turn_complete(&mlflow, &exp, &turn).await;
 }
 
@@ -161,7 +179,14 @@ async fn http_json_with_charset_trace_lands_complete() {
     // OTLP/JSON rules: hex ids, lowerCamelCase, int64 as strings.
     let text = String::from_utf8(body.clone()).unwrap();
     assert!(text.contains("\"traceId\"") && text.contains(&hex(&turn.trace_id)));
-    let r = post_http(gw.otlp_http_addr, body, "application/json; charset=utf-8", None, &[]).await;
+    let r = post_http(
+        gw.otlp_http_addr,
+        body,
+        "application/json; charset=utf-8",
+        None,
+        &[],
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let reply: Json = r.json().await.unwrap();
     assert!(reply.get("partialSuccess").is_none(), "{reply}");
@@ -188,13 +213,22 @@ async fn http_gzip_protobuf_and_zstd_json_land_complete() {
     assert_eq!(r.status(), 200);
     let turn2 = Turn::new();
     let body = zstd::encode_all(&serde_json::to_vec(&turn2.request()).unwrap()[..], 3).unwrap();
-    let r = post_http(gw.otlp_http_addr, body, "application/json", Some("zstd"), &[]).await;
+    let r = post_http(
+        gw.otlp_http_addr,
+        body,
+        "application/json",
+        Some("zstd"),
+        &[],
+    )
+    .await;
     assert_eq!(r.status(), 200);
     assert_turn_complete(&mlflow, &exp, &turn).await;
     assert_turn_complete(&mlflow, &exp, &turn2).await;
 }
 
-async fn grpc_client(gw: &mlflow_otlp_gateway::Gateway) -> TraceServiceClient<tonic::transport::Channel> {
+async fn grpc_client(
+    gw: &mlflow_otlp_gateway::Gateway,
+) -> TraceServiceClient<tonic::transport::Channel> {
     TraceServiceClient::connect(format!("http://{}", gw.otlp_grpc_addr))
         .await
         .expect("gRPC connect")
@@ -205,7 +239,11 @@ async fn grpc_plain_and_gzip_traces_land_complete() {
     let (mlflow, exp) = setup("grpc").await;
     let gw = gateway(&mlflow.url, &exp, |_| {}).await;
     let turn = Turn::new();
-    let reply = grpc_client(&gw).await.export(turn.request()).await.expect("export");
+    let reply = grpc_client(&gw)
+        .await
+        .export(turn.request())
+        .await
+        .expect("export");
     assert_eq!(reply.into_inner().partial_success, None);
     let turn2 = Turn::new();
     grpc_client(&gw)
@@ -242,7 +280,9 @@ async fn children_before_root_still_end_complete_and_ok() {
     .await;
     assert_eq!(r.status(), 200);
     let tr = tr_id(&trace_id);
-    let early = mlflow.wait_trace(&tr, "a row from the child", |_| true).await;
+    let early = mlflow
+        .wait_trace(&tr, "a row from the child", |_| true)
+        .await;
     assert_eq!(early["state"], "IN_PROGRESS");
     let r = post_http(
         gw.otlp_http_addr,
@@ -260,7 +300,10 @@ async fn children_before_root_still_end_complete_and_ok() {
         .await;
     assert_eq!(info["state"], "OK");
     assert_eq!(info["execution_duration"], "1.200s");
-    assert_eq!(info["trace_metadata"]["mlflow.trace.user"], format!("child-user-{u}").as_str());
+    assert_eq!(
+        info["trace_metadata"]["mlflow.trace.user"],
+        format!("child-user-{u}").as_str()
+    );
     assert_eq!(
         info["trace_metadata"]["mlflow.trace.session"],
         format!("child-session-{u}").as_str()
@@ -276,11 +319,16 @@ async fn an_over_long_session_id_does_not_lose_the_batch() {
     let long = "s".repeat(400);
     let a = SpanSpec::root(random_trace_id(), "a", now_nanos() - 1_000_000_000, 10)
         .with(vec![s("session.id", &long)]);
-    let a_child = SpanSpec::child(&a, "a-child", 1, 2).with(vec![s("gen_ai.conversation.id", &long)]);
+    let a_child =
+        SpanSpec::child(&a, "a-child", 1, 2).with(vec![s("gen_ai.conversation.id", &long)]);
     let b = SpanSpec::root(random_trace_id(), "b", now_nanos() - 1_000_000_000, 10);
     let r = post_http(
         gw.otlp_http_addr,
-        request(service_resource("svc"), vec![a.build(), a_child.build(), b.build()]).encode_to_vec(),
+        request(
+            service_resource("svc"),
+            vec![a.build(), a_child.build(), b.build()],
+        )
+        .encode_to_vec(),
         "application/x-protobuf",
         None,
         &[],
@@ -292,7 +340,13 @@ async fn an_over_long_session_id_does_not_lose_the_batch() {
             i["trace_metadata"]["mlflow.trace_schema.version"] == "3"
         })
         .await;
-    assert_eq!(info["trace_metadata"]["mlflow.trace.session"].as_str().unwrap().len(), 250);
+    assert_eq!(
+        info["trace_metadata"]["mlflow.trace.session"]
+            .as_str()
+            .unwrap()
+            .len(),
+        250
+    );
     assert_eq!(mlflow.wait_spans(&tr_id(&a.trace_id), 2).await.len(), 2);
     assert_eq!(mlflow.wait_spans(&tr_id(&b.trace_id), 1).await.len(), 1);
 }
@@ -309,9 +363,18 @@ async fn a_bad_span_is_reported_in_partial_success_while_its_siblings_land() {
     bad.name = "broken".into();
     let mut req = turn.request();
     req.resource_spans[0].scope_spans[0].spans.push(bad);
-    let r = post_http(gw.otlp_http_addr, req.encode_to_vec(), "application/x-protobuf", None, &[]).await;
+    let r = post_http(
+        gw.otlp_http_addr,
+        req.encode_to_vec(),
+        "application/x-protobuf",
+        None,
+        &[],
+    )
+    .await;
     assert_eq!(r.status(), 200);
-    let p = decode_response(&r.bytes().await.unwrap()).partial_success.expect("partial success");
+    let p = decode_response(&r.bytes().await.unwrap())
+        .partial_success
+        .expect("partial success");
     assert_eq!(p.rejected_spans, 1);
     assert!(p.error_message.contains("span_id"), "{}", p.error_message);
     assert_turn_complete(&mlflow, &exp, &turn).await;
@@ -323,10 +386,19 @@ async fn a_bad_span_is_reported_in_partial_success_while_its_siblings_land() {
     bad.end_time_unix_nano = 0;
     let mut req = turn.request();
     req.resource_spans[0].scope_spans[0].spans.push(bad);
-    let reply = grpc_client(&gw).await.export(req).await.expect("export").into_inner();
+    let reply = grpc_client(&gw)
+        .await
+        .export(req)
+        .await
+        .expect("export")
+        .into_inner();
     let p = reply.partial_success.expect("partial success");
     assert_eq!(p.rejected_spans, 1);
-    assert!(p.error_message.contains("unfinished"), "{}", p.error_message);
+    assert!(
+        p.error_message.contains("unfinished"),
+        "{}",
+        p.error_message
+    );
     assert_turn_complete(&mlflow, &exp, &turn).await;
 
     // JSON: partialSuccess in OTLP/JSON form.
@@ -335,7 +407,14 @@ async fn a_bad_span_is_reported_in_partial_success_while_its_siblings_land() {
     bad.trace_id = vec![1; 15];
     let mut req = turn.request();
     req.resource_spans[0].scope_spans[0].spans.push(bad);
-    let r = post_http(gw.otlp_http_addr, serde_json::to_vec(&req).unwrap(), "application/json", None, &[]).await;
+    let r = post_http(
+        gw.otlp_http_addr,
+        serde_json::to_vec(&req).unwrap(),
+        "application/json",
+        None,
+        &[],
+    )
+    .await;
     let reply: Json = r.json().await.unwrap();
     assert_eq!(reply["partialSuccess"]["rejectedSpans"], "1", "{reply}");
     assert_turn_complete(&mlflow, &exp, &turn).await;
@@ -347,11 +426,13 @@ async fn routing_by_header_metadata_resource_and_rules() {
     let other = mlflow.create_experiment("route-header").await;
     let ruled = format!("route-rule-{}", unique());
     let gw = gateway(&mlflow.url, &default_exp, |c| {
-        c.routing.rules.push(mlflow_otlp_gateway::config::RouteRule {
-            service_name: "billing".into(),
-            experiment_id: None,
-            experiment_name: Some(ruled.clone()),
-        });
+        c.routing
+            .rules
+            .push(mlflow_otlp_gateway::config::RouteRule {
+                service_name: "billing".into(),
+                experiment_id: None,
+                experiment_name: Some(ruled.clone()),
+            });
     })
     .await;
 
@@ -371,7 +452,8 @@ async fn routing_by_header_metadata_resource_and_rules() {
     // gRPC metadata.
     let turn = Turn::new();
     let mut req = tonic::Request::new(turn.request());
-    req.metadata_mut().insert("x-mlflow-experiment-id", other.parse().unwrap());
+    req.metadata_mut()
+        .insert("x-mlflow-experiment-id", other.parse().unwrap());
     grpc_client(&gw).await.export(req).await.expect("export");
     assert_turn_complete(&mlflow, &other, &turn).await;
 
@@ -380,19 +462,53 @@ async fn routing_by_header_metadata_resource_and_rules() {
     let root = SpanSpec::root(random_trace_id(), "r", now_nanos() - 1_000_000_000, 5);
     let mut resource = service_resource("anything");
     resource.push(s("mlflow.experiment.name", &created));
-    let r = post_http(gw.otlp_http_addr, request(resource, vec![root.build()]).encode_to_vec(), "application/x-protobuf", None, &[]).await;
+    let r = post_http(
+        gw.otlp_http_addr,
+        request(resource, vec![root.build()]).encode_to_vec(),
+        "application/x-protobuf",
+        None,
+        &[],
+    )
+    .await;
     assert_eq!(r.status(), 200);
-    let info = mlflow.wait_trace(&tr_id(&root.trace_id), "its TraceInfo", |i| i["state"] == "OK").await;
-    let exp = mlflow.experiment_by_name(&created).await.expect("experiment created");
-    assert_eq!(info["trace_location"]["mlflow_experiment"]["experiment_id"], exp["experiment_id"]);
+    let info = mlflow
+        .wait_trace(&tr_id(&root.trace_id), "its TraceInfo", |i| {
+            i["state"] == "OK"
+        })
+        .await;
+    let exp = mlflow
+        .experiment_by_name(&created)
+        .await
+        .expect("experiment created");
+    assert_eq!(
+        info["trace_location"]["mlflow_experiment"]["experiment_id"],
+        exp["experiment_id"]
+    );
 
     // Rule by service.name.
     let root = SpanSpec::root(random_trace_id(), "bill", now_nanos() - 1_000_000_000, 5);
-    let r = post_http(gw.otlp_http_addr, request(service_resource("billing"), vec![root.build()]).encode_to_vec(), "application/x-protobuf", None, &[]).await;
+    let r = post_http(
+        gw.otlp_http_addr,
+        request(service_resource("billing"), vec![root.build()]).encode_to_vec(),
+        "application/x-protobuf",
+        None,
+        &[],
+    )
+    .await;
     assert_eq!(r.status(), 200);
-    let info = mlflow.wait_trace(&tr_id(&root.trace_id), "its TraceInfo", |i| i["state"] == "OK").await;
-    let exp = mlflow.experiment_by_name(&ruled).await.expect("rule experiment created");
-    assert_eq!(info["trace_location"]["mlflow_experiment"]["experiment_id"], exp["experiment_id"]);
+    let info = mlflow
+        .wait_trace(&tr_id(&root.trace_id), "its TraceInfo", |i| {
+            i["state"] == "OK"
+        })
+        .await;
+    let exp = mlflow
+        .experiment_by_name(&ruled)
+        .await
+        .expect("rule experiment created");
+    assert_eq!(
+        info["trace_location"]["mlflow_experiment"]["experiment_id"],
+        exp["experiment_id"]
+    );
 }
 
 #[tokio::test]
@@ -407,10 +523,19 @@ async fn deleted_missing_and_malformed_experiments_are_clear_errors() {
         ("99999999", 400, "does not exist"),
         ("abc", 400, "not a numeric experiment id"),
     ] {
-        let r = post_http(gw.otlp_http_addr, body.clone(), "application/x-protobuf", None, &[("x-mlflow-experiment-id", header)]).await;
+        let r = post_http(
+            gw.otlp_http_addr,
+            body.clone(),
+            "application/x-protobuf",
+            None,
+            &[("x-mlflow-experiment-id", header)],
+        )
+        .await;
         assert_eq!(r.status().as_u16(), status, "header {header}");
         let bytes = r.bytes().await.unwrap();
-        let msg = mlflow_otlp_gateway::receive::errors::RpcStatus::decode(&bytes[..]).unwrap().message;
+        let msg = mlflow_otlp_gateway::receive::errors::RpcStatus::decode(&bytes[..])
+            .unwrap()
+            .message;
         assert!(msg.contains(text), "header {header}: {msg}");
     }
 }
@@ -425,26 +550,112 @@ async fn http_errors_use_the_codes_otlp_clients_understand() {
     .await;
     let addr = gw.otlp_http_addr;
     let good = Turn::new().request().encode_to_vec();
-    assert_eq!(post_http(addr, good.clone(), "text/plain", None, &[]).await.status(), 415);
-    assert_eq!(post_http(addr, good.clone(), "application/x-protobuf", Some("br"), &[]).await.status(), 415);
-    assert_eq!(post_http(addr, b"\xff\xff\xff".to_vec(), "application/x-protobuf", None, &[]).await.status(), 400);
-    assert_eq!(post_http(addr, b"{not json".to_vec(), "application/json", None, &[]).await.status(), 400);
-    assert_eq!(post_http(addr, b"x".to_vec(), "application/x-protobuf", Some("gzip"), &[]).await.status(), 400);
+    assert_eq!(
+        post_http(addr, good.clone(), "text/plain", None, &[])
+            .await
+            .status(),
+        415
+    );
+    assert_eq!(
+        post_http(
+            addr,
+            good.clone(),
+            "application/x-protobuf",
+            Some("br"),
+            &[]
+        )
+        .await
+        .status(),
+        415
+    );
+    assert_eq!(
+        post_http(
+            addr,
+            b"\xff\xff\xff".to_vec(),
+            "application/x-protobuf",
+            None,
+            &[]
+        )
+        .await
+        .status(),
+        400
+    );
+    assert_eq!(
+        post_http(addr, b"{not json".to_vec(), "application/json", None, &[])
+            .await
+            .status(),
+        400
+    );
+    assert_eq!(
+        post_http(
+            addr,
+            b"x".to_vec(),
+            "application/x-protobuf",
+            Some("gzip"),
+            &[]
+        )
+        .await
+        .status(),
+        400
+    );
     // Too large on the wire, and a zip bomb: 413, and the gateway keeps serving.
-    assert_eq!(post_http(addr, vec![0u8; 300 * 1024], "application/x-protobuf", None, &[]).await.status(), 413);
+    assert_eq!(
+        post_http(
+            addr,
+            vec![0u8; 300 * 1024],
+            "application/x-protobuf",
+            None,
+            &[]
+        )
+        .await
+        .status(),
+        413
+    );
     let bomb = gzip(&vec![0u8; 64 * 1024 * 1024]);
     assert!(bomb.len() < 256 * 1024);
-    assert_eq!(post_http(addr, bomb, "application/x-protobuf", Some("gzip"), &[]).await.status(), 413);
+    assert_eq!(
+        post_http(addr, bomb, "application/x-protobuf", Some("gzip"), &[])
+            .await
+            .status(),
+        413
+    );
     // Every span unusable: 400, never retried by clients.
     let mut all_bad = Turn::new().request();
     for sp in all_bad.resource_spans[0].scope_spans[0].spans.iter_mut() {
         sp.trace_id.clear();
     }
-    assert_eq!(post_http(addr, all_bad.encode_to_vec(), "application/x-protobuf", None, &[]).await.status(), 400);
+    assert_eq!(
+        post_http(
+            addr,
+            all_bad.encode_to_vec(),
+            "application/x-protobuf",
+            None,
+            &[]
+        )
+        .await
+        .status(),
+        400
+    );
     // Empty request: success, nothing stored.
-    assert_eq!(post_http(addr, vec![], "application/x-protobuf", None, &[]).await.status(), 200);
+    assert_eq!(
+        post_http(addr, vec![], "application/x-protobuf", None, &[])
+            .await
+            .status(),
+        200
+    );
     let turn = Turn::new();
-    assert_eq!(post_http(addr, turn.request().encode_to_vec(), "application/x-protobuf", None, &[]).await.status(), 200);
+    assert_eq!(
+        post_http(
+            addr,
+            turn.request().encode_to_vec(),
+            "application/x-protobuf",
+            None,
+            &[]
+        )
+        .await
+        .status(),
+        200
+    );
     assert_turn_complete(&mlflow, &exp, &turn).await;
 }
 
@@ -463,7 +674,14 @@ async fn a_full_queue_gets_retryable_refusals_on_both_transports() {
     let mut statuses = vec![];
     let mut refusal = None;
     for _ in 0..20 {
-        let r = post_http(gw.otlp_http_addr, body.clone(), "application/x-protobuf", None, &[]).await;
+        let r = post_http(
+            gw.otlp_http_addr,
+            body.clone(),
+            "application/x-protobuf",
+            None,
+            &[],
+        )
+        .await;
         statuses.push(r.status().as_u16());
         if r.status() == 429 {
             refusal = Some(r);
@@ -474,17 +692,30 @@ async fn a_full_queue_gets_retryable_refusals_on_both_transports() {
     assert_eq!(r.headers()["retry-after"], "3");
     assert!(statuses[0] == 200, "first request accepted: {statuses:?}");
 
-    let err = grpc_client(&gw).await.export(Turn::new().request()).await.unwrap_err();
+    let err = grpc_client(&gw)
+        .await
+        .export(Turn::new().request())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted);
     let details = mlflow_otlp_gateway::receive::errors::RpcStatus::decode(err.details()).unwrap();
-    assert!(details.details[0].type_url.ends_with("google.rpc.RetryInfo"));
+    assert!(
+        details.details[0]
+            .type_url
+            .ends_with("google.rpc.RetryInfo")
+    );
 
     // Not ready: MLflow does not answer.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let ready = reqwest::get(format!("http://{}/readyz", gw.api_addr)).await.unwrap();
+    let ready = reqwest::get(format!("http://{}/readyz", gw.api_addr))
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503);
     let body: Json = ready.json().await.unwrap();
-    assert!(body["reasons"].to_string().contains("does not answer"), "{body}");
+    assert!(
+        body["reasons"].to_string().contains("does not answer"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -497,11 +728,21 @@ async fn shutdown_flushes_what_is_in_memory() {
     .await;
     let turns: Vec<Turn> = (0..3).map(|_| Turn::new()).collect();
     for t in &turns {
-        let r = post_http(gw.otlp_http_addr, t.request().encode_to_vec(), "application/x-protobuf", None, &[]).await;
+        let r = post_http(
+            gw.otlp_http_addr,
+            t.request().encode_to_vec(),
+            "application/x-protobuf",
+            None,
+            &[],
+        )
+        .await;
         assert_eq!(r.status(), 200);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(mlflow.trace_info(&turns[0].tr()).await.is_none(), "still batched in memory");
+    assert!(
+        mlflow.trace_info(&turns[0].tr()).await.is_none(),
+        "still batched in memory"
+    );
     let report = gw.shutdown().await;
     assert!(report.drained, "{report:?}");
     for t in &turns {
@@ -515,10 +756,21 @@ async fn health_readiness_and_metrics() {
     let gw = gateway(&mlflow.url, &exp, |_| {}).await;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let api = format!("http://{}", gw.api_addr);
-    assert_eq!(reqwest::get(format!("{api}/healthz")).await.unwrap().status(), 200);
+    assert_eq!(
+        reqwest::get(format!("{api}/healthz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let mut ready = false;
     for _ in 0..50 {
-        if reqwest::get(format!("{api}/readyz")).await.unwrap().status() == 200 {
+        if reqwest::get(format!("{api}/readyz"))
+            .await
+            .unwrap()
+            .status()
+            == 200
+        {
             ready = true;
             break;
         }
@@ -526,9 +778,21 @@ async fn health_readiness_and_metrics() {
     }
     assert!(ready, "ready once MLflow answers");
     let turn = Turn::new();
-    post_http(gw.otlp_http_addr, turn.request().encode_to_vec(), "application/x-protobuf", None, &[]).await;
+    post_http(
+        gw.otlp_http_addr,
+        turn.request().encode_to_vec(),
+        "application/x-protobuf",
+        None,
+        &[],
+    )
+    .await;
     assert_turn_complete(&mlflow, &exp, &turn).await;
-    let text = reqwest::get(format!("{api}/metrics")).await.unwrap().text().await.unwrap();
+    let text = reqwest::get(format!("{api}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for name in [
         "gateway_receiver_spans_received_total{transport=\"http_protobuf\"}",
         "gateway_receiver_spans_accepted_total{transport=\"http_protobuf\"}",

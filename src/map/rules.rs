@@ -278,7 +278,9 @@ impl MappingTable {
 
     /// Whether an attribute key feeds any rule or tag prefix.
     fn is_interesting(&self, key: &str) -> bool {
-        self.tag_prefixes.iter().any(|p| key.starts_with(p.as_str()))
+        self.tag_prefixes
+            .iter()
+            .any(|p| key.starts_with(p.as_str()))
             || self.rules.iter().any(|r| r.keys.iter().any(|k| k == key))
     }
 
@@ -311,29 +313,21 @@ impl MappingTable {
 
         // Tags from prefixed attributes: root, then resource, then others; first wins per key.
         let mut prefixed: BTreeMap<String, String> = BTreeMap::new();
-        let scopes: [Box<dyn Iterator<Item = (&str, Option<String>)>>; 3] = [
-            Box::new(
-                root.iter()
-                    .map(|kv| (kv.key.as_str(), kv.value.as_ref().and_then(value_to_string))),
-            ),
-            Box::new(
-                resource
-                    .iter()
-                    .map(|kv| (kv.key.as_str(), kv.value.as_ref().and_then(value_to_string))),
-            ),
-            Box::new(others.iter().map(|(k, v)| (k.as_str(), Some(v.clone())))),
-        ];
-        for scope in scopes {
-            for (key, value) in scope {
-                let Some(value) = value else { continue };
-                for prefix in &self.tag_prefixes {
-                    if let Some(tag) = key.strip_prefix(prefix.as_str())
-                        && limits::is_valid_key(tag)
-                    {
-                        prefixed.entry(tag.to_string()).or_insert(value.clone());
-                    }
+        let mut take = |key: &str, value: Option<String>| {
+            let Some(value) = value else { return };
+            for prefix in &self.tag_prefixes {
+                if let Some(tag) = key.strip_prefix(prefix.as_str())
+                    && limits::is_valid_key(tag)
+                {
+                    prefixed.entry(tag.to_string()).or_insert(value.clone());
                 }
             }
+        };
+        for kv in root.iter().chain(resource) {
+            take(&kv.key, kv.value.as_ref().and_then(value_to_string));
+        }
+        for (key, value) in others {
+            take(key, Some(value.clone()));
         }
         facts.tags.extend(prefixed);
 
@@ -412,7 +406,10 @@ mod tests {
     #[test]
     fn source_order_decides_within_a_scope() {
         let f = table().evaluate(
-            &[kv_str("request.id", "low"), kv_str("client_request_id", "high")],
+            &[
+                kv_str("request.id", "low"),
+                kv_str("client_request_id", "high"),
+            ],
             &[],
             &CollectedAttrs::new(),
         );

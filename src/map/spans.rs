@@ -95,7 +95,11 @@ pub fn enrich_root(span: &mut Span, facts: &TraceFacts) {
         set_str(&mut span.attributes, USER_ATTR, user);
     }
     for (key, value) in &facts.tags {
-        set_str(&mut span.attributes, &format!("{TRACE_TAG_PREFIX}{key}"), value);
+        set_str(
+            &mut span.attributes,
+            &format!("{TRACE_TAG_PREFIX}{key}"),
+            value,
+        );
     }
 }
 
@@ -157,7 +161,9 @@ mod tests {
         fit(&mut s);
         assert_eq!(find_str(&s.attributes, "session.id").unwrap().len(), 250);
         assert_eq!(
-            find_str(&s.attributes, "gen_ai.conversation.id").unwrap().len(),
+            find_str(&s.attributes, "gen_ai.conversation.id")
+                .unwrap()
+                .len(),
             250
         );
         assert_eq!(find_str(&s.attributes, "other").unwrap().len(), 400);
@@ -171,7 +177,9 @@ mod tests {
         facts
             .metadata
             .insert("mlflow.trace.session".into(), "sess".into());
-        facts.metadata.insert("mlflow.trace.user".into(), "u".into());
+        facts
+            .metadata
+            .insert("mlflow.trace.user".into(), "u".into());
         facts.tags.insert("team".into(), "alpha".into());
         enrich_root(&mut s, &facts);
         let get = |k: &str| find_str(&s.attributes, k);
@@ -179,7 +187,10 @@ mod tests {
         assert_eq!(get("user.id").as_deref(), Some("u"));
         assert_eq!(get("mlflow.traceTag.team").as_deref(), Some("alpha"));
         assert_eq!(
-            s.attributes.iter().filter(|kv: &&KeyValue| kv.key == "session.id").count(),
+            s.attributes
+                .iter()
+                .filter(|kv: &&KeyValue| kv.key == "session.id")
+                .count(),
             1
         );
     }

@@ -107,7 +107,9 @@ mod tests {
             client_request_id: Some("req-1".into()),
             ..Default::default()
         };
-        facts.metadata.insert("mlflow.trace.user".into(), "u".into());
+        facts
+            .metadata
+            .insert("mlflow.trace.user".into(), "u".into());
         facts.tags.insert("team".into(), "a".into());
         TraceInfoJob {
             trace_id: [0xab; 16],
@@ -122,7 +124,10 @@ mod tests {
 
     #[test]
     fn trace_ids_are_tr_plus_lowercase_hex() {
-        assert_eq!(mlflow_trace_id(&[0xAB; 16]), format!("tr-{}", "ab".repeat(16)));
+        assert_eq!(
+            mlflow_trace_id(&[0xAB; 16]),
+            format!("tr-{}", "ab".repeat(16))
+        );
         assert_eq!(mlflow_trace_id(&[0; 16]).len(), 35);
     }
 
@@ -133,7 +138,10 @@ mod tests {
         assert_eq!(info["trace_id"], format!("tr-{}", "ab".repeat(16)));
         assert_eq!(info["client_request_id"], "req-1");
         assert_eq!(info["trace_location"]["type"], "MLFLOW_EXPERIMENT");
-        assert_eq!(info["trace_location"]["mlflow_experiment"]["experiment_id"], "12");
+        assert_eq!(
+            info["trace_location"]["mlflow_experiment"]["experiment_id"],
+            "12"
+        );
         assert_eq!(info["request_time"], "2025-11-26T17:22:08.999Z");
         assert_eq!(info["execution_duration"], "1.500s");
         assert_eq!(info["state"], "ERROR");
@@ -147,13 +155,20 @@ mod tests {
     fn no_client_request_id_field_when_unknown() {
         let mut j = job();
         j.facts.client_request_id = None;
-        assert!(j.body("1")["trace"]["trace_info"].get("client_request_id").is_none());
+        assert!(
+            j.body("1")["trace"]["trace_info"]
+                .get("client_request_id")
+                .is_none()
+        );
     }
 
     #[test]
     fn a_mapped_trace_name_tag_wins_over_the_span_name() {
         let mut j = job();
         j.facts.tags.insert(TRACE_NAME_TAG.into(), "custom".into());
-        assert_eq!(j.body("1")["trace"]["trace_info"]["tags"]["mlflow.traceName"], "custom");
+        assert_eq!(
+            j.body("1")["trace"]["trace_info"]["tags"]["mlflow.traceName"],
+            "custom"
+        );
     }
 }

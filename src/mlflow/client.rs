@@ -197,7 +197,9 @@ impl MlflowClient {
                 .and_then(Value::as_str)
                 .map(str::to_string)
                 .ok_or_else(|| MlflowError::BadReply("create experiment: no experiment_id".into())),
-            Err(e) if e.status() == Some(400) && e.to_string().contains("RESOURCE_ALREADY_EXISTS") => {
+            Err(e)
+                if e.status() == Some(400) && e.to_string().contains("RESOURCE_ALREADY_EXISTS") =>
+            {
                 match self.get_experiment_by_name(name).await? {
                     Some(exp) => Ok(exp.experiment_id),
                     None => Err(e),
@@ -361,6 +363,9 @@ mod tests {
             ..MlflowConfig::default()
         };
         let client = MlflowClient::new(&cfg).unwrap();
-        assert_eq!(client.url("v1/traces").as_str(), "http://h:5000/mlflow/v1/traces");
+        assert_eq!(
+            client.url("v1/traces").as_str(),
+            "http://h:5000/mlflow/v1/traces"
+        );
     }
 }

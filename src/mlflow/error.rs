@@ -105,7 +105,10 @@ mod tests {
     #[test]
     fn classes_follow_the_documented_table() {
         assert_eq!(MlflowError::Timeout.class(), ErrorClass::Retryable);
-        assert_eq!(MlflowError::Connect("x".into()).class(), ErrorClass::Retryable);
+        assert_eq!(
+            MlflowError::Connect("x".into()).class(),
+            ErrorClass::Retryable
+        );
         assert_eq!(status(503, "").class(), ErrorClass::Retryable);
         assert_eq!(status(500, "").class(), ErrorClass::Retryable);
         assert_eq!(status(429, "").class(), ErrorClass::Retryable);
@@ -117,7 +120,10 @@ mod tests {
             status(422, "Cannot convert OpenTelemetry span to MLflow span").class(),
             ErrorClass::Permanent
         );
-        assert_eq!(status(400, "Session ID exceeds").class(), ErrorClass::Permanent);
+        assert_eq!(
+            status(400, "Session ID exceeds").class(),
+            ErrorClass::Permanent
+        );
         assert_eq!(status(404, "").class(), ErrorClass::Permanent);
         assert_eq!(status(401, "").class(), ErrorClass::Auth);
         assert_eq!(status(403, "").class(), ErrorClass::Auth);

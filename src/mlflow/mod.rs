@@ -7,4 +7,3 @@ pub mod retry;
 
 pub use client::MlflowClient;
 pub use error::{ErrorClass, MlflowError};
-

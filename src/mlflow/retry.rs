@@ -143,7 +143,9 @@ mod tests {
     async fn max_elapsed_stops_retrying() {
         let mut p = policy();
         p.max_elapsed = Duration::from_millis(20);
-        let r: Result<(), _> = p.run(|| async { Err(MlflowError::Timeout) }, |_, _| {}).await;
+        let r: Result<(), _> = p
+            .run(|| async { Err(MlflowError::Timeout) }, |_, _| {})
+            .await;
         assert!(matches!(r, Err(MlflowError::Timeout)));
     }
 }

@@ -29,13 +29,19 @@ impl Health {
     }
 
     pub fn set_mlflow_problem(&self, problem: Option<String>) {
-        *self.mlflow_problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
+        *self
+            .mlflow_problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = problem;
     }
 
     /// A problem seen while exporting (for example refused credentials); cleared by the next
     /// successful delivery.
     pub fn set_export_problem(&self, problem: Option<String>) {
-        let mut slot = self.export_problem.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self
+            .export_problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if slot.is_some() || problem.is_some() {
             if let Some(p) = &problem
                 && slot.as_ref() != Some(p)
@@ -55,13 +61,27 @@ impl Health {
         if self.draining.load(Ordering::SeqCst) {
             reasons.push("draining for shutdown".to_string());
         }
-        if let Some(p) = self.mlflow_problem.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        if let Some(p) = self
+            .mlflow_problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
             reasons.push(p);
         }
-        if let Some(p) = self.export_problem.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        if let Some(p) = self
+            .export_problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
             reasons.push(p);
         }
-        if reasons.is_empty() { Ok(()) } else { Err(reasons) }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
     }
 }
 

@@ -31,22 +31,70 @@ pub fn handle() -> PrometheusHandle {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("gateway_receiver_spans_received_total", "Spans received, by transport.");
-    describe_counter!("gateway_receiver_spans_accepted_total", "Spans accepted into the pipeline, by transport.");
-    describe_counter!("gateway_receiver_spans_rejected_total", "Unusable spans reported in partial_success or 400, by transport and reason.");
-    describe_counter!("gateway_receiver_spans_refused_total", "Spans refused with a retryable code, by transport and reason.");
-    describe_counter!("gateway_receiver_requests_refused_total", "Requests refused before decoding, by transport and reason.");
+    describe_counter!(
+        "gateway_receiver_spans_received_total",
+        "Spans received, by transport."
+    );
+    describe_counter!(
+        "gateway_receiver_spans_accepted_total",
+        "Spans accepted into the pipeline, by transport."
+    );
+    describe_counter!(
+        "gateway_receiver_spans_rejected_total",
+        "Unusable spans reported in partial_success or 400, by transport and reason."
+    );
+    describe_counter!(
+        "gateway_receiver_spans_refused_total",
+        "Spans refused with a retryable code, by transport and reason."
+    );
+    describe_counter!(
+        "gateway_receiver_requests_refused_total",
+        "Requests refused before decoding, by transport and reason."
+    );
     describe_counter!("gateway_export_spans_total", "Spans delivered to MLflow.");
-    describe_counter!("gateway_export_traces_total", "TraceInfos written with StartTraceV3.");
-    describe_counter!("gateway_export_failures_total", "Deliveries given up, by kind (spans, trace_info) and reason.");
-    describe_counter!("gateway_export_spans_failed_total", "Spans not delivered, by reason.");
-    describe_counter!("gateway_export_retries_total", "Retried MLflow calls, by kind and reason.");
+    describe_counter!(
+        "gateway_export_traces_total",
+        "TraceInfos written with StartTraceV3."
+    );
+    describe_counter!(
+        "gateway_export_failures_total",
+        "Deliveries given up, by kind (spans, trace_info) and reason."
+    );
+    describe_counter!(
+        "gateway_export_spans_failed_total",
+        "Spans not delivered, by reason."
+    );
+    describe_counter!(
+        "gateway_export_retries_total",
+        "Retried MLflow calls, by kind and reason."
+    );
     describe_histogram!("gateway_export_batch_spans", "Spans per /v1/traces batch.");
-    describe_gauge!("gateway_queue_bytes", "Encoded span bytes accepted and not yet delivered.");
-    describe_gauge!("gateway_queue_spans", "Spans accepted and not yet delivered.");
-    describe_gauge!("gateway_trace_info_queue", "TraceInfo writes waiting for StartTraceV3.");
-    describe_counter!("gateway_trace_info_dropped_total", "TraceInfo writes dropped because their queue was full.");
-    describe_gauge!("gateway_traces_awaiting_root", "Traces whose root span has not arrived.");
-    describe_counter!("gateway_traces_without_root_total", "Traces forgotten without their root (timeout or capacity).");
-    describe_counter!("gateway_truncations_total", "Values shortened to MLflow's limits, by field.");
+    describe_gauge!(
+        "gateway_queue_bytes",
+        "Encoded span bytes accepted and not yet delivered."
+    );
+    describe_gauge!(
+        "gateway_queue_spans",
+        "Spans accepted and not yet delivered."
+    );
+    describe_gauge!(
+        "gateway_trace_info_queue",
+        "TraceInfo writes waiting for StartTraceV3."
+    );
+    describe_counter!(
+        "gateway_trace_info_dropped_total",
+        "TraceInfo writes dropped because their queue was full."
+    );
+    describe_gauge!(
+        "gateway_traces_awaiting_root",
+        "Traces whose root span has not arrived."
+    );
+    describe_counter!(
+        "gateway_traces_without_root_total",
+        "Traces forgotten without their root (timeout or capacity)."
+    );
+    describe_counter!(
+        "gateway_truncations_total",
+        "Values shortened to MLflow's limits, by field."
+    );
 }

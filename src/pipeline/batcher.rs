@@ -90,12 +90,11 @@ pub async fn run(
                     .entry(key.clone())
                     .or_insert_with(|| Batch::new(key.clone(), env.received_at));
                 batch.push(env);
-                if batch.span_count >= cfg.max_spans || batch.bytes >= cfg.max_bytes {
-                    if let Some(full) = pending.remove(&key)
-                        && output.send(full).await.is_err()
-                    {
-                        return;
-                    }
+                if (batch.span_count >= cfg.max_spans || batch.bytes >= cfg.max_bytes)
+                    && let Some(full) = pending.remove(&key)
+                    && output.send(full).await.is_err()
+                {
+                    return;
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()), if !pending.is_empty() => {
@@ -160,7 +159,10 @@ mod tests {
         }
         tx.send(env("2", 1, &sem)).unwrap();
         let b = out.recv().await.unwrap();
-        assert_eq!((b.experiment.clone(), b.span_count), (ExperimentRef::Id("1".into()), 8));
+        assert_eq!(
+            (b.experiment.clone(), b.span_count),
+            (ExperimentRef::Id("1".into()), 8)
+        );
         stop.cancel();
         task.await.unwrap();
         let mut rest = vec![];
@@ -190,6 +192,10 @@ mod tests {
             .unwrap();
         assert_eq!(b.span_count, 2);
         drop(b);
-        assert_eq!(sem.available_permits(), 100, "budget returned with the batch");
+        assert_eq!(
+            sem.available_permits(),
+            100,
+            "budget returned with the batch"
+        );
     }
 }

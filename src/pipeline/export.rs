@@ -13,10 +13,10 @@ use tokio::sync::{Mutex, mpsc};
 
 use super::batcher::Batch;
 use crate::map::trace_info::{TraceInfoJob, mlflow_trace_id};
+use crate::mlflow::MlflowClient;
 use crate::mlflow::error::{ErrorClass, MlflowError};
 use crate::mlflow::experiments::{Experiments, ResolveError};
 use crate::mlflow::retry::RetryPolicy;
-use crate::mlflow::MlflowClient;
 use crate::ops::health::Health;
 
 /// A TraceInfo write waiting for StartTraceV3.
@@ -132,7 +132,12 @@ impl SpanExporter {
                 Ok(()) => {
                     metrics::counter!("gateway_export_spans_total").increment(n as u64);
                     if let Some(set) = delivered_roots.as_mut() {
-                        for span in req.resource_spans.iter().flat_map(|rs| &rs.scope_spans).flat_map(|ss| &ss.spans) {
+                        for span in req
+                            .resource_spans
+                            .iter()
+                            .flat_map(|rs| &rs.scope_spans)
+                            .flat_map(|ss| &ss.spans)
+                        {
                             if let Ok(id) = <[u8; 8]>::try_from(&span.span_id[..]) {
                                 set.insert(id);
                             }
@@ -147,7 +152,11 @@ impl SpanExporter {
                     stack.push(a);
                 }
                 Err(e) => {
-                    let reason = if e.is_retryable() { "gave_up" } else { e.reason() };
+                    let reason = if e.is_retryable() {
+                        "gave_up"
+                    } else {
+                        e.reason()
+                    };
                     metrics::counter!("gateway_export_failures_total", "kind" => "spans", "reason" => reason)
                         .increment(1);
                     metrics::counter!("gateway_export_spans_failed_total", "reason" => reason)
@@ -194,14 +203,17 @@ impl SpanExporter {
             .policy
             .run(
                 || async {
-                    experiments.resolve(&batch.experiment).await.map_err(|e| match e {
-                        ResolveError::Unavailable(m) => m,
-                        other => MlflowError::Status {
-                            status: 404,
-                            message: other.to_string(),
-                            retry_after: None,
-                        },
-                    })
+                    experiments
+                        .resolve(&batch.experiment)
+                        .await
+                        .map_err(|e| match e {
+                            ResolveError::Unavailable(m) => m,
+                            other => MlflowError::Status {
+                                status: 404,
+                                message: other.to_string(),
+                                retry_after: None,
+                            },
+                        })
                 },
                 |e, attempt| self.on_retry("resolve", e, attempt),
             )
@@ -209,7 +221,11 @@ impl SpanExporter {
         match r {
             Ok(id) => Some(id),
             Err(e) => {
-                let reason = if e.is_retryable() { "gave_up" } else { "experiment" };
+                let reason = if e.is_retryable() {
+                    "gave_up"
+                } else {
+                    "experiment"
+                };
                 metrics::counter!("gateway_export_failures_total", "kind" => "spans", "reason" => reason)
                     .increment(1);
                 metrics::counter!("gateway_export_spans_failed_total", "reason" => reason)
@@ -222,7 +238,11 @@ impl SpanExporter {
         }
     }
 
-    async fn post(&self, experiment_id: &str, req: &ExportTraceServiceRequest) -> Result<(), MlflowError> {
+    async fn post(
+        &self,
+        experiment_id: &str,
+        req: &ExportTraceServiceRequest,
+    ) -> Result<(), MlflowError> {
         let body = Bytes::from(req.encode_to_vec());
         let result = self
             .policy
@@ -241,10 +261,11 @@ impl SpanExporter {
         metrics::counter!("gateway_export_retries_total", "kind" => kind, "reason" => e.reason())
             .increment(1);
         if e.class() == ErrorClass::Auth {
-            self.health
-                .set_export_problem(Some(format!("MLflow refused the gateway's credentials: {e}")));
+            self.health.set_export_problem(Some(format!(
+                "MLflow refused the gateway's credentials: {e}"
+            )));
         }
-        if attempt == 0 || attempt % 10 == 0 {
+        if attempt == 0 || attempt.is_multiple_of(10) {
             tracing::warn!(kind, attempt, error = %e, "MLflow call failed; retrying");
         }
     }
@@ -283,7 +304,9 @@ pub async fn run_trace_info_workers(
         tasks.push(tokio::spawn(async move {
             loop {
                 let next = queue.lock().await.recv().await;
-                let Some((experiment_id, job)) = next else { break };
+                let Some((experiment_id, job)) = next else {
+                    break;
+                };
                 metrics::gauge!("gateway_trace_info_queue").decrement(1.0);
                 write_trace_info(&client, &policy, &health, &experiment_id, &job).await;
             }
@@ -314,7 +337,7 @@ async fn write_trace_info(
                         "MLflow refused the gateway's credentials: {e}"
                     )));
                 }
-                if attempt == 0 || attempt % 10 == 0 {
+                if attempt == 0 || attempt.is_multiple_of(10) {
                     tracing::warn!(attempt, error = %e, "StartTraceV3 failed; retrying");
                 }
             },
@@ -323,7 +346,11 @@ async fn write_trace_info(
     match result {
         Ok(()) => metrics::counter!("gateway_export_traces_total").increment(1),
         Err(e) => {
-            let reason = if e.is_retryable() { "gave_up" } else { e.reason() };
+            let reason = if e.is_retryable() {
+                "gave_up"
+            } else {
+                e.reason()
+            };
             metrics::counter!("gateway_export_failures_total", "kind" => "trace_info", "reason" => reason)
                 .increment(1);
             tracing::error!(error = %e, "MLflow rejected the TraceInfo; the trace keeps its spans");
@@ -378,7 +405,11 @@ mod tests {
         let (a, b) = split(r);
         assert_eq!(ids(&a), vec![1, 2, 3, 4]);
         assert_eq!(ids(&b), vec![5, 6, 7, 8, 9]);
-        assert!(a.resource_spans.iter().all(|rs| rs.scope_spans.iter().all(|s| !s.spans.is_empty())));
+        assert!(
+            a.resource_spans
+                .iter()
+                .all(|rs| rs.scope_spans.iter().all(|s| !s.spans.is_empty()))
+        );
         let (c, d) = split(req(&[&[2]]));
         assert_eq!((ids(&c), ids(&d)), (vec![1], vec![2]));
     }

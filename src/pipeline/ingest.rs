@@ -324,9 +324,9 @@ impl Ingest {
         Ok(Accepted {
             accepted_spans: accepted,
             rejected_spans: rejected,
-            message: problem.filter(|_| rejected > 0).map(|p| {
-                format!("{rejected} of {received} spans rejected; first problem: {p}")
-            }),
+            message: problem
+                .filter(|_| rejected > 0)
+                .map(|p| format!("{rejected} of {received} spans rejected; first problem: {p}")),
         })
     }
 
@@ -380,7 +380,11 @@ impl Ingest {
     fn map_group(&self, resource_spans: &mut [ResourceSpans]) -> Vec<TraceInfoJob> {
         let mut forgotten = 0;
         for rs in resource_spans.iter_mut() {
-            let resource: &[KeyValue] = rs.resource.as_ref().map(|r| &r.attributes[..]).unwrap_or(&[]);
+            let resource: &[KeyValue] = rs
+                .resource
+                .as_ref()
+                .map(|r| &r.attributes[..])
+                .unwrap_or(&[]);
             for ss in rs.scope_spans.iter_mut() {
                 for span in ss.spans.iter_mut() {
                     spans::fit(span);
@@ -402,7 +406,11 @@ impl Ingest {
         }
         let mut jobs = Vec::new();
         for rs in resource_spans.iter_mut() {
-            let resource: &[KeyValue] = rs.resource.as_ref().map(|r| &r.attributes[..]).unwrap_or(&[]);
+            let resource: &[KeyValue] = rs
+                .resource
+                .as_ref()
+                .map(|r| &r.attributes[..])
+                .unwrap_or(&[]);
             for ss in rs.scope_spans.iter_mut() {
                 for span in ss.spans.iter_mut().filter(|s| spans::is_root(s)) {
                     let (Ok(trace_id), Ok(root_span_id)) = (

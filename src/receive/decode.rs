@@ -45,7 +45,12 @@ pub enum DecodeError {
 /// Parses `Content-Type`, ignoring parameters such as `; charset=utf-8`.
 pub fn parse_content_type(value: Option<&str>) -> Result<Format, DecodeError> {
     let raw = value.unwrap_or("");
-    let media = raw.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let media = raw
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match media.as_str() {
         "application/x-protobuf" | "application/protobuf" => Ok(Format::Protobuf),
         "application/json" => Ok(Format::Json),
@@ -93,16 +98,18 @@ pub fn decompress(encoding: Encoding, body: &[u8], limit: usize) -> Result<Vec<u
         Encoding::Identity => Ok(body.to_vec()),
         Encoding::Gzip => read_bounded(GzDecoder::new(body), limit, "gzip"),
         // "deflate" is zlib-wrapped per RFC 9110, but some clients send raw deflate.
-        Encoding::Deflate => read_bounded(ZlibDecoder::new(body), limit, "deflate")
-            .or_else(|e| match e {
+        Encoding::Deflate => {
+            read_bounded(ZlibDecoder::new(body), limit, "deflate").or_else(|e| match e {
                 DecodeError::TooLarge { .. } => Err(e),
                 _ => read_bounded(DeflateDecoder::new(body), limit, "deflate"),
-            }),
+            })
+        }
         Encoding::Zstd => {
-            let decoder = zstd::stream::read::Decoder::new(body).map_err(|e| DecodeError::Corrupt {
-                encoding: "zstd",
-                detail: e.to_string(),
-            })?;
+            let decoder =
+                zstd::stream::read::Decoder::new(body).map_err(|e| DecodeError::Corrupt {
+                    encoding: "zstd",
+                    detail: e.to_string(),
+                })?;
             read_bounded(decoder, limit, "zstd")
         }
     }
@@ -130,8 +137,14 @@ mod tests {
 
     #[test]
     fn content_types_with_parameters_are_accepted() {
-        assert_eq!(parse_content_type(Some("application/json; charset=utf-8")), Ok(Format::Json));
-        assert_eq!(parse_content_type(Some("Application/X-Protobuf")), Ok(Format::Protobuf));
+        assert_eq!(
+            parse_content_type(Some("application/json; charset=utf-8")),
+            Ok(Format::Json)
+        );
+        assert_eq!(
+            parse_content_type(Some("Application/X-Protobuf")),
+            Ok(Format::Protobuf)
+        );
         assert!(parse_content_type(Some("text/plain")).is_err());
         assert!(parse_content_type(None).is_err());
     }
@@ -153,13 +166,22 @@ mod tests {
     #[test]
     fn every_encoding_round_trips() {
         let data = b"hello otlp".repeat(100);
-        assert_eq!(decompress(Encoding::Gzip, &gzip(&data), 1 << 20).unwrap(), data);
+        assert_eq!(
+            decompress(Encoding::Gzip, &gzip(&data), 1 << 20).unwrap(),
+            data
+        );
         let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
         z.write_all(&data).unwrap();
-        assert_eq!(decompress(Encoding::Deflate, &z.finish().unwrap(), 1 << 20).unwrap(), data);
+        assert_eq!(
+            decompress(Encoding::Deflate, &z.finish().unwrap(), 1 << 20).unwrap(),
+            data
+        );
         let mut d = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
         d.write_all(&data).unwrap();
-        assert_eq!(decompress(Encoding::Deflate, &d.finish().unwrap(), 1 << 20).unwrap(), data);
+        assert_eq!(
+            decompress(Encoding::Deflate, &d.finish().unwrap(), 1 << 20).unwrap(),
+            data
+        );
         let zs = zstd::encode_all(&data[..], 1).unwrap();
         assert_eq!(decompress(Encoding::Zstd, &zs, 1 << 20).unwrap(), data);
     }

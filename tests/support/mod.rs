@@ -54,7 +54,11 @@ impl MlflowServer {
     pub fn start_at(port: u16, state_dir: &Path) -> Self {
         std::fs::create_dir_all(state_dir).expect("state dir");
         let python = repo_root().join(".venv/bin/python");
-        let python = if python.exists() { python } else { PathBuf::from("python3") };
+        let python = if python.exists() {
+            python
+        } else {
+            PathBuf::from("python3")
+        };
         let mut child = Command::new(python)
             .arg(repo_root().join("tests/support/mlflow_server.py"))
             .arg(mlflow_executable())
@@ -97,7 +101,10 @@ impl MlflowServer {
             if let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
                 use std::io::{Read, Write};
                 let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                let req = format!("GET /health HTTP/1.0\r\nHost: 127.0.0.1:{}\r\n\r\n", self.port);
+                let req = format!(
+                    "GET /health HTTP/1.0\r\nHost: 127.0.0.1:{}\r\n\r\n",
+                    self.port
+                );
                 let mut buf = String::new();
                 if s.write_all(req.as_bytes()).is_ok()
                     && s.read_to_string(&mut buf).is_ok()
@@ -108,7 +115,10 @@ impl MlflowServer {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-        panic!("MLflow did not become healthy on port {} within {limit:?}", self.port);
+        panic!(
+            "MLflow did not become healthy on port {} within {limit:?}",
+            self.port
+        );
     }
 
     /// Stops the server and waits for its process group to go.
@@ -202,14 +212,20 @@ impl Mlflow {
 
     pub async fn delete_experiment(&self, id: &str) {
         let (status, body) = self
-            .post("/api/2.0/mlflow/experiments/delete", &json!({"experiment_id": id}))
+            .post(
+                "/api/2.0/mlflow/experiments/delete",
+                &json!({"experiment_id": id}),
+            )
             .await;
         assert_eq!(status, 200, "delete experiment: {body}");
     }
 
     pub async fn experiment_by_name(&self, name: &str) -> Option<Json> {
         let (status, body) = self
-            .get("/api/2.0/mlflow/experiments/get-by-name", &[("experiment_name", name)])
+            .get(
+                "/api/2.0/mlflow/experiments/get-by-name",
+                &[("experiment_name", name)],
+            )
             .await;
         (status == 200).then(|| body["experiment"].clone())
     }
@@ -233,7 +249,9 @@ impl Mlflow {
 
     /// TraceInfo (`GET /api/3.0/mlflow/traces/<id>`), or None while MLflow does not know it.
     pub async fn trace_info(&self, trace_id: &str) -> Option<Json> {
-        let (status, body) = self.get(&format!("/api/3.0/mlflow/traces/{trace_id}"), &[]).await;
+        let (status, body) = self
+            .get(&format!("/api/3.0/mlflow/traces/{trace_id}"), &[])
+            .await;
         (status == 200).then(|| body["trace"]["trace_info"].clone())
     }
 
@@ -294,11 +312,19 @@ pub fn unique() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    format!("{:x}{:x}", t & 0xffff_ffff_ffff, N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{:x}{:x}",
+        t & 0xffff_ffff_ffff,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A gateway on ephemeral loopback ports in front of `mlflow_url`.
-pub async fn gateway(mlflow_url: &str, experiment_id: &str, tweak: impl FnOnce(&mut Config)) -> Gateway {
+pub async fn gateway(
+    mlflow_url: &str,
+    experiment_id: &str,
+    tweak: impl FnOnce(&mut Config),
+) -> Gateway {
     let mut cfg = Config::default();
     cfg.server.otlp_grpc_addr = "127.0.0.1:0".into();
     cfg.server.otlp_http_addr = "127.0.0.1:0".into();
@@ -334,7 +360,13 @@ pub fn random_span_id() -> [u8; 8] {
 }
 
 pub fn tr_id(trace_id: &[u8; 16]) -> String {
-    format!("tr-{}", trace_id.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!(
+        "tr-{}",
+        trace_id
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
 }
 
 pub fn s(key: &str, value: &str) -> KeyValue {

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine with Rust and Python 3: installs the pinned MLflow
+# into .venv, checks formatting and lints, then runs unit and end-to-end tests. The end-to-end
+# tests start their own MLflow servers (SQLite, loopback) through tests/support.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup-mlflow.sh
+echo "==> cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "==> cargo clippy" >&2
+cargo clippy --all-targets --quiet -- -D warnings
+echo "==> cargo test" >&2
+cargo test --all-targets -- --test-threads 4
