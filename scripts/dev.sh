@@ -10,12 +10,13 @@ mkdir -p .mlflow-dev/artifacts
 echo "==> building the gateway" >&2
 cargo build --release --quiet
 echo "==> starting MLflow on 127.0.0.1:$port" >&2
-MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false .venv/bin/mlflow server \
+MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid .venv/bin/mlflow server \
   --backend-store-uri "sqlite:///$PWD/.mlflow-dev/mlflow.db" \
   --default-artifact-root "$PWD/.mlflow-dev/artifacts" \
   --host 127.0.0.1 --port "$port" --workers 1 > .mlflow-dev/mlflow.log 2>&1 &
 mlflow_pid=$!
-trap 'kill $mlflow_pid 2>/dev/null; wait $mlflow_pid 2>/dev/null' EXIT
+# setsid gave MLflow its own process group: stop the server and its uvicorn workers together.
+trap 'kill -TERM -- -$mlflow_pid 2>/dev/null; wait $mlflow_pid 2>/dev/null' EXIT
 for _ in $(seq 1 120); do
   curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
   kill -0 $mlflow_pid 2>/dev/null || { echo "MLflow failed to start; see .mlflow-dev/mlflow.log" >&2; exit 1; }
@@ -30,4 +31,5 @@ cat >&2 <<MSG
 
 MSG
 export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-http://127.0.0.1:$port}"
+export GATEWAY_DATA_DIR="${GATEWAY_DATA_DIR:-$PWD/.mlflow-dev/gateway}"
 target/release/mlflow-otlp-gateway "$@"

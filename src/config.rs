@@ -65,6 +65,21 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// Requests for experiments by name create them, as MLflow's SDK does with set_experiment.
 pub const DEFAULT_CREATE_MISSING_EXPERIMENTS: bool = true;
+/// Feedback usually follows its response within minutes; an hour covers slow span pipelines.
+pub const DEFAULT_FEEDBACK_PENDING_TTL: Duration = Duration::from_secs(3600);
+/// Pending feedback is retried this often at first (backing off to 30 s).
+pub const DEFAULT_FEEDBACK_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// Finished records are kept this long so GET and retries with the same key still answer.
+pub const DEFAULT_FEEDBACK_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// Bounds memory and disk for votes whose traces have not arrived.
+pub const DEFAULT_FEEDBACK_MAX_PENDING: usize = 100_000;
+/// A vote with a long rationale is a few KiB; 64 KiB leaves room for structured expectations.
+pub const DEFAULT_FEEDBACK_MAX_BODY_BYTES: usize = 64 * 1024;
+/// Per token or client address: far above a human's clicking, low enough to stop a runaway loop.
+pub const DEFAULT_FEEDBACK_RATE_PER_SECOND: f64 = 50.0;
+pub const DEFAULT_FEEDBACK_RATE_BURST: u32 = 100;
+/// client_request_id -> trace entries remembered (~150 bytes each); misses fall back to search.
+pub const DEFAULT_REQUEST_ID_INDEX_CAPACITY: usize = 100_000;
 
 /// The whole configuration. Unknown keys are errors, so a typo never silently does nothing.
 #[derive(Debug, Clone, Deserialize)]
@@ -88,6 +103,8 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// Attribute-to-TraceInfo mapping table.
     pub mapping: MappingConfig,
+    /// Feedback and expectations API.
+    pub feedback: FeedbackConfig,
     /// Logging.
     pub log: LogConfig,
     /// Directory for durable state (pending feedback, spool). Created if missing.
@@ -109,6 +126,7 @@ impl Default for Config {
             traces: TracesConfig::default(),
             routing: RoutingConfig::default(),
             mapping: MappingConfig::default(),
+            feedback: FeedbackConfig::default(),
             log: LogConfig::default(),
             data_dir: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
@@ -338,6 +356,53 @@ pub struct RouteRule {
     pub experiment_name: Option<String>,
 }
 
+/// The feedback API (`/v1/feedback`, `/v1/expectations`, gRPC FeedbackService).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedbackConfig {
+    /// Bearer tokens the feedback API accepts. With none here or in `tokens_file`, it is open.
+    pub tokens: Vec<Secret>,
+    /// File with one token per line (`#` comments). Flag --feedback-tokens-file, env
+    /// GATEWAY_FEEDBACK_TOKENS_FILE.
+    pub tokens_file: Option<PathBuf>,
+    /// How long feedback waits for its trace before it is marked expired (logged, counted).
+    #[serde(with = "humantime_serde")]
+    pub pending_ttl: Duration,
+    /// First retry interval for pending feedback.
+    #[serde(with = "humantime_serde")]
+    pub retry_interval: Duration,
+    /// How long logged and expired records answer GET and idempotent retries.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Most pending records; beyond it new feedback gets 503 with Retry-After.
+    pub max_pending: usize,
+    /// Largest request body; larger gets 413.
+    pub max_body_bytes: usize,
+    /// Requests per second per token (or per client address without tokens); 0 disables.
+    pub rate_limit_per_second: f64,
+    /// Burst allowance of the rate limit.
+    pub rate_limit_burst: u32,
+    /// client_request_id -> trace entries the pipeline remembers.
+    pub index_capacity: usize,
+}
+
+impl Default for FeedbackConfig {
+    fn default() -> Self {
+        Self {
+            tokens: Vec::new(),
+            tokens_file: None,
+            pending_ttl: DEFAULT_FEEDBACK_PENDING_TTL,
+            retry_interval: DEFAULT_FEEDBACK_RETRY_INTERVAL,
+            retention: DEFAULT_FEEDBACK_RETENTION,
+            max_pending: DEFAULT_FEEDBACK_MAX_PENDING,
+            max_body_bytes: DEFAULT_FEEDBACK_MAX_BODY_BYTES,
+            rate_limit_per_second: DEFAULT_FEEDBACK_RATE_PER_SECOND,
+            rate_limit_burst: DEFAULT_FEEDBACK_RATE_BURST,
+            index_capacity: DEFAULT_REQUEST_ID_INDEX_CAPACITY,
+        }
+    }
+}
+
 /// Log output.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -475,7 +540,10 @@ impl Config {
                     .into(),
             );
         }
-        let positive: [(&str, usize); 9] = [
+        let positive: [(&str, usize); 12] = [
+            ("feedback.max_pending", self.feedback.max_pending),
+            ("feedback.max_body_bytes", self.feedback.max_body_bytes),
+            ("feedback.index_capacity", self.feedback.index_capacity),
             (
                 "receiver.max_message_bytes",
                 self.receiver.max_message_bytes,
@@ -524,6 +592,8 @@ impl Config {
             ("mlflow.request_timeout", self.mlflow.request_timeout),
             ("retry.initial_backoff", self.retry.initial_backoff),
             ("mlflow.health_interval", self.mlflow.health_interval),
+            ("feedback.pending_ttl", self.feedback.pending_ttl),
+            ("feedback.retry_interval", self.feedback.retry_interval),
         ] {
             if d.is_zero() {
                 errors.push(format!("{name}: must be greater than 0s"));
@@ -570,6 +640,26 @@ impl Config {
             }
         }
         check_static(&self.mapping.static_tags, &mut errors);
+        if self.feedback.rate_limit_per_second.is_nan() || self.feedback.rate_limit_per_second < 0.0
+        {
+            errors.push("feedback.rate_limit_per_second: must be 0 (off) or more".into());
+        }
+        if let Some(path) = &self.feedback.tokens_file
+            && let Err(e) = std::fs::metadata(path)
+        {
+            errors.push(format!(
+                "feedback.tokens_file: cannot read {}: {e}",
+                path.display()
+            ));
+        }
+        if self
+            .feedback
+            .tokens
+            .iter()
+            .any(|t| t.expose().trim().is_empty())
+        {
+            errors.push("feedback.tokens: tokens must not be empty".into());
+        }
         if let Some(dir) = &self.data_dir
             && dir.as_os_str().is_empty()
         {

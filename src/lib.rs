@@ -6,6 +6,7 @@
 //! StartTraceV3 per delivered root). `ops` serves health, readiness and metrics.
 
 pub mod config;
+pub mod feedback;
 pub mod map;
 pub mod mlflow;
 pub mod ops;
@@ -23,10 +24,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::feedback::auth::Authenticator;
+use crate::feedback::index::RequestIdIndex;
+use crate::feedback::service::FeedbackService;
+use crate::feedback::store::FeedbackStore;
 use crate::mlflow::MlflowClient;
 use crate::mlflow::experiments::Experiments;
 use crate::mlflow::retry::RetryPolicy;
 use crate::ops::health::Health;
+use crate::pipeline::envelope::ExperimentRef;
 use crate::pipeline::export::{SpanExporter, run_span_workers, run_trace_info_workers};
 use crate::pipeline::ingest::Ingest;
 use crate::pipeline::traces::TraceTracker;
@@ -52,6 +58,11 @@ pub enum StartError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot read feedback tokens file {path}: {source}")]
+    TokensFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// What was left when shutdown finished.
@@ -61,6 +72,58 @@ pub struct ShutdownReport {
     pub drained: bool,
     /// Encoded span bytes still undelivered at the deadline.
     pub undelivered_bytes: usize,
+}
+
+fn build_feedback(
+    config: &Config,
+    request_ids: Arc<RequestIdIndex>,
+    client: MlflowClient,
+) -> Result<FeedbackService, StartError> {
+    let mut tokens = config.feedback.tokens.clone();
+    if let Some(path) = &config.feedback.tokens_file {
+        tokens.extend(feedback::auth::read_tokens_file(path).map_err(|source| {
+            StartError::TokensFile {
+                path: path.clone(),
+                source,
+            }
+        })?);
+    }
+    let (store, loaded) =
+        FeedbackStore::open(config.data_dir.as_deref()).map_err(|source| StartError::DataDir {
+            path: config.data_dir.clone().unwrap_or_default(),
+            source,
+        })?;
+    if store.is_durable() {
+        if loaded.records > 0 {
+            tracing::info!(
+                records = loaded.records,
+                pending = loaded.pending,
+                unreadable = loaded.unreadable,
+                "loaded feedback records"
+            );
+        }
+    } else {
+        tracing::warn!("no data_dir: pending feedback is kept in memory and lost on restart");
+    }
+    let mut known = vec![config.default_experiment()];
+    for rule in &config.routing.rules {
+        if let Some(id) = &rule.experiment_id {
+            known.push(ExperimentRef::Id(id.clone()));
+        }
+    }
+    if tokens.is_empty() {
+        tracing::warn!(
+            "feedback API has no tokens configured: it accepts unauthenticated requests"
+        );
+    }
+    Ok(FeedbackService::new(
+        config.feedback.clone(),
+        store,
+        request_ids,
+        Authenticator::new(&tokens),
+        client,
+        known,
+    ))
 }
 
 /// A started gateway. Dropping it without `shutdown` aborts its tasks.
@@ -108,13 +171,16 @@ impl Gateway {
         ));
         let queue_bytes = Arc::new(Semaphore::new(config.queue.max_bytes));
         let (envelopes_tx, envelopes_rx) = mpsc::unbounded_channel();
+        let request_ids = Arc::new(RequestIdIndex::new(config.feedback.index_capacity));
         let ingest = Arc::new(Ingest::new(
             &config,
             tracker.clone(),
             experiments.clone(),
             envelopes_tx,
             queue_bytes,
+            request_ids.clone(),
         ));
+        let feedback = Arc::new(build_feedback(&config, request_ids, client.clone())?);
 
         // Pipeline: batcher -> span workers -> TraceInfo workers. Each stage ends when the one
         // before it has ended and dropped its sender, so shutdown drains front to back.
@@ -167,11 +233,13 @@ impl Gateway {
                 ingest.clone(),
                 config.receiver.max_decompressed_bytes,
             );
+            let feedback_service = feedback::grpc::GrpcFeedback::server(feedback.clone());
             let stop = stop_receivers.clone();
             tokio::spawn(async move {
                 let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
                 if let Err(e) = tonic::transport::Server::builder()
                     .add_service(service)
+                    .add_service(feedback_service)
                     .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                     .await
                 {
@@ -199,10 +267,12 @@ impl Gateway {
             let router = ops::api::router(ops::api::ApiState {
                 health: health.clone(),
                 metrics,
-            });
+            })
+            .merge(feedback::http::router(feedback.clone()));
             let stop = stop_api.clone();
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(api_listener, router)
+                let service = router.into_make_service_with_connect_info::<SocketAddr>();
+                if let Err(e) = axum::serve(api_listener, service)
                     .with_graceful_shutdown(stop.cancelled_owned())
                     .await
                 {
@@ -258,6 +328,8 @@ impl Gateway {
             })
         };
 
+        let feedback_worker = tokio::spawn(feedback.clone().run(stop_api.clone()));
+
         health.set_listeners_up(true);
         tracing::info!(
             otlp_grpc = %otlp_grpc_addr,
@@ -279,7 +351,7 @@ impl Gateway {
             receivers: vec![grpc, http],
             pipeline: Some(pipeline),
             api: Some(api),
-            background: vec![checker, housekeeping],
+            background: vec![checker, housekeeping, feedback_worker],
             shutdown_timeout: config.shutdown_timeout,
         })
     }

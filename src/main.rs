@@ -31,6 +31,9 @@ struct Args {
     /// Directory for durable state.
     #[arg(long, env = "GATEWAY_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Bearer tokens for the feedback API, one per line.
+    #[arg(long, env = "GATEWAY_FEEDBACK_TOKENS_FILE")]
+    feedback_tokens_file: Option<PathBuf>,
     /// MLflow tracking server URL (overrides MLFLOW_TRACKING_URI).
     #[arg(long)]
     mlflow_tracking_uri: Option<String>,
@@ -74,6 +77,9 @@ fn load(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(dir) = &args.data_dir {
         config.data_dir = Some(dir.clone());
+    }
+    if let Some(f) = &args.feedback_tokens_file {
+        config.feedback.tokens_file = Some(f.clone());
     }
     if let Some(f) = args.log_format {
         config.log.format = f;

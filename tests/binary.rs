@@ -18,7 +18,7 @@ async fn sigterm_drains_to_mlflow_and_exits_cleanly() {
     // A batch timeout far beyond the test: only the shutdown flush can deliver the spans.
     std::fs::write(&config, "[batch]\ntimeout = \"10m\"\nmax_spans = 100000\n").unwrap();
     let (grpc, http, api) = (free_port(), free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mlflow-otlp-gateway"))
+    let child = Command::new(env!("CARGO_BIN_EXE_mlflow-otlp-gateway"))
         .arg("--config")
         .arg(&config)
         .args(["--otlp-grpc-addr", &format!("127.0.0.1:{grpc}")])

@@ -17,10 +17,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use super::envelope::{Envelope, ExperimentRef, Transport};
 use super::traces::TraceTracker;
 use crate::config::{Config, is_experiment_id};
+use crate::feedback::index::{IndexedTrace, RequestIdIndex};
 use crate::map::attrs::find_str;
 use crate::map::rules::MappingTable;
 use crate::map::spans;
-use crate::map::trace_info::{TraceInfoJob, TraceState};
+use crate::map::trace_info::{TraceInfoJob, TraceState, mlflow_trace_id};
 use crate::mlflow::experiments::Experiments;
 
 /// How long a request may wait on MLflow to learn whether its experiment exists; past this the
@@ -98,6 +99,7 @@ pub struct Ingest {
     max_queue_bytes: usize,
     inflight: Arc<Semaphore>,
     retry_after: Duration,
+    request_ids: Arc<RequestIdIndex>,
 }
 
 struct Group {
@@ -113,6 +115,7 @@ impl Ingest {
         experiments: Experiments,
         queue: mpsc::UnboundedSender<Envelope>,
         queue_bytes: Arc<Semaphore>,
+        request_ids: Arc<RequestIdIndex>,
     ) -> Self {
         let routes = cfg
             .routing
@@ -138,6 +141,7 @@ impl Ingest {
             max_queue_bytes: cfg.queue.max_bytes,
             inflight: Arc::new(Semaphore::new(cfg.receiver.max_inflight_requests)),
             retry_after: cfg.receiver.retry_after,
+            request_ids,
         }
     }
 
@@ -295,7 +299,7 @@ impl Ingest {
         let now = Instant::now();
         let mut accepted = 0;
         for (mut g, (permit, bytes)) in kept.into_iter().zip(permits) {
-            let roots = self.map_group(&mut g.resource_spans);
+            let roots = self.map_group(&mut g.resource_spans, &g.experiment);
             accepted += g.span_count;
             let envelope = Envelope {
                 experiment: g.experiment,
@@ -377,7 +381,11 @@ impl Ingest {
 
     /// Fits spans to MLflow's limits, records facts of non-root spans, and for each root
     /// derives the trace's facts, puts them on the root and returns its TraceInfo job.
-    fn map_group(&self, resource_spans: &mut [ResourceSpans]) -> Vec<TraceInfoJob> {
+    fn map_group(
+        &self,
+        resource_spans: &mut [ResourceSpans],
+        experiment: &ExperimentRef,
+    ) -> Vec<TraceInfoJob> {
         let mut forgotten = 0;
         for rs in resource_spans.iter_mut() {
             let resource: &[KeyValue] = rs
@@ -423,6 +431,15 @@ impl Ingest {
                     forgotten += evicted.without_root;
                     let facts = self.mapping.evaluate(&span.attributes, resource, &others);
                     spans::enrich_root(span, &facts);
+                    if let Some(crid) = &facts.client_request_id {
+                        self.request_ids.insert(
+                            crid.clone(),
+                            IndexedTrace {
+                                trace_id: mlflow_trace_id(&trace_id),
+                                experiment: experiment.clone(),
+                            },
+                        );
+                    }
                     let state = match span.status.as_ref().map(|s| s.code) {
                         Some(code) if code == StatusCode::Error as i32 => TraceState::Error,
                         _ => TraceState::Ok,

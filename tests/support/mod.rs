@@ -521,3 +521,39 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     e.write_all(data).unwrap();
     e.finish().unwrap()
 }
+
+/// Sends a two-span trace whose root carries `client_request_id` through the gateway's OTLP/HTTP
+/// port and returns its MLflow trace id.
+pub async fn send_trace(http: SocketAddr, client_request_id: &str) -> String {
+    let root = SpanSpec::root(
+        random_trace_id(),
+        "POST /chat",
+        now_nanos() - 1_000_000_000,
+        30,
+    )
+    .with(vec![header("x-request-id", client_request_id)]);
+    let child = SpanSpec::child(&root, "llm", 1, 10);
+    let r = post_http(
+        http,
+        prost::Message::encode_to_vec(&request(
+            service_resource("chat"),
+            vec![child.build(), root.build()],
+        )),
+        "application/x-protobuf",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    tr_id(&root.trace_id)
+}
+
+impl Mlflow {
+    /// The trace's assessments, as `GET /api/3.0/mlflow/traces/<id>` returns them.
+    pub async fn assessments(&self, trace_id: &str) -> Vec<Json> {
+        self.trace_info(trace_id)
+            .await
+            .and_then(|i| i["assessments"].as_array().cloned())
+            .unwrap_or_default()
+    }
+}
