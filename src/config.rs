@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::map::rules::{MappingConfig, Target};
+pub use crate::spool::FsyncPolicy;
 
 /// OTLP/gRPC's registered port, so SDKs work with their defaults.
 pub const DEFAULT_OTLP_GRPC_ADDR: &str = "0.0.0.0:4317";
@@ -65,6 +66,15 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// Requests for experiments by name create them, as MLflow's SDK does with set_experiment.
 pub const DEFAULT_CREATE_MISSING_EXPERIMENTS: bool = true;
+/// Every acknowledged span survives power loss; group commit keeps the cost to one fsync per
+/// batch of concurrent requests.
+pub const DEFAULT_FSYNC: FsyncPolicy = FsyncPolicy::Always;
+/// With `fsync = "interval"`: at most this much acknowledged data is at risk on power loss.
+pub const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Big enough that rotation is rare, small enough that a delivered segment frees space soon.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// About 20 minutes of MLflow's ~1.5k spans/s ceiling at ~1 KiB per span (see README sizing).
+pub const DEFAULT_MAX_DISK_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 /// Feedback usually follows its response within minutes; an hour covers slow span pipelines.
 pub const DEFAULT_FEEDBACK_PENDING_TTL: Duration = Duration::from_secs(3600);
 /// Pending feedback is retried this often at first (backing off to 30 s).
@@ -95,6 +105,8 @@ pub struct Config {
     pub batch: BatchConfig,
     /// Memory bounds for data waiting to be delivered.
     pub queue: QueueConfig,
+    /// The durable spool under `data_dir` (used when `data_dir` is set).
+    pub spool: SpoolConfig,
     /// Retry policy for MLflow calls.
     pub retry: RetryConfig,
     /// Tracking of traces whose root span has not arrived yet.
@@ -122,6 +134,7 @@ impl Default for Config {
             mlflow: MlflowConfig::default(),
             batch: BatchConfig::default(),
             queue: QueueConfig::default(),
+            spool: SpoolConfig::default(),
             retry: RetryConfig::default(),
             traces: TracesConfig::default(),
             routing: RoutingConfig::default(),
@@ -289,6 +302,35 @@ impl Default for QueueConfig {
         Self {
             max_bytes: DEFAULT_MAX_QUEUE_BYTES,
             max_trace_infos: DEFAULT_TRACE_INFO_QUEUE,
+        }
+    }
+}
+
+/// The durable spool: a segment log under `<data_dir>/spool`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// When appended records are fsynced: `always` (before the request is acknowledged; survives
+    /// power loss; one fsync per group of concurrent requests), `interval` (every
+    /// `fsync_interval`; a crash of the process loses nothing, power loss up to one interval),
+    /// `never` (the OS decides; a process crash loses nothing, power loss may lose more).
+    pub fsync: FsyncPolicy,
+    /// Period of background fsyncs with `fsync = "interval"`.
+    #[serde(with = "humantime_serde")]
+    pub fsync_interval: Duration,
+    /// Size at which a segment file is sealed and a new one started.
+    pub segment_bytes: u64,
+    /// Disk the spool may use; at the limit receivers refuse with retryable codes.
+    pub max_disk_bytes: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            fsync: DEFAULT_FSYNC,
+            fsync_interval: DEFAULT_FSYNC_INTERVAL,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            max_disk_bytes: DEFAULT_MAX_DISK_BYTES,
         }
     }
 }
@@ -577,6 +619,19 @@ impl Config {
                  or the largest accepted request could never be queued",
                 self.queue.max_bytes, self.receiver.max_decompressed_bytes
             ));
+        }
+        if self.spool.max_disk_bytes < self.receiver.max_decompressed_bytes as u64 {
+            errors.push(
+                "spool.max_disk_bytes must be at least receiver.max_decompressed_bytes, or the \
+                 largest accepted request could never be spooled"
+                    .into(),
+            );
+        }
+        if self.spool.segment_bytes == 0 {
+            errors.push("spool.segment_bytes: must be greater than 0".into());
+        }
+        if self.spool.fsync_interval.is_zero() {
+            errors.push("spool.fsync_interval: must be greater than 0s".into());
         }
         if self.queue.max_bytes > u32::MAX as usize {
             errors.push(format!("queue.max_bytes: at most {} bytes", u32::MAX));

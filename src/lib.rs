@@ -12,6 +12,7 @@ pub mod mlflow;
 pub mod ops;
 pub mod pipeline;
 pub mod receive;
+pub mod spool;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -32,13 +33,18 @@ use crate::mlflow::MlflowClient;
 use crate::mlflow::experiments::Experiments;
 use crate::mlflow::retry::RetryPolicy;
 use crate::ops::health::Health;
-use crate::pipeline::envelope::ExperimentRef;
+use crate::pipeline::envelope::{Envelope, ExperimentRef};
 use crate::pipeline::export::{SpanExporter, run_span_workers, run_trace_info_workers};
 use crate::pipeline::ingest::Ingest;
 use crate::pipeline::traces::TraceTracker;
+use crate::spool::Spool;
+use crate::spool::deadletter::DeadLetters;
+use crate::spool::disk::SegmentLog;
 
-/// How often expired traces-awaiting-root are swept and gauges refreshed.
-const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
+/// How often expired traces-awaiting-root are swept, gauges and spool readiness refreshed.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a fully delivered active spool segment is sealed so its file can be removed.
+const RECLAIM_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +78,38 @@ pub struct ShutdownReport {
     pub drained: bool,
     /// Encoded span bytes still undelivered at the deadline.
     pub undelivered_bytes: usize,
+}
+
+fn open_spool(config: &Config) -> Result<Spool, StartError> {
+    let Some(dir) = &config.data_dir else {
+        tracing::warn!(
+            "no data_dir: accepted spans are queued in memory only and lost if the process dies"
+        );
+        return Ok(Spool::memory(config.queue.max_bytes));
+    };
+    let spool_dir = dir.join("spool");
+    let (log, report) = SegmentLog::open(
+        &spool_dir,
+        config.spool.fsync,
+        config.spool.fsync_interval,
+        config.spool.segment_bytes,
+        config.spool.max_disk_bytes,
+    )
+    .map_err(|source| StartError::DataDir {
+        path: spool_dir.clone(),
+        source,
+    })?;
+    if report.records > 0 || report.damaged_regions > 0 {
+        tracing::info!(
+            records = report.records,
+            segments = report.segments,
+            bytes = report.bytes,
+            damaged_regions = report.damaged_regions,
+            damaged_bytes = report.damaged_bytes,
+            "replaying spool from an earlier run"
+        );
+    }
+    Ok(Spool::disk(log, config.queue.max_bytes))
 }
 
 fn build_feedback(
@@ -132,9 +170,8 @@ pub struct Gateway {
     pub otlp_http_addr: SocketAddr,
     pub api_addr: SocketAddr,
     health: Arc<Health>,
-    ingest: Arc<Ingest>,
     stop_receivers: CancellationToken,
-    drain: CancellationToken,
+    spool: Spool,
     stop_api: CancellationToken,
     receivers: Vec<JoinHandle<()>>,
     pipeline: Option<JoinHandle<()>>,
@@ -169,22 +206,27 @@ impl Gateway {
             config.traces.max_pending,
             config.traces.root_wait,
         ));
-        let queue_bytes = Arc::new(Semaphore::new(config.queue.max_bytes));
+        let spool = open_spool(&config)?;
         let (envelopes_tx, envelopes_rx) = mpsc::unbounded_channel();
         let request_ids = Arc::new(RequestIdIndex::new(config.feedback.index_capacity));
         let ingest = Arc::new(Ingest::new(
             &config,
             tracker.clone(),
             experiments.clone(),
-            envelopes_tx,
-            queue_bytes,
+            spool.clone(),
             request_ids.clone(),
         ));
         let feedback = Arc::new(build_feedback(&config, request_ids, client.clone())?);
 
-        // Pipeline: batcher -> span workers -> TraceInfo workers. Each stage ends when the one
-        // before it has ended and dropped its sender, so shutdown drains front to back.
-        let drain = CancellationToken::new();
+        // Pipeline: spool reader -> batcher -> span workers -> TraceInfo workers. Each stage
+        // ends when the one before it has ended and dropped its sender, so shutdown (closing the
+        // spool) drains front to back.
+        let dead_letters = Arc::new(DeadLetters::new(config.data_dir.as_deref()).map_err(
+            |source| StartError::DataDir {
+                path: config.data_dir.clone().unwrap_or_default(),
+                source,
+            },
+        )?);
         let (batches_tx, batches_rx) = mpsc::channel(config.mlflow.export_concurrency);
         let (infos_tx, infos_rx) = mpsc::channel(config.queue.max_trace_infos);
         let exporter = Arc::new(SpanExporter {
@@ -193,12 +235,31 @@ impl Gateway {
             policy: policy.clone(),
             trace_infos: infos_tx,
             health: health.clone(),
+            dead_letters,
         });
+        let reader = {
+            let spool = spool.clone();
+            tokio::spawn(async move {
+                while let Some(d) = spool.next().await {
+                    let envelope = Envelope {
+                        experiment: d.record.experiment,
+                        body: d.record.body,
+                        span_count: d.record.span_count,
+                        roots: d.record.roots,
+                        permit: d.permit,
+                        ack: d.ack,
+                        received_at: std::time::Instant::now(),
+                    };
+                    if envelopes_tx.send(envelope).is_err() {
+                        break;
+                    }
+                }
+            })
+        };
         let batcher = tokio::spawn(pipeline::batcher::run(
             envelopes_rx,
             batches_tx,
             config.batch.clone(),
-            drain.clone(),
         ));
         let spans = tokio::spawn(run_span_workers(
             exporter,
@@ -213,6 +274,7 @@ impl Gateway {
             config.mlflow.trace_info_concurrency,
         ));
         let pipeline = tokio::spawn(async move {
+            let _ = reader.await;
             let _ = batcher.await;
             let _ = spans.await;
             let _ = infos.await;
@@ -309,7 +371,12 @@ impl Gateway {
         };
         let housekeeping = {
             let stop = stop_api.clone();
-            let ingest = ingest.clone();
+            let spool = spool.clone();
+            let health = health.clone();
+            let max_memory = config.queue.max_bytes as u64;
+            let max_disk = config.spool.max_disk_bytes;
+            let headroom = config.receiver.max_decompressed_bytes as u64;
+            let mut last_reclaim = std::time::Instant::now();
             tokio::spawn(async move {
                 loop {
                     let forgotten = tracker.sweep().without_root;
@@ -319,7 +386,37 @@ impl Gateway {
                         tracing::info!(forgotten, "traces expired without their root span");
                     }
                     metrics::gauge!("gateway_traces_awaiting_root").set(tracker.awaiting() as f64);
-                    metrics::gauge!("gateway_queue_bytes").set(ingest.queued_bytes() as f64);
+                    let stats = spool.stats();
+                    metrics::gauge!("gateway_queue_bytes").set(stats.memory_bytes as f64);
+                    metrics::gauge!("gateway_spool_disk_bytes").set(stats.disk_bytes as f64);
+                    metrics::gauge!("gateway_spool_records").set(stats.records as f64);
+                    let age = stats
+                        .oldest_ms
+                        .map(|t| feedback::store::now_ms().saturating_sub(t) as f64 / 1000.0)
+                        .unwrap_or(0.0);
+                    metrics::gauge!("gateway_spool_oldest_record_age_seconds").set(age);
+                    // Not ready when one more large request could not be taken, so Kubernetes
+                    // routes elsewhere before clients see refusals.
+                    let problem = if spool.is_durable() {
+                        (stats.disk_bytes + headroom > max_disk).then(|| {
+                            format!(
+                                "spool disk nearly full ({} of {max_disk} bytes)",
+                                stats.disk_bytes
+                            )
+                        })
+                    } else {
+                        (stats.memory_bytes as u64 + headroom > max_memory).then(|| {
+                            format!(
+                                "memory queue nearly full ({} of {max_memory} bytes)",
+                                stats.memory_bytes
+                            )
+                        })
+                    };
+                    health.set_spool_problem(problem);
+                    if last_reclaim.elapsed() >= RECLAIM_INTERVAL {
+                        spool.reclaim().await;
+                        last_reclaim = std::time::Instant::now();
+                    }
                     tokio::select! {
                         _ = stop.cancelled() => break,
                         _ = tokio::time::sleep(HOUSEKEEPING_INTERVAL) => {}
@@ -344,9 +441,8 @@ impl Gateway {
             otlp_http_addr,
             api_addr,
             health,
-            ingest,
             stop_receivers,
-            drain,
+            spool,
             stop_api,
             receivers: vec![grpc, http],
             pipeline: Some(pipeline),
@@ -370,7 +466,7 @@ impl Gateway {
         for r in self.receivers.drain(..) {
             let _ = tokio::time::timeout_at(deadline, r).await;
         }
-        self.drain.cancel();
+        self.spool.close().await;
         let drained = match self.pipeline.take() {
             Some(p) => {
                 let abort = p.abort_handle();
@@ -384,17 +480,25 @@ impl Gateway {
             }
             None => true,
         };
+        self.spool.reclaim().await;
+        let stats = self.spool.stats();
         let undelivered_bytes = if drained {
             0
         } else {
-            self.ingest.queued_bytes()
+            stats.memory_bytes.max(stats.disk_bytes as usize)
         };
         if drained {
-            tracing::info!("drained: everything accepted was handed to MLflow");
+            tracing::info!("drained: everything accepted was delivered to MLflow");
+        } else if self.spool.is_durable() {
+            tracing::warn!(
+                records = stats.records,
+                disk_bytes = stats.disk_bytes,
+                "shutdown deadline passed; undelivered records stay in the spool for the next start"
+            );
         } else {
             tracing::error!(
                 undelivered_bytes,
-                "shutdown deadline passed with spans or TraceInfos not delivered"
+                "shutdown deadline passed with spans or TraceInfos not delivered (memory mode: lost)"
             );
         }
         self.stop_api.cancel();
@@ -411,7 +515,6 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.stop_receivers.cancel();
-        self.drain.cancel();
         self.stop_api.cancel();
         for t in self
             .receivers

@@ -799,7 +799,8 @@ async fn health_readiness_and_metrics() {
         "gateway_export_spans_total",
         "gateway_export_traces_total",
         "gateway_export_batch_spans_bucket",
-        "gateway_queue_spans",
+        "gateway_queue_bytes",
+        "gateway_spool_records",
     ] {
         assert!(text.contains(name), "metrics lack {name}:\n{text}");
     }

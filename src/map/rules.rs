@@ -186,7 +186,7 @@ struct Rule {
 }
 
 /// What the table derived for one trace.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TraceFacts {
     pub client_request_id: Option<String>,
     pub metadata: BTreeMap<String, String>,

@@ -17,14 +17,14 @@ const TRACE_SCHEMA_VERSION: &str = "3";
 pub const TRACE_NAME_TAG: &str = "mlflow.traceName";
 
 /// Terminal state of a trace, from its root span's status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TraceState {
     Ok,
     Error,
 }
 
 /// Everything needed to write one trace's TraceInfo.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TraceInfoJob {
     /// OTel trace id (16 bytes).
     pub trace_id: [u8; 16],

@@ -10,6 +10,7 @@ pub struct Health {
     draining: AtomicBool,
     mlflow_problem: Mutex<Option<String>>,
     export_problem: Mutex<Option<String>>,
+    spool_problem: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -52,6 +53,11 @@ impl Health {
         }
     }
 
+    /// The spool (or memory queue) is nearly full.
+    pub fn set_spool_problem(&self, problem: Option<String>) {
+        *self.spool_problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
+    }
+
     /// `Ok` when ready, else every reason it is not.
     pub fn readiness(&self) -> Result<(), Vec<String>> {
         let mut reasons = Vec::new();
@@ -71,6 +77,14 @@ impl Health {
         }
         if let Some(p) = self
             .export_problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            reasons.push(p);
+        }
+        if let Some(p) = self
+            .spool_problem
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()

@@ -74,8 +74,36 @@ fn describe() {
         "Encoded span bytes accepted and not yet delivered."
     );
     describe_gauge!(
-        "gateway_queue_spans",
-        "Spans accepted and not yet delivered."
+        "gateway_spool_records",
+        "Records (accepted requests per experiment) in the spool, not yet delivered."
+    );
+    describe_gauge!(
+        "gateway_spool_disk_bytes",
+        "Bytes of spool segment files on disk."
+    );
+    describe_gauge!(
+        "gateway_spool_oldest_record_age_seconds",
+        "Age of the oldest undelivered spool segment's first record."
+    );
+    describe_counter!(
+        "gateway_spool_damaged_regions_total",
+        "Damaged stretches of spool files (torn writes, corruption) skipped on start."
+    );
+    describe_counter!(
+        "gateway_spool_damaged_bytes_total",
+        "Bytes in damaged spool stretches."
+    );
+    describe_counter!(
+        "gateway_spool_corrupt_records_total",
+        "Spool records that failed to read or decode and were skipped."
+    );
+    describe_counter!(
+        "gateway_dead_letters_total",
+        "Requests written to the dead-letter file."
+    );
+    describe_counter!(
+        "gateway_dead_letter_spans_total",
+        "Spans written to the dead-letter file."
     );
     describe_gauge!(
         "gateway_trace_info_queue",

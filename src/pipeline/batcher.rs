@@ -3,23 +3,26 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
-use tokio_util::sync::CancellationToken;
 
 use super::envelope::{Envelope, ExperimentRef};
 use crate::config::BatchConfig;
 use crate::map::trace_info::TraceInfoJob;
+use crate::spool::Ack;
 
 /// Spans for one experiment, ready for one `/v1/traces` request.
-#[derive(Debug)]
 pub struct Batch {
     pub experiment: ExperimentRef,
-    pub resource_spans: Vec<ResourceSpans>,
+    /// Encoded `ExportTraceServiceRequest`s; concatenated they are one valid request.
+    pub bodies: Vec<Bytes>,
     pub span_count: usize,
     pub bytes: usize,
-    pub roots: Vec<TraceInfoJob>,
-    /// Queue budget held until the batch is delivered or given up.
+    /// Each root's TraceInfo job with its record's acknowledgement.
+    pub roots: Vec<(TraceInfoJob, Ack)>,
+    /// One acknowledgement part per record for its spans.
+    pub acks: Vec<Ack>,
+    /// Memory budget held until the spans are delivered or given up.
     pub permits: Vec<OwnedSemaphorePermit>,
     pub oldest: Instant,
 }
@@ -28,10 +31,11 @@ impl Batch {
     fn new(experiment: ExperimentRef, now: Instant) -> Self {
         Self {
             experiment,
-            resource_spans: Vec::new(),
+            bodies: Vec::new(),
             span_count: 0,
             bytes: 0,
             roots: Vec::new(),
+            acks: Vec::new(),
             permits: Vec::new(),
             oldest: now,
         }
@@ -41,24 +45,24 @@ impl Batch {
         if self.span_count == 0 {
             self.oldest = env.received_at;
         }
-        self.resource_spans.extend(env.resource_spans);
+        self.bytes += env.body.len();
+        self.bodies.push(env.body);
         self.span_count += env.span_count;
-        self.bytes += env.encoded_len;
-        self.roots.extend(env.roots);
+        self.roots
+            .extend(env.roots.into_iter().map(|r| (r, env.ack.clone())));
+        self.acks.push(env.ack);
         self.permits.push(env.permit);
     }
 }
 
-/// Runs until the input closes (after `shutdown`, it stops new input, drains what is queued,
-/// flushes everything and returns).
+/// Runs until the input closes (the spool reader ends on shutdown once drained), then
+/// flushes everything and returns.
 pub async fn run(
     mut input: mpsc::UnboundedReceiver<Envelope>,
     output: mpsc::Sender<Batch>,
     cfg: BatchConfig,
-    shutdown: CancellationToken,
 ) {
     let mut pending: HashMap<ExperimentRef, Batch> = HashMap::new();
-    let mut closing = false;
     loop {
         let deadline = pending
             .values()
@@ -66,11 +70,6 @@ pub async fn run(
             .min()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
-            _ = shutdown.cancelled(), if !closing => {
-                // Refuse new input; what is already queued is still received below.
-                input.close();
-                closing = true;
-            }
             env = input.recv() => {
                 let Some(env) = env else { break };
                 let key = env.experiment.clone();
@@ -79,7 +78,7 @@ pub async fn run(
                     .or_insert_with(|| Batch::new(key.clone(), env.received_at));
                 if batch.span_count > 0
                     && (batch.span_count + env.span_count > cfg.max_spans
-                        || batch.bytes + env.encoded_len > cfg.max_bytes)
+                        || batch.bytes + env.body.len() > cfg.max_bytes)
                 {
                     let full = std::mem::replace(batch, Batch::new(key.clone(), env.received_at));
                     if output.send(full).await.is_err() {
@@ -124,17 +123,27 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use tokio::sync::Semaphore;
+    use crate::spool::{Spool, SpoolRecord};
 
-    fn env(exp: &str, spans: usize, sem: &Arc<Semaphore>) -> Envelope {
+    async fn env(spool: &Spool, exp: &str, spans: usize) -> Envelope {
+        spool
+            .append(SpoolRecord {
+                experiment: ExperimentRef::Id(exp.into()),
+                span_count: spans,
+                roots: vec![],
+                received_ms: 0,
+                body: Bytes::from(vec![0u8; spans * 10]),
+            })
+            .await
+            .unwrap();
+        let d = spool.next().await.unwrap();
         Envelope {
-            experiment: ExperimentRef::Id(exp.into()),
-            resource_spans: vec![ResourceSpans::default()],
-            span_count: spans,
-            encoded_len: spans * 100,
-            roots: vec![],
-            permit: sem.clone().try_acquire_owned().unwrap(),
+            experiment: d.record.experiment,
+            body: d.record.body,
+            span_count: d.record.span_count,
+            roots: d.record.roots,
+            permit: d.permit,
+            ack: d.ack,
             received_at: Instant::now(),
         }
     }
@@ -148,22 +157,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn flushes_by_size_per_experiment() {
-        let sem = Arc::new(Semaphore::new(100));
+    async fn flushes_by_size_per_experiment_and_on_close() {
+        let spool = Spool::memory(1 << 20);
         let (tx, rx) = mpsc::unbounded_channel();
         let (out_tx, mut out) = mpsc::channel(10);
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(run(rx, out_tx, cfg(10, 60_000), stop.clone()));
+        let task = tokio::spawn(run(rx, out_tx, cfg(10, 60_000)));
         for _ in 0..3 {
-            tx.send(env("1", 4, &sem)).unwrap();
+            tx.send(env(&spool, "1", 4).await).ok().unwrap();
         }
-        tx.send(env("2", 1, &sem)).unwrap();
+        tx.send(env(&spool, "2", 1).await).ok().unwrap();
         let b = out.recv().await.unwrap();
         assert_eq!(
-            (b.experiment.clone(), b.span_count),
-            (ExperimentRef::Id("1".into()), 8)
+            (b.experiment.clone(), b.span_count, b.bodies.len()),
+            (ExperimentRef::Id("1".into()), 8, 2)
         );
-        stop.cancel();
+        drop(tx);
         task.await.unwrap();
         let mut rest = vec![];
         while let Some(b) = out.recv().await {
@@ -180,21 +188,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn flushes_by_age() {
-        let sem = Arc::new(Semaphore::new(100));
+    async fn flushes_by_age_and_returns_the_memory_budget() {
+        let spool = Spool::memory(1 << 20);
         let (tx, rx) = mpsc::unbounded_channel();
         let (out_tx, mut out) = mpsc::channel(10);
-        let _task = tokio::spawn(run(rx, out_tx, cfg(1000, 20), CancellationToken::new()));
-        tx.send(env("1", 2, &sem)).unwrap();
+        let _task = tokio::spawn(run(rx, out_tx, cfg(1000, 20)));
+        tx.send(env(&spool, "1", 2).await).ok().unwrap();
         let b = tokio::time::timeout(Duration::from_secs(2), out.recv())
             .await
             .expect("flushed by age")
             .unwrap();
         assert_eq!(b.span_count, 2);
+        assert!(spool.stats().memory_bytes > 0);
         drop(b);
         assert_eq!(
-            sem.available_permits(),
-            100,
+            spool.stats().memory_bytes,
+            0,
             "budget returned with the batch"
         );
     }

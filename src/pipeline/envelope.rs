@@ -2,13 +2,15 @@
 
 use std::time::Instant;
 
-use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use bytes::Bytes;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::map::trace_info::TraceInfoJob;
+use crate::spool::Ack;
 
 /// An MLflow experiment as a request or rule names it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ExperimentRef {
     Id(String),
     Name(String),
@@ -41,16 +43,17 @@ impl Transport {
     }
 }
 
-/// Accepted spans of one request bound for one experiment. Holding `permit` keeps their bytes
-/// counted against the queue budget until MLflow has them (or they are given up).
-#[derive(Debug)]
+/// A spooled record on its way to MLflow. Holding `permit` keeps its bytes counted against the
+/// memory budget until its spans are delivered; `ack` takes it out of the spool once its spans
+/// and TraceInfo writes are all done.
 pub struct Envelope {
     pub experiment: ExperimentRef,
-    pub resource_spans: Vec<ResourceSpans>,
+    /// An encoded `ExportTraceServiceRequest`.
+    pub body: Bytes,
     pub span_count: usize,
-    pub encoded_len: usize,
-    /// TraceInfo writes for the roots in this envelope, sent once the spans are delivered.
+    /// TraceInfo writes for the roots in this record, sent once the spans are delivered.
     pub roots: Vec<TraceInfoJob>,
     pub permit: OwnedSemaphorePermit,
+    pub ack: Ack,
     pub received_at: Instant,
 }

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 use prost::Message;
@@ -18,9 +18,12 @@ use crate::mlflow::error::{ErrorClass, MlflowError};
 use crate::mlflow::experiments::{Experiments, ResolveError};
 use crate::mlflow::retry::RetryPolicy;
 use crate::ops::health::Health;
+use crate::pipeline::envelope::ExperimentRef;
+use crate::spool::Ack;
+use crate::spool::deadletter::{DeadLetter, DeadLetters};
 
-/// A TraceInfo write waiting for StartTraceV3.
-pub type TraceInfoItem = (String, TraceInfoJob);
+/// A TraceInfo write waiting for StartTraceV3, with its record's acknowledgement.
+pub type TraceInfoItem = (String, TraceInfoJob, Ack);
 
 /// Everything the span workers share.
 pub struct SpanExporter {
@@ -29,6 +32,7 @@ pub struct SpanExporter {
     pub policy: RetryPolicy,
     pub trace_infos: mpsc::Sender<TraceInfoItem>,
     pub health: Arc<Health>,
+    pub dead_letters: Arc<DeadLetters>,
 }
 
 /// Runs `workers` span-delivery loops until the batch channel closes.
@@ -118,86 +122,182 @@ impl SpanExporter {
     async fn deliver(&self, batch: Batch) {
         let spans = batch.span_count;
         metrics::histogram!("gateway_export_batch_spans").record(spans as f64);
-        let Some(experiment_id) = self.resolve(&batch).await else {
-            return;
+        let body = match batch.bodies.len() {
+            1 => batch.bodies[0].clone(),
+            _ => {
+                let mut all = BytesMut::with_capacity(batch.bytes);
+                for b in &batch.bodies {
+                    all.extend_from_slice(b);
+                }
+                all.freeze()
+            }
         };
-        let request = ExportTraceServiceRequest {
-            resource_spans: batch.resource_spans,
-        };
-        let mut delivered_roots: Option<HashSet<[u8; 8]>> = None;
-        let mut stack = vec![request];
-        while let Some(req) = stack.pop() {
-            let n = span_count(&req);
-            match self.post(&experiment_id, &req).await {
-                Ok(()) => {
-                    metrics::counter!("gateway_export_spans_total").increment(n as u64);
-                    if let Some(set) = delivered_roots.as_mut() {
-                        for span in req
-                            .resource_spans
-                            .iter()
-                            .flat_map(|rs| &rs.scope_spans)
-                            .flat_map(|ss| &ss.spans)
-                        {
-                            if let Ok(id) = <[u8; 8]>::try_from(&span.span_id[..]) {
-                                set.insert(id);
-                            }
-                        }
+        match self.resolve(&batch).await {
+            Ok(experiment_id) => {
+                let delivered = self
+                    .deliver_spans(&experiment_id, body, spans, &batch)
+                    .await;
+                let Batch {
+                    roots,
+                    acks,
+                    permits,
+                    ..
+                } = batch;
+                drop(permits);
+                for (job, ack) in roots {
+                    if delivered
+                        .as_ref()
+                        .is_none_or(|set| set.contains(&job.root_span_id))
+                    {
+                        self.enqueue_trace_info(experiment_id.clone(), job, ack);
+                    } else {
+                        // Its spans are in the dead-letter file, with its TraceInfo.
+                        ack.done();
                     }
                 }
-                // MLflow rejects a request as a whole; halve it to find the offending span.
-                Err(e) if matches!(e.status(), Some(400) | Some(422)) && n > 1 => {
-                    delivered_roots.get_or_insert_with(HashSet::new);
-                    let (a, b) = split(req);
-                    stack.push(b);
-                    stack.push(a);
+                for ack in acks {
+                    ack.done();
                 }
-                Err(e) => {
-                    let reason = if e.is_retryable() {
-                        "gave_up"
-                    } else {
-                        e.reason()
-                    };
-                    metrics::counter!("gateway_export_failures_total", "kind" => "spans", "reason" => reason)
-                        .increment(1);
-                    metrics::counter!("gateway_export_spans_failed_total", "reason" => reason)
-                        .increment(n as u64);
-                    let first = req
+            }
+            Err(e) => {
+                let experiment = match &batch.experiment {
+                    ExperimentRef::Id(id) => id.clone(),
+                    ExperimentRef::Name(n) => format!("name:{n}"),
+                };
+                let infos = batch
+                    .roots
+                    .iter()
+                    .map(|(j, _)| j.body(&experiment))
+                    .collect();
+                metrics::counter!("gateway_export_spans_failed_total", "reason" => "experiment")
+                    .increment(spans as u64);
+                self.dead_letters.write(&DeadLetter::new(
+                    &experiment,
+                    &e.to_string(),
+                    spans,
+                    &body,
+                    infos,
+                ));
+                let Batch {
+                    roots,
+                    acks,
+                    permits,
+                    ..
+                } = batch;
+                drop(permits);
+                for ack in roots.into_iter().map(|(_, a)| a).chain(acks) {
+                    ack.done();
+                }
+            }
+        }
+    }
+
+    /// Posts the batch; when MLflow rejects it as a whole, halves it until the offending spans
+    /// are isolated and dead-lettered. Returns the root span ids delivered, or None when all were.
+    async fn deliver_spans(
+        &self,
+        experiment_id: &str,
+        body: Bytes,
+        spans: usize,
+        batch: &Batch,
+    ) -> Option<HashSet<[u8; 8]>> {
+        match self.post(experiment_id, body.clone()).await {
+            Ok(()) => {
+                metrics::counter!("gateway_export_spans_total").increment(spans as u64);
+                return None;
+            }
+            Err(e) if matches!(e.status(), Some(400) | Some(422)) && spans > 1 => {
+                tracing::warn!(error = %e, spans, "MLflow rejected the batch; splitting to isolate the offending spans");
+            }
+            Err(e) => {
+                self.reject(experiment_id, &e, spans, &body, batch);
+                return Some(HashSet::new());
+            }
+        }
+        let mut delivered = HashSet::new();
+        let request = match ExportTraceServiceRequest::decode(body.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                let err = MlflowError::BadReply(format!("cannot decode spooled batch: {e}"));
+                self.reject(experiment_id, &err, spans, &body, batch);
+                return Some(delivered);
+            }
+        };
+        let (a, b) = split(request);
+        let mut stack = vec![b, a];
+        while let Some(req) = stack.pop() {
+            let n = span_count(&req);
+            if n == 0 {
+                continue;
+            }
+            let part = Bytes::from(req.encode_to_vec());
+            match self.post(experiment_id, part.clone()).await {
+                Ok(()) => {
+                    metrics::counter!("gateway_export_spans_total").increment(n as u64);
+                    for span in req
                         .resource_spans
                         .iter()
                         .flat_map(|rs| &rs.scope_spans)
                         .flat_map(|ss| &ss.spans)
-                        .next();
-                    tracing::error!(
-                        experiment_id = %experiment_id,
-                        spans = n,
-                        trace_id = first.map(|s| mlflow_trace_id(&s.trace_id)).unwrap_or_default(),
-                        span = first.map(|s| s.name.as_str()).unwrap_or(""),
-                        error = %e,
-                        "MLflow rejected spans; they are not delivered"
-                    );
-                    if e.status() == Some(404) {
-                        self.experiments.invalidate(&batch.experiment);
-                    }
-                    if delivered_roots.is_none() {
-                        delivered_roots = Some(HashSet::new());
+                    {
+                        if let Ok(id) = <[u8; 8]>::try_from(&span.span_id[..]) {
+                            delivered.insert(id);
+                        }
                     }
                 }
+                Err(e) if matches!(e.status(), Some(400) | Some(422)) && n > 1 => {
+                    let (a, b) = split(req);
+                    stack.push(b);
+                    stack.push(a);
+                }
+                Err(e) => self.reject(experiment_id, &e, n, &part, batch),
             }
         }
-        for job in batch.roots {
-            let delivered = delivered_roots
-                .as_ref()
-                .is_none_or(|set| set.contains(&job.root_span_id));
-            if delivered {
-                self.enqueue_trace_info(experiment_id.clone(), job);
-            }
-        }
-        drop(batch.permits);
-        metrics::gauge!("gateway_queue_spans").decrement(spans as f64);
+        Some(delivered)
     }
 
-    /// Resolves the batch's experiment, waiting out MLflow outages. `None`: given up (logged).
-    async fn resolve(&self, batch: &Batch) -> Option<String> {
+    /// Spans MLflow will not take (or that outlived the retry limit): to the dead-letter file,
+    /// with the TraceInfo of any root among them.
+    fn reject(&self, experiment_id: &str, e: &MlflowError, n: usize, body: &Bytes, batch: &Batch) {
+        let reason = if e.is_retryable() {
+            "gave_up"
+        } else {
+            e.reason()
+        };
+        metrics::counter!("gateway_export_failures_total", "kind" => "spans", "reason" => reason)
+            .increment(1);
+        metrics::counter!("gateway_export_spans_failed_total", "reason" => reason)
+            .increment(n as u64);
+        let roots_here: HashSet<[u8; 8]> = ExportTraceServiceRequest::decode(body.clone())
+            .map(|r| {
+                r.resource_spans
+                    .iter()
+                    .flat_map(|rs| &rs.scope_spans)
+                    .flat_map(|ss| &ss.spans)
+                    .filter_map(|s| <[u8; 8]>::try_from(&s.span_id[..]).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let infos = batch
+            .roots
+            .iter()
+            .filter(|(j, _)| roots_here.contains(&j.root_span_id))
+            .map(|(j, _)| j.body(experiment_id))
+            .collect();
+        if e.status() == Some(404) {
+            self.experiments.invalidate(&batch.experiment);
+        }
+        self.dead_letters.write(&DeadLetter::new(
+            experiment_id,
+            &e.to_string(),
+            n,
+            body,
+            infos,
+        ));
+    }
+
+    /// Resolves the batch's experiment, waiting out MLflow outages.
+    async fn resolve(&self, batch: &Batch) -> Result<String, MlflowError> {
         let experiments = &self.experiments;
         let r = self
             .policy
@@ -218,32 +318,21 @@ impl SpanExporter {
                 |e, attempt| self.on_retry("resolve", e, attempt),
             )
             .await;
-        match r {
-            Ok(id) => Some(id),
-            Err(e) => {
-                let reason = if e.is_retryable() {
-                    "gave_up"
-                } else {
-                    "experiment"
-                };
-                metrics::counter!("gateway_export_failures_total", "kind" => "spans", "reason" => reason)
-                    .increment(1);
-                metrics::counter!("gateway_export_spans_failed_total", "reason" => reason)
-                    .increment(batch.span_count as u64);
-                tracing::error!(experiment = %batch.experiment, spans = batch.span_count, error = %e,
-                    "cannot deliver spans: experiment unusable");
-                metrics::gauge!("gateway_queue_spans").decrement(batch.span_count as f64);
-                None
-            }
+        if let Err(e) = &r {
+            let reason = if e.is_retryable() {
+                "gave_up"
+            } else {
+                "experiment"
+            };
+            metrics::counter!("gateway_export_failures_total", "kind" => "spans", "reason" => reason)
+                .increment(1);
+            tracing::error!(experiment = %batch.experiment, spans = batch.span_count, error = %e,
+                "cannot deliver spans: experiment unusable");
         }
+        r
     }
 
-    async fn post(
-        &self,
-        experiment_id: &str,
-        req: &ExportTraceServiceRequest,
-    ) -> Result<(), MlflowError> {
-        let body = Bytes::from(req.encode_to_vec());
+    async fn post(&self, experiment_id: &str, body: Bytes) -> Result<(), MlflowError> {
         let result = self
             .policy
             .run(
@@ -270,17 +359,18 @@ impl SpanExporter {
         }
     }
 
-    fn enqueue_trace_info(&self, experiment_id: String, job: TraceInfoJob) {
-        match self.trace_infos.try_send((experiment_id, job)) {
+    fn enqueue_trace_info(&self, experiment_id: String, job: TraceInfoJob, ack: Ack) {
+        match self.trace_infos.try_send((experiment_id, job, ack)) {
             Ok(()) => metrics::gauge!("gateway_trace_info_queue").increment(1.0),
             Err(e) => {
-                let (_, job) = e.into_inner();
+                let (_, job, ack) = e.into_inner();
                 metrics::counter!("gateway_trace_info_dropped_total").increment(1);
                 tracing::warn!(
                     trace_id = %mlflow_trace_id(&job.trace_id),
                     "TraceInfo queue full: trace keeps its spans, session, user and tags but \
                      not its client request id and metadata"
                 );
+                ack.done();
             }
         }
     }
@@ -304,11 +394,12 @@ pub async fn run_trace_info_workers(
         tasks.push(tokio::spawn(async move {
             loop {
                 let next = queue.lock().await.recv().await;
-                let Some((experiment_id, job)) = next else {
+                let Some((experiment_id, job, ack)) = next else {
                     break;
                 };
                 metrics::gauge!("gateway_trace_info_queue").decrement(1.0);
                 write_trace_info(&client, &policy, &health, &experiment_id, &job).await;
+                ack.done();
             }
         }));
     }

@@ -4,17 +4,18 @@
 //! acknowledged once this returns Ok.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use prost::Message;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::envelope::{Envelope, ExperimentRef, Transport};
+use super::envelope::{ExperimentRef, Transport};
 use super::traces::TraceTracker;
 use crate::config::{Config, is_experiment_id};
 use crate::feedback::index::{IndexedTrace, RequestIdIndex};
@@ -23,6 +24,7 @@ use crate::map::rules::MappingTable;
 use crate::map::spans;
 use crate::map::trace_info::{TraceInfoJob, TraceState, mlflow_trace_id};
 use crate::mlflow::experiments::Experiments;
+use crate::spool::{Spool, SpoolError, SpoolRecord};
 
 /// How long a request may wait on MLflow to learn whether its experiment exists; past this the
 /// spans are accepted and the exporter resolves the experiment (MLflow may be down).
@@ -37,10 +39,16 @@ pub enum IngestError {
     /// The input can never succeed; OTLP clients must not retry it.
     #[error("{0}")]
     InvalidArgument(String),
-    /// The queue budget is spent; retry after the queue drains.
-    #[error("gateway queue is full ({queued_bytes} bytes waiting for MLflow); retry later")]
+    /// The queue budget (memory, or disk in durable mode) is spent; retry after it drains.
+    #[error("gateway queue is full ({detail}); retry later")]
     QueueFull {
-        queued_bytes: usize,
+        detail: String,
+        retry_after: Duration,
+    },
+    /// The spool could not make the data safe (disk error); retrying may succeed.
+    #[error("gateway cannot store the spans ({detail}); retry later")]
+    Storage {
+        detail: String,
         retry_after: Duration,
     },
     /// Too many requests are being processed at once.
@@ -56,6 +64,7 @@ impl IngestError {
         match self {
             IngestError::InvalidArgument(_) => "invalid",
             IngestError::QueueFull { .. } => "queue_full",
+            IngestError::Storage { .. } => "storage",
             IngestError::TooManyRequests { .. } => "too_many_requests",
             IngestError::ShuttingDown { .. } => "shutting_down",
         }
@@ -65,6 +74,7 @@ impl IngestError {
         match self {
             IngestError::InvalidArgument(_) => None,
             IngestError::QueueFull { retry_after, .. }
+            | IngestError::Storage { retry_after, .. }
             | IngestError::TooManyRequests { retry_after }
             | IngestError::ShuttingDown { retry_after } => Some(*retry_after),
         }
@@ -94,9 +104,7 @@ pub struct Ingest {
     experiments: Experiments,
     default_experiment: ExperimentRef,
     routes: Vec<(String, ExperimentRef)>,
-    queue: mpsc::UnboundedSender<Envelope>,
-    queue_bytes: Arc<Semaphore>,
-    max_queue_bytes: usize,
+    spool: Spool,
     inflight: Arc<Semaphore>,
     retry_after: Duration,
     request_ids: Arc<RequestIdIndex>,
@@ -113,8 +121,7 @@ impl Ingest {
         cfg: &Config,
         tracker: Arc<TraceTracker>,
         experiments: Experiments,
-        queue: mpsc::UnboundedSender<Envelope>,
-        queue_bytes: Arc<Semaphore>,
+        spool: Spool,
         request_ids: Arc<RequestIdIndex>,
     ) -> Self {
         let routes = cfg
@@ -136,28 +143,15 @@ impl Ingest {
             experiments,
             default_experiment: cfg.default_experiment(),
             routes,
-            queue,
-            queue_bytes,
-            max_queue_bytes: cfg.queue.max_bytes,
+            spool,
             inflight: Arc::new(Semaphore::new(cfg.receiver.max_inflight_requests)),
             retry_after: cfg.receiver.retry_after,
             request_ids,
         }
     }
 
-    /// Bytes accepted and not yet delivered (or given up).
-    pub fn queued_bytes(&self) -> usize {
-        self.max_queue_bytes
-            .saturating_sub(self.queue_bytes.available_permits())
-    }
-
     /// Takes an in-flight slot for one request, or refuses when saturated or shutting down.
     pub fn admit(&self, transport: Transport) -> Result<OwnedSemaphorePermit, IngestError> {
-        if self.queue.is_closed() {
-            return Err(IngestError::ShuttingDown {
-                retry_after: self.retry_after,
-            });
-        }
         self.inflight.clone().try_acquire_owned().map_err(|_| {
             let err = IngestError::TooManyRequests {
                 retry_after: self.retry_after,
@@ -278,49 +272,47 @@ impl Ingest {
             )));
         }
 
-        // Charge the queue budget before touching shared state, so a refusal changes nothing.
-        let mut permits = Vec::with_capacity(kept.len());
-        for g in &kept {
-            let bytes: usize = g.resource_spans.iter().map(Message::encoded_len).sum();
-            let want = bytes.clamp(1, self.max_queue_bytes) as u32;
-            match self.queue_bytes.clone().try_acquire_many_owned(want) {
-                Ok(p) => permits.push((p, bytes)),
-                Err(_) => {
-                    let err = IngestError::QueueFull {
-                        queued_bytes: self.queued_bytes(),
-                        retry_after: self.retry_after,
-                    };
-                    self.count_refused(ctx.transport, &err, received - rejected);
-                    return Err(err);
-                }
-            }
-        }
-
-        let now = Instant::now();
+        let received_ms = crate::feedback::store::now_ms();
         let mut accepted = 0;
-        for (mut g, (permit, bytes)) in kept.into_iter().zip(permits) {
+        for mut g in kept {
             let roots = self.map_group(&mut g.resource_spans, &g.experiment);
-            accepted += g.span_count;
-            let envelope = Envelope {
-                experiment: g.experiment,
+            let body = ExportTraceServiceRequest {
                 resource_spans: g.resource_spans,
+            }
+            .encode_to_vec();
+            let record = SpoolRecord {
+                experiment: g.experiment,
                 span_count: g.span_count,
-                encoded_len: bytes,
                 roots,
-                permit,
-                received_at: now,
+                received_ms,
+                body: Bytes::from(body),
             };
-            if self.queue.send(envelope).is_err() {
-                let err = IngestError::ShuttingDown {
-                    retry_after: self.retry_after,
+            if let Err(e) = self.spool.append(record).await {
+                let err = match e {
+                    SpoolError::Full(detail) => IngestError::QueueFull {
+                        detail,
+                        retry_after: self.retry_after,
+                    },
+                    SpoolError::Closed => IngestError::ShuttingDown {
+                        retry_after: self.retry_after,
+                    },
+                    SpoolError::Io(detail) => {
+                        tracing::error!(error = %detail, "spool append failed");
+                        IngestError::Storage {
+                            detail,
+                            retry_after: self.retry_after,
+                        }
+                    }
                 };
-                self.count_refused(ctx.transport, &err, received - rejected);
+                // Whatever went in before this group is safe and will be delivered; the client
+                // retries the whole request and the duplicates are harmless upserts.
+                self.count_refused(ctx.transport, &err, received - rejected - accepted);
                 return Err(err);
             }
+            accepted += g.span_count;
         }
         metrics::counter!("gateway_receiver_spans_accepted_total", "transport" => transport)
             .increment(accepted as u64);
-        metrics::gauge!("gateway_queue_spans").increment(accepted as f64);
         metrics::gauge!("gateway_traces_awaiting_root").set(self.tracker.awaiting() as f64);
         if rejected > 0 {
             tracing::warn!(rejected, accepted, problem = ?problem, "rejected unusable spans");

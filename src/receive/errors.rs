@@ -48,9 +48,9 @@ pub fn http_status(err: &IngestError) -> StatusCode {
     match err {
         IngestError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
         IngestError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
-        IngestError::TooManyRequests { .. } | IngestError::ShuttingDown { .. } => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        IngestError::TooManyRequests { .. }
+        | IngestError::ShuttingDown { .. }
+        | IngestError::Storage { .. } => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -80,9 +80,9 @@ pub fn grpc_status(err: &IngestError) -> tonic::Status {
                 Bytes::from(status.encode_to_vec()),
             )
         }
-        IngestError::TooManyRequests { .. } | IngestError::ShuttingDown { .. } => {
-            tonic::Status::unavailable(message)
-        }
+        IngestError::TooManyRequests { .. }
+        | IngestError::ShuttingDown { .. }
+        | IngestError::Storage { .. } => tonic::Status::unavailable(message),
     }
 }
 
@@ -106,7 +106,7 @@ mod tests {
     #[test]
     fn retryable_errors_map_to_retryable_codes() {
         let full = IngestError::QueueFull {
-            queued_bytes: 1,
+            detail: "1 byte".into(),
             retry_after: Duration::from_secs(2),
         };
         assert_eq!(http_status(&full), StatusCode::TOO_MANY_REQUESTS);

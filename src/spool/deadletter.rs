@@ -1,0 +1,187 @@
+//! Dead letters: spans MLflow rejected for good (after the batch was split to isolate them), with
+//! MLflow's reason, in `<data_dir>/deadletter/dead-letters.jsonl`. `mlflow-otlp-gateway
+//! replay-dead-letters` sends them again after a fix and keeps only what still fails.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::mlflow::MlflowClient;
+
+const FILE: &str = "dead-letters.jsonl";
+
+/// One rejected request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeadLetter {
+    pub time_ms: u64,
+    pub experiment_id: String,
+    pub reason: String,
+    pub spans: usize,
+    /// Encoded `ExportTraceServiceRequest`, base64.
+    pub body: String,
+    /// StartTraceV3 bodies for the trace roots among these spans.
+    #[serde(default)]
+    pub trace_infos: Vec<Value>,
+}
+
+impl DeadLetter {
+    pub fn new(
+        experiment_id: &str,
+        reason: &str,
+        spans: usize,
+        body: &[u8],
+        trace_infos: Vec<Value>,
+    ) -> Self {
+        Self {
+            time_ms: crate::feedback::store::now_ms(),
+            experiment_id: experiment_id.to_string(),
+            reason: reason.to_string(),
+            spans,
+            body: STANDARD.encode(body),
+            trace_infos,
+        }
+    }
+}
+
+/// Appends dead letters; without a data directory they are only logged.
+pub struct DeadLetters {
+    path: Option<PathBuf>,
+    lock: Mutex<()>,
+}
+
+impl DeadLetters {
+    pub fn new(data_dir: Option<&Path>) -> std::io::Result<Self> {
+        let path = match data_dir {
+            Some(d) => {
+                let dir = d.join("deadletter");
+                std::fs::create_dir_all(&dir)?;
+                Some(dir.join(FILE))
+            }
+            None => None,
+        };
+        Ok(Self {
+            path,
+            lock: Mutex::new(()),
+        })
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    pub fn write(&self, letter: &DeadLetter) {
+        metrics::counter!("gateway_dead_letters_total").increment(1);
+        metrics::counter!("gateway_dead_letter_spans_total").increment(letter.spans as u64);
+        let Some(path) = &self.path else {
+            tracing::error!(experiment_id = %letter.experiment_id, reason = %letter.reason,
+                spans = letter.spans, "rejected spans dropped (no data_dir for dead letters)");
+            return;
+        };
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let result = (|| -> std::io::Result<()> {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            let mut line = serde_json::to_vec(letter).map_err(std::io::Error::other)?;
+            line.push(b'\n');
+            f.write_all(&line)?;
+            f.sync_data()
+        })();
+        match result {
+            Ok(()) => {
+                tracing::error!(experiment_id = %letter.experiment_id, reason = %letter.reason,
+                spans = letter.spans, file = %path.display(), "rejected spans written to the dead-letter file")
+            }
+            Err(e) => tracing::error!(error = %e, reason = %letter.reason, spans = letter.spans,
+                "cannot write dead letter; rejected spans dropped"),
+        }
+    }
+}
+
+/// What a replay did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    pub delivered: usize,
+    pub still_failing: usize,
+    pub unreadable: usize,
+}
+
+/// Sends every dead letter in `data_dir` again; rewrites the file with what still fails.
+pub async fn replay(data_dir: &Path, client: &MlflowClient) -> std::io::Result<ReplayReport> {
+    let path = data_dir.join("deadletter").join(FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ReplayReport::default()),
+        Err(e) => return Err(e),
+    };
+    let mut report = ReplayReport::default();
+    let mut keep = String::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let Ok(letter) = serde_json::from_str::<DeadLetter>(line) else {
+            report.unreadable += 1;
+            keep.push_str(line);
+            keep.push('\n');
+            continue;
+        };
+        let Ok(body) = STANDARD.decode(&letter.body) else {
+            report.unreadable += 1;
+            keep.push_str(line);
+            keep.push('\n');
+            continue;
+        };
+        let mut result = client
+            .post_spans(&letter.experiment_id, Bytes::from(body))
+            .await;
+        if result.is_ok() {
+            for info in &letter.trace_infos {
+                if let Err(e) = client.start_trace(info).await {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        match result {
+            Ok(()) => report.delivered += 1,
+            Err(e) => {
+                report.still_failing += 1;
+                let mut letter = letter;
+                letter.reason = format!("replay: {e}");
+                keep.push_str(&serde_json::to_string(&letter).map_err(std::io::Error::other)?);
+                keep.push('\n');
+            }
+        }
+    }
+    let tmp = path.with_extension("jsonl.tmp");
+    std::fs::write(&tmp, keep.as_bytes())?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn letters_append_as_json_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let dl = DeadLetters::new(Some(dir.path())).unwrap();
+        dl.write(&DeadLetter::new("3", "bad span", 1, b"\x0a\x00", vec![]));
+        dl.write(&DeadLetter::new("3", "bad span 2", 2, b"", vec![]));
+        let text = std::fs::read_to_string(dl.path().unwrap()).unwrap();
+        let lines: Vec<DeadLetter> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].reason, "bad span");
+        assert_eq!(STANDARD.decode(&lines[0].body).unwrap(), b"\x0a\x00");
+    }
+}

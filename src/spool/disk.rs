@@ -1,0 +1,662 @@
+//! The durable segment log: `<data_dir>/spool/<id>.seg` files of framed records.
+//!
+//! Appends go through one writer task that batches concurrent requests into one write and, with
+//! `fsync = "always"`, one fsync (group commit) before any of them is acknowledged. Records are
+//! read back in order by a single reader; a segment file is removed once it is sealed and every
+//! record in it has been acknowledged end to end. On open, every segment is scanned and
+//! validated; damaged stretches (a torn tail after a crash, corruption) are reported, counted and
+//! skipped without losing the records around them.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::frame;
+use super::{FsyncPolicy, RecordId, SpoolError, SpoolRecord, Stats};
+
+/// Concurrent appends batched into one write and one fsync.
+const MAX_GROUP: usize = 256;
+
+struct Segment {
+    records: u64,
+    acked: u64,
+    sealed: bool,
+    bytes: u64,
+    first_ms: Option<u64>,
+}
+
+struct Active {
+    id: u64,
+    file: File,
+    len: u64,
+}
+
+struct State {
+    dir: PathBuf,
+    segments: BTreeMap<u64, Segment>,
+    active: Option<Active>,
+    unread: VecDeque<(RecordId, u32)>,
+    readers: HashMap<u64, Arc<File>>,
+    disk_bytes: u64,
+    unacked: u64,
+    next_id: u64,
+    closed: bool,
+    dirty: bool,
+    disk_full: bool,
+}
+
+struct WriteRequest {
+    frame: Vec<u8>,
+    received_ms: u64,
+    reply: oneshot::Sender<Result<(), SpoolError>>,
+}
+
+/// What opening found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct OpenReport {
+    pub segments: usize,
+    pub records: u64,
+    pub bytes: u64,
+    pub damaged_regions: usize,
+    pub damaged_bytes: u64,
+}
+
+#[derive(Clone)]
+pub struct SegmentLog {
+    state: Arc<Mutex<State>>,
+    writer: mpsc::Sender<WriteRequest>,
+    data: Arc<Notify>,
+}
+
+fn seg_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}.seg"))
+}
+
+fn io(e: std::io::Error) -> SpoolError {
+    SpoolError::Io(e.to_string())
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl State {
+    fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Seals the active segment; removes it at once if everything in it was delivered.
+    fn seal_active(&mut self, fsync: bool) -> std::io::Result<()> {
+        if let Some(active) = self.active.take() {
+            if fsync {
+                active.file.sync_all()?;
+            }
+            if let Some(seg) = self.segments.get_mut(&active.id) {
+                seg.sealed = true;
+            }
+            self.remove_if_done(active.id);
+        }
+        Ok(())
+    }
+
+    fn remove_if_done(&mut self, id: u64) {
+        let done = self
+            .segments
+            .get(&id)
+            .is_some_and(|s| s.sealed && s.acked >= s.records);
+        if done && let Some(seg) = self.segments.remove(&id) {
+            self.readers.remove(&id);
+            self.disk_bytes = self.disk_bytes.saturating_sub(seg.bytes);
+            if let Err(e) = std::fs::remove_file(seg_path(&self.dir, id)) {
+                tracing::error!(segment = id, error = %e, "cannot remove delivered spool segment");
+            }
+        }
+    }
+
+    fn open_active(&mut self) -> std::io::Result<()> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(seg_path(&self.dir, id))?;
+        fsync_dir(&self.dir)?;
+        self.segments.insert(
+            id,
+            Segment {
+                records: 0,
+                acked: 0,
+                sealed: false,
+                bytes: 0,
+                first_ms: None,
+            },
+        );
+        self.active = Some(Active { id, file, len: 0 });
+        Ok(())
+    }
+}
+
+impl SegmentLog {
+    /// Opens (or creates) the spool under `dir`, validating what an earlier run left, and
+    /// starts the writer.
+    pub fn open(
+        dir: &Path,
+        fsync: FsyncPolicy,
+        fsync_interval: Duration,
+        segment_bytes: u64,
+        max_disk_bytes: u64,
+    ) -> std::io::Result<(Self, OpenReport)> {
+        std::fs::create_dir_all(dir)?;
+        let mut report = OpenReport::default();
+        let mut ids: Vec<u64> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_suffix(".seg")?.parse().ok()
+            })
+            .collect();
+        ids.sort_unstable();
+        let mut segments = BTreeMap::new();
+        let mut unread = VecDeque::new();
+        let mut disk_bytes = 0;
+        let mut unacked = 0;
+        for id in &ids {
+            let path = seg_path(dir, *id);
+            let buf = std::fs::read(&path)?;
+            let (found, damage) = frame::scan(&buf);
+            for d in &damage {
+                report.damaged_regions += 1;
+                report.damaged_bytes += d.len as u64;
+                tracing::error!(segment = %path.display(), offset = d.offset, bytes = d.len,
+                    "damaged spool data skipped (torn write or corruption); records around it are kept");
+            }
+            if found.is_empty() {
+                std::fs::remove_file(&path)?;
+                continue;
+            }
+            let first_ms = found.first().and_then(|f| {
+                let payload = frame::payload(&buf[f.offset..f.offset + f.len]);
+                SpoolRecord::decode(Bytes::copy_from_slice(payload))
+                    .ok()
+                    .map(|r| r.received_ms)
+            });
+            for f in &found {
+                unread.push_back((
+                    RecordId {
+                        segment: *id,
+                        offset: f.offset as u64,
+                    },
+                    f.len as u32,
+                ));
+            }
+            report.segments += 1;
+            report.records += found.len() as u64;
+            report.bytes += buf.len() as u64;
+            disk_bytes += buf.len() as u64;
+            unacked += found.len() as u64;
+            segments.insert(
+                *id,
+                Segment {
+                    records: found.len() as u64,
+                    acked: 0,
+                    sealed: true,
+                    bytes: buf.len() as u64,
+                    first_ms,
+                },
+            );
+        }
+        if report.damaged_regions > 0 {
+            metrics::counter!("gateway_spool_damaged_regions_total")
+                .increment(report.damaged_regions as u64);
+            metrics::counter!("gateway_spool_damaged_bytes_total").increment(report.damaged_bytes);
+        }
+        let state = Arc::new(Mutex::new(State {
+            dir: dir.to_owned(),
+            segments,
+            active: None,
+            unread,
+            readers: HashMap::new(),
+            disk_bytes,
+            unacked,
+            next_id: ids.last().map_or(1, |l| l + 1),
+            closed: false,
+            dirty: false,
+            disk_full: false,
+        }));
+        let (tx, rx) = mpsc::channel(4096);
+        let data = Arc::new(Notify::new());
+        tokio::spawn(write_loop(
+            rx,
+            state.clone(),
+            data.clone(),
+            fsync,
+            segment_bytes,
+            max_disk_bytes,
+        ));
+        if fsync == FsyncPolicy::Interval {
+            let state = Arc::downgrade(&state);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(fsync_interval).await;
+                    let Some(state) = state.upgrade() else { break };
+                    let _ = tokio::task::spawn_blocking(move || {
+                        let mut s = State::lock(&state);
+                        if s.dirty
+                            && let Some(a) = &s.active
+                        {
+                            if let Err(e) = a.file.sync_data() {
+                                tracing::error!(error = %e, "spool fsync failed");
+                            }
+                            s.dirty = false;
+                        }
+                    })
+                    .await;
+                }
+            });
+        }
+        Ok((
+            Self {
+                state,
+                writer: tx,
+                data,
+            },
+            report,
+        ))
+    }
+
+    pub async fn append(&self, payload: Vec<u8>) -> Result<(), SpoolError> {
+        let (reply, rx) = oneshot::channel();
+        let received_ms = crate::feedback::store::now_ms();
+        self.writer
+            .send(WriteRequest {
+                frame: frame::encode(&payload),
+                received_ms,
+                reply,
+            })
+            .await
+            .map_err(|_| SpoolError::Closed)?;
+        rx.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// The next unread record's position; waits for appends; None once closed and drained.
+    pub async fn next_position(&self) -> Option<(RecordId, u32)> {
+        loop {
+            let notified = self.data.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut s = State::lock(&self.state);
+                if let Some(p) = s.unread.pop_front() {
+                    return Some(p);
+                }
+                if s.closed {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Reads one record's payload.
+    pub async fn read(&self, id: RecordId, len: u32) -> std::io::Result<Bytes> {
+        let file = {
+            let mut s = State::lock(&self.state);
+            match s.readers.get(&id.segment) {
+                Some(f) => f.clone(),
+                None => {
+                    let f = Arc::new(File::open(seg_path(&s.dir, id.segment))?);
+                    s.readers.insert(id.segment, f.clone());
+                    f
+                }
+            }
+        };
+        tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len as usize];
+            file.read_exact_at(&mut buf, id.offset)?;
+            let (found, _) = frame::scan(&buf);
+            match found.first() {
+                Some(f) if f.offset == 0 && f.len == buf.len() => {
+                    Ok(Bytes::from(buf).slice(frame::HEADER_LEN..))
+                }
+                _ => Err(std::io::Error::other("record failed its checksum on read")),
+            }
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
+    pub fn ack(&self, id: RecordId) {
+        let mut s = State::lock(&self.state);
+        if let Some(seg) = s.segments.get_mut(&id.segment) {
+            seg.acked += 1;
+            s.unacked = s.unacked.saturating_sub(1);
+            s.remove_if_done(id.segment);
+        }
+    }
+
+    /// Stops appends (later ones get `Closed`), fsyncs, and lets the reader drain.
+    pub async fn close(&self) {
+        let state = self.state.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut s = State::lock(&state);
+            s.closed = true;
+            if let Some(a) = &s.active
+                && let Err(e) = a.file.sync_all()
+            {
+                tracing::error!(error = %e, "spool fsync on close failed");
+            }
+        })
+        .await;
+        self.data.notify_waiters();
+    }
+
+    /// Seals and removes the active segment when everything in it was delivered.
+    pub async fn reclaim(&self) {
+        let state = self.state.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut s = State::lock(&state);
+            let done = s.active.as_ref().is_some_and(|a| {
+                a.len > 0
+                    && s.segments
+                        .get(&a.id)
+                        .is_some_and(|seg| seg.acked >= seg.records)
+            });
+            if done && let Err(e) = s.seal_active(false) {
+                tracing::error!(error = %e, "cannot seal spool segment");
+            }
+        })
+        .await;
+    }
+
+    pub fn stats(&self) -> Stats {
+        let s = State::lock(&self.state);
+        Stats {
+            disk_bytes: s.disk_bytes,
+            records: s.unacked,
+            memory_bytes: 0,
+            oldest_ms: s
+                .segments
+                .values()
+                .filter(|seg| seg.acked < seg.records)
+                .filter_map(|seg| seg.first_ms)
+                .min(),
+            disk_full: s.disk_full,
+        }
+    }
+}
+
+async fn write_loop(
+    mut rx: mpsc::Receiver<WriteRequest>,
+    state: Arc<Mutex<State>>,
+    data: Arc<Notify>,
+    fsync: FsyncPolicy,
+    segment_bytes: u64,
+    max_disk_bytes: u64,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        let state2 = state.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            write_group(&state2, &mut group, fsync, segment_bytes, max_disk_bytes);
+            group
+        })
+        .await;
+        match outcome {
+            Ok(group) => {
+                data.notify_waiters();
+                data.notify_one();
+                drop(group);
+            }
+            Err(e) => tracing::error!(error = %e, "spool writer failed"),
+        }
+        if State::lock(&state).closed && rx.is_empty() {
+            rx.close();
+        }
+    }
+}
+
+/// Writes a group of frames, fsyncs once, then answers every request.
+fn write_group(
+    state: &Mutex<State>,
+    group: &mut Vec<WriteRequest>,
+    fsync: FsyncPolicy,
+    segment_bytes: u64,
+    max_disk_bytes: u64,
+) {
+    let mut s = State::lock(state);
+    let mut written: Vec<(usize, RecordId, u32)> = Vec::new();
+    let mut results: Vec<Option<Result<(), SpoolError>>> = (0..group.len()).map(|_| None).collect();
+    for (i, req) in group.iter().enumerate() {
+        if s.closed {
+            results[i] = Some(Err(SpoolError::Closed));
+            continue;
+        }
+        let len = req.frame.len() as u64;
+        if s.disk_bytes + len > max_disk_bytes {
+            s.disk_full = true;
+            results[i] = Some(Err(SpoolError::Full(format!(
+                "{} of {} bytes of disk spool used",
+                s.disk_bytes, max_disk_bytes
+            ))));
+            continue;
+        }
+        let rotate = s
+            .active
+            .as_ref()
+            .is_some_and(|a| a.len > 0 && a.len + len > segment_bytes);
+        if rotate && let Err(e) = s.seal_active(fsync != FsyncPolicy::Never) {
+            results[i] = Some(Err(io(e)));
+            continue;
+        }
+        if s.active.is_none()
+            && let Err(e) = s.open_active()
+        {
+            results[i] = Some(Err(io(e)));
+            continue;
+        }
+        let Some(active) = s.active.as_mut() else {
+            results[i] = Some(Err(SpoolError::Io("no active segment".into())));
+            continue;
+        };
+        let offset = active.len;
+        let id = active.id;
+        if let Err(e) = active.file.write_all(&req.frame) {
+            results[i] = Some(Err(io(e)));
+            // A partial write leaves a torn frame; later frames go after it and the scan on
+            // the next open skips it. Move past whatever reached the file.
+            if let Ok(meta) = active.file.metadata() {
+                active.len = meta.len();
+            }
+            continue;
+        }
+        active.len += len;
+        s.disk_bytes += len;
+        s.disk_full = false;
+        s.unacked += 1;
+        if let Some(seg) = s.segments.get_mut(&id) {
+            seg.records += 1;
+            seg.bytes += len;
+            seg.first_ms.get_or_insert(req.received_ms);
+        }
+        written.push((
+            i,
+            RecordId {
+                segment: id,
+                offset,
+            },
+            len as u32,
+        ));
+    }
+    let mut sync_error = None;
+    if !written.is_empty() {
+        s.dirty = true;
+        if fsync == FsyncPolicy::Always
+            && let Some(a) = &s.active
+        {
+            match a.file.sync_data() {
+                Ok(()) => s.dirty = false,
+                Err(e) => sync_error = Some(e.to_string()),
+            }
+        }
+    }
+    for (i, id, len) in written {
+        s.unread.push_back((id, len));
+        results[i] = Some(match &sync_error {
+            // The data may still reach the disk, and will be delivered; but the client must
+            // not count on it, so it is told to retry (a duplicate is harmless).
+            Some(e) => Err(SpoolError::Io(format!("fsync failed: {e}"))),
+            None => Ok(()),
+        });
+    }
+    drop(s);
+    for (req, result) in group.drain(..).zip(results) {
+        let _ = req.reply.send(result.unwrap_or(Err(SpoolError::Closed)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::tests::record;
+
+    async fn open(dir: &Path, segment_bytes: u64, max_disk: u64) -> (SegmentLog, OpenReport) {
+        SegmentLog::open(
+            dir,
+            FsyncPolicy::Always,
+            Duration::from_secs(1),
+            segment_bytes,
+            max_disk,
+        )
+        .unwrap()
+    }
+
+    async fn read_all(log: &SegmentLog, n: usize) -> Vec<(RecordId, SpoolRecord)> {
+        let mut out = vec![];
+        for _ in 0..n {
+            let (id, len) = log.next_position().await.unwrap();
+            out.push((
+                id,
+                SpoolRecord::decode(log.read(id, len).await.unwrap()).unwrap(),
+            ));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn records_are_replayed_after_reopen_until_acked() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (log, _) = open(dir.path(), 1 << 20, 1 << 30).await;
+            for n in 1..=5 {
+                log.append(record(n).encode()).await.unwrap();
+            }
+            let got = read_all(&log, 2).await;
+            log.ack(got[0].0);
+            log.ack(got[1].0);
+        }
+        // The active segment was never sealed, so all five come back (at-least-once).
+        let (log, report) = open(dir.path(), 1 << 20, 1 << 30).await;
+        assert_eq!(report.records, 5);
+        let got = read_all(&log, 5).await;
+        assert_eq!(
+            got.iter().map(|(_, r)| r.span_count).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5]
+        );
+        for (id, _) in &got {
+            log.ack(*id);
+        }
+        // Sealed segments disappear as soon as they are delivered.
+        assert_eq!(log.stats().records, 0);
+        assert_eq!(log.stats().disk_bytes, 0);
+        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+    }
+
+    #[tokio::test]
+    async fn segments_rotate_and_are_removed_once_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open(dir.path(), 600, 1 << 30).await;
+        for n in 1..=6 {
+            log.append(record(n).encode()).await.unwrap();
+        }
+        let files = std::fs::read_dir(dir.path()).unwrap().count();
+        assert!(files >= 3, "rotated into {files} segments");
+        let got = read_all(&log, 6).await;
+        for (id, _) in &got {
+            log.ack(*id);
+        }
+        log.reclaim().await;
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_disk_budget_refuses_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = record(1).encode().len() as u64 + frame::HEADER_LEN as u64;
+        let (log, _) = open(dir.path(), 1 << 20, one + 10).await;
+        log.append(record(1).encode()).await.unwrap();
+        assert!(matches!(
+            log.append(record(2).encode()).await,
+            Err(SpoolError::Full(_))
+        ));
+        assert!(log.stats().disk_full);
+    }
+
+    #[tokio::test]
+    async fn a_torn_tail_is_survived_reported_and_earlier_records_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (log, _) = open(dir.path(), 1 << 20, 1 << 30).await;
+            for n in 1..=3 {
+                log.append(record(n).encode()).await.unwrap();
+            }
+            log.close().await;
+        }
+        let seg = std::fs::read_dir(dir.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let len = std::fs::metadata(&seg).unwrap().len();
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        f.set_len(len - 7).unwrap();
+        let (log, report) = open(dir.path(), 1 << 20, 1 << 30).await;
+        assert_eq!(report.records, 2);
+        assert_eq!(report.damaged_regions, 1);
+        let got = read_all(&log, 2).await;
+        assert_eq!(
+            got.iter().map(|(_, r)| r.span_count).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        // New appends go to a new segment, after the damaged one.
+        log.append(record(9).encode()).await.unwrap();
+        assert_eq!(read_all(&log, 1).await[0].1.span_count, 9);
+    }
+
+    #[tokio::test]
+    async fn closed_logs_drain_then_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open(dir.path(), 1 << 20, 1 << 30).await;
+        log.append(record(1).encode()).await.unwrap();
+        log.close().await;
+        assert!(matches!(
+            log.append(record(2).encode()).await,
+            Err(SpoolError::Closed)
+        ));
+        assert!(log.next_position().await.is_some());
+        assert!(log.next_position().await.is_none());
+    }
+}

@@ -1,0 +1,146 @@
+//! On-disk framing of spool records: `MAGIC | len (u32 LE) | crc32 (u32 LE) | payload`.
+//!
+//! A reader validates every frame. A short or corrupt frame (a torn write after a crash, a
+//! flipped bit) is skipped by scanning forward for the next magic whose frame checks out, so
+//! one bad record never costs the records after it, and never panics.
+
+/// "GWS1": gateway spool, format 1.
+pub const MAGIC: [u8; 4] = *b"GWS1";
+pub const HEADER_LEN: usize = 12;
+/// Frames larger than this are corrupt by definition (records are bounded by the receiver's
+/// decompressed-size limit, far below).
+pub const MAX_PAYLOAD: usize = 1 << 30;
+
+pub fn encode(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A valid frame found in a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    /// Offset of the frame's header.
+    pub offset: usize,
+    /// Total frame length (header + payload).
+    pub len: usize,
+}
+
+/// A stretch of bytes that held no valid frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Damage {
+    pub offset: usize,
+    pub len: usize,
+}
+
+fn frame_at(buf: &[u8], offset: usize) -> Option<usize> {
+    let header = buf.get(offset..offset + HEADER_LEN)?;
+    if header[0..4] != MAGIC {
+        return None;
+    }
+    let len = u32::from_le_bytes(header[4..8].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header[8..12].try_into().ok()?);
+    if len > MAX_PAYLOAD {
+        return None;
+    }
+    let payload = buf.get(offset + HEADER_LEN..offset + HEADER_LEN + len)?;
+    (crc32fast::hash(payload) == crc).then_some(HEADER_LEN + len)
+}
+
+/// Every valid frame in `buf`, in order, and the damaged stretches between them.
+pub fn scan(buf: &[u8]) -> (Vec<Found>, Vec<Damage>) {
+    let mut found = Vec::new();
+    let mut damage = Vec::new();
+    let mut pos = 0;
+    let mut bad_start: Option<usize> = None;
+    while pos < buf.len() {
+        match frame_at(buf, pos) {
+            Some(len) => {
+                if let Some(start) = bad_start.take() {
+                    damage.push(Damage {
+                        offset: start,
+                        len: pos - start,
+                    });
+                }
+                found.push(Found { offset: pos, len });
+                pos += len;
+            }
+            None => {
+                bad_start.get_or_insert(pos);
+                // Resynchronise at the next occurrence of the magic.
+                pos = match buf[pos + 1..].windows(4).position(|w| w == MAGIC) {
+                    Some(i) => pos + 1 + i,
+                    None => buf.len(),
+                };
+            }
+        }
+    }
+    if let Some(start) = bad_start {
+        damage.push(Damage {
+            offset: start,
+            len: buf.len() - start,
+        });
+    }
+    (found, damage)
+}
+
+/// The payload of a frame known to be valid.
+pub fn payload(frame: &[u8]) -> &[u8] {
+    &frame[HEADER_LEN..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(payloads: &[&[u8]]) -> Vec<u8> {
+        payloads.iter().flat_map(|p| encode(p)).collect()
+    }
+
+    #[test]
+    fn clean_logs_scan_completely() {
+        let buf = log(&[b"one", b"two", b""]);
+        let (found, damage) = scan(&buf);
+        assert_eq!(found.len(), 3);
+        assert!(damage.is_empty());
+        assert_eq!(
+            payload(&buf[found[1].offset..found[1].offset + found[1].len]),
+            b"two"
+        );
+    }
+
+    #[test]
+    fn a_torn_tail_is_reported_and_earlier_records_kept() {
+        let mut buf = log(&[b"one", b"two", b"three-is-long"]);
+        buf.truncate(buf.len() - 5);
+        let (found, damage) = scan(&buf);
+        assert_eq!(found.len(), 2);
+        assert_eq!(damage.len(), 1);
+        assert_eq!(damage[0].offset + damage[0].len, buf.len());
+    }
+
+    #[test]
+    fn corruption_in_the_middle_resynchronises() {
+        let mut buf = log(&[b"first-record", b"second-record", b"third-record"]);
+        let second = encode(b"first-record").len();
+        buf[second + HEADER_LEN + 2] ^= 0xff; // flip a payload byte of the second record
+        let (found, damage) = scan(&buf);
+        assert_eq!(found.len(), 2, "first and third survive");
+        assert_eq!(damage.len(), 1);
+        assert_eq!(found[1].offset, second + encode(b"second-record").len());
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for n in 0..200u32 {
+            let garbage: Vec<u8> = (0..n).map(|i| (i * 7 + n) as u8).collect();
+            let mut buf = garbage.clone();
+            buf.extend_from_slice(&MAGIC);
+            buf.extend_from_slice(&u32::MAX.to_le_bytes());
+            let _ = scan(&buf);
+        }
+    }
+}
