@@ -234,6 +234,11 @@ pub struct MlflowConfig {
     pub username: Option<String>,
     /// Basic-auth password.
     pub password: Option<Secret>,
+    /// PEM file of CA certificates trusted for an `https` tracking URI, besides the system's.
+    /// Env MLFLOW_TRACKING_SERVER_CERT_PATH.
+    pub ca_cert: Option<PathBuf>,
+    /// Skip TLS certificate verification (testing only). Env MLFLOW_TRACKING_INSECURE_TLS=true.
+    pub insecure_tls: bool,
     /// Per-attempt timeout of every MLflow call.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -256,6 +261,8 @@ impl Default for MlflowConfig {
             token: None,
             username: None,
             password: None,
+            ca_cert: None,
+            insecure_tls: false,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             export_concurrency: DEFAULT_EXPORT_CONCURRENCY,
             trace_info_concurrency: DEFAULT_TRACE_INFO_CONCURRENCY,
@@ -533,6 +540,13 @@ impl Config {
         if let Some(v) = get("MLFLOW_TRACKING_PASSWORD") {
             self.mlflow.password = Some(Secret::new(v));
         }
+        if let Some(v) = get("MLFLOW_TRACKING_SERVER_CERT_PATH") {
+            self.mlflow.ca_cert = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("MLFLOW_TRACKING_INSECURE_TLS") {
+            self.mlflow.insecure_tls =
+                matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes");
+        }
     }
 
     /// Checks every value and reports all problems at once.
@@ -574,6 +588,14 @@ impl Config {
             && (name.trim().is_empty() || name.chars().count() > 500)
         {
             errors.push("mlflow.experiment_name: must be 1 to 500 characters".into());
+        }
+        if let Some(path) = &self.mlflow.ca_cert
+            && let Err(e) = std::fs::read(path)
+        {
+            errors.push(format!(
+                "mlflow.ca_cert: cannot read {}: {e}",
+                path.display()
+            ));
         }
         if self.mlflow.username.is_some() != self.mlflow.password.is_some() {
             errors.push(

@@ -372,10 +372,6 @@ impl Gateway {
         let housekeeping = {
             let stop = stop_api.clone();
             let spool = spool.clone();
-            let health = health.clone();
-            let max_memory = config.queue.max_bytes as u64;
-            let max_disk = config.spool.max_disk_bytes;
-            let headroom = config.receiver.max_decompressed_bytes as u64;
             let mut last_reclaim = std::time::Instant::now();
             tokio::spawn(async move {
                 loop {
@@ -395,24 +391,7 @@ impl Gateway {
                         .map(|t| feedback::store::now_ms().saturating_sub(t) as f64 / 1000.0)
                         .unwrap_or(0.0);
                     metrics::gauge!("gateway_spool_oldest_record_age_seconds").set(age);
-                    // Not ready when one more large request could not be taken, so Kubernetes
-                    // routes elsewhere before clients see refusals.
-                    let problem = if spool.is_durable() {
-                        (stats.disk_bytes + headroom > max_disk).then(|| {
-                            format!(
-                                "spool disk nearly full ({} of {max_disk} bytes)",
-                                stats.disk_bytes
-                            )
-                        })
-                    } else {
-                        (stats.memory_bytes as u64 + headroom > max_memory).then(|| {
-                            format!(
-                                "memory queue nearly full ({} of {max_memory} bytes)",
-                                stats.memory_bytes
-                            )
-                        })
-                    };
-                    health.set_spool_problem(problem);
+
                     if last_reclaim.elapsed() >= RECLAIM_INTERVAL {
                         spool.reclaim().await;
                         last_reclaim = std::time::Instant::now();
@@ -427,6 +406,32 @@ impl Gateway {
 
         let feedback_worker = tokio::spawn(feedback.clone().run(stop_api.clone()));
 
+        {
+            // Not ready when one more large request could not be taken, so Kubernetes routes
+            // elsewhere before clients see refusals.
+            let spool = spool.clone();
+            let max_memory = config.queue.max_bytes as u64;
+            let max_disk = config.spool.max_disk_bytes;
+            let headroom = config.receiver.max_decompressed_bytes as u64;
+            health.set_spool_check(Box::new(move || {
+                let stats = spool.stats();
+                if spool.is_durable() {
+                    (stats.disk_bytes + headroom > max_disk).then(|| {
+                        format!(
+                            "spool disk nearly full ({} of {max_disk} bytes)",
+                            stats.disk_bytes
+                        )
+                    })
+                } else {
+                    (stats.memory_bytes as u64 + headroom > max_memory).then(|| {
+                        format!(
+                            "memory queue nearly full ({} of {max_memory} bytes)",
+                            stats.memory_bytes
+                        )
+                    })
+                }
+            }));
+        }
         health.set_listeners_up(true);
         tracing::info!(
             otlp_grpc = %otlp_grpc_addr,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use mlflow_otlp_gateway::Gateway;
 use mlflow_otlp_gateway::config::{Config, LogFormat};
 
@@ -17,7 +17,7 @@ use mlflow_otlp_gateway::config::{Config, LogFormat};
 #[command(name = "mlflow-otlp-gateway", version)]
 struct Args {
     /// TOML configuration file (see config/gateway.toml).
-    #[arg(long, env = "GATEWAY_CONFIG")]
+    #[arg(long, env = "GATEWAY_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// OTLP/gRPC listen address [default: 0.0.0.0:4317].
     #[arg(long, env = "GATEWAY_OTLP_GRPC_ADDR")]
@@ -29,13 +29,13 @@ struct Args {
     #[arg(long, env = "GATEWAY_API_ADDR")]
     api_addr: Option<String>,
     /// Directory for durable state.
-    #[arg(long, env = "GATEWAY_DATA_DIR")]
+    #[arg(long, env = "GATEWAY_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
     /// Bearer tokens for the feedback API, one per line.
     #[arg(long, env = "GATEWAY_FEEDBACK_TOKENS_FILE")]
     feedback_tokens_file: Option<PathBuf>,
     /// MLflow tracking server URL (overrides MLFLOW_TRACKING_URI).
-    #[arg(long)]
+    #[arg(long, global = true)]
     mlflow_tracking_uri: Option<String>,
     /// Default experiment id (overrides MLFLOW_EXPERIMENT_ID).
     #[arg(long)]
@@ -52,6 +52,31 @@ struct Args {
     /// Validate the configuration, report every problem, and exit.
     #[arg(long)]
     check_config: bool,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Send the dead letters in <data_dir>/deadletter to MLflow again (after fixing what made
+    /// MLflow reject them); what still fails stays in the file. Exit code 1 if any remain.
+    ReplayDeadLetters,
+}
+
+async fn replay_dead_letters(config: Config) -> anyhow::Result<bool> {
+    let dir = config
+        .data_dir
+        .clone()
+        .context("replay-dead-letters needs --data-dir (or GATEWAY_DATA_DIR / data_dir)")?;
+    let client = mlflow_otlp_gateway::mlflow::MlflowClient::new(&config.mlflow)?;
+    let report = mlflow_otlp_gateway::spool::deadletter::replay(&dir, &client)
+        .await
+        .with_context(|| format!("replaying dead letters in {}", dir.display()))?;
+    println!(
+        "dead letters: {} delivered, {} still failing, {} unreadable",
+        report.delivered, report.still_failing, report.unreadable
+    );
+    Ok(report.still_failing == 0 && report.unreadable == 0)
 }
 
 fn load(args: &Args) -> anyhow::Result<Config> {
@@ -159,6 +184,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Cmd::ReplayDeadLetters) = args.command {
+        return match runtime.block_on(replay_dead_letters(config)) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(run(config)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(3),

@@ -77,8 +77,24 @@ pub fn fit(span: &mut Span) {
         if !SESSION_ATTRS.contains(&kv.key.as_str()) {
             continue;
         }
-        if let Some(Value::StringValue(s)) = kv.value.as_mut().and_then(|v| v.value.as_mut()) {
-            limits::fit(s, Field::SpanSessionId);
+        let Some(value) = kv.value.as_mut() else {
+            continue;
+        };
+        match value.value.as_mut() {
+            Some(Value::StringValue(s)) => {
+                limits::fit(s, Field::SpanSessionId);
+            }
+            // MLflow stringifies other values before its length check; an array or map can
+            // exceed it, so it is sent as the (fitted) string MLflow would have made.
+            Some(Value::ArrayValue(_))
+            | Some(Value::KvlistValue(_))
+            | Some(Value::BytesValue(_)) => {
+                let mut s = serde_json::to_string(&*value).unwrap_or_default();
+                if limits::fit(&mut s, Field::SpanSessionId) {
+                    value.value = Some(Value::StringValue(s));
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -167,6 +183,30 @@ mod tests {
             250
         );
         assert_eq!(find_str(&s.attributes, "other").unwrap().len(), 400);
+    }
+
+    #[test]
+    fn long_non_string_session_ids_become_fitted_strings() {
+        use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue};
+        let mut s = span(&[7; 8]);
+        let ints = (0..200)
+            .map(|i| AnyValue {
+                value: Some(Value::IntValue(i)),
+            })
+            .collect();
+        s.attributes = vec![crate::map::attrs::kv_value(
+            "session.id",
+            Value::ArrayValue(ArrayValue { values: ints }),
+        )];
+        fit(&mut s);
+        match s.attributes[0]
+            .value
+            .as_ref()
+            .and_then(|v| v.value.as_ref())
+        {
+            Some(Value::StringValue(v)) => assert_eq!(v.chars().count(), 250),
+            other => panic!("not fitted: {other:?}"),
+        }
     }
 
     #[test]

@@ -87,8 +87,26 @@ impl MlflowClient {
             v.set_sensitive(true);
             headers.insert(AUTHORIZATION, v);
         }
+        let mut roots = Vec::new();
+        if let Some(path) = &cfg.ca_cert {
+            let pem = std::fs::read(path)
+                .map_err(|e| ClientBuildError(format!("ca_cert {}: {e}", path.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| ClientBuildError(format!("ca_cert {}: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(ClientBuildError(format!(
+                    "ca_cert {}: no PEM certificates found",
+                    path.display()
+                )));
+            }
+            roots = certs;
+        }
         let build = |pool_idle: usize| {
-            Client::builder()
+            let mut b = Client::builder();
+            for cert in &roots {
+                b = b.add_root_certificate(cert.clone());
+            }
+            b.tls_danger_accept_invalid_certs(cfg.insecure_tls)
                 .default_headers(headers.clone())
                 .timeout(cfg.request_timeout)
                 .connect_timeout(cfg.request_timeout.min(Duration::from_secs(10)))

@@ -12,6 +12,9 @@ use crate::pipeline::envelope::ExperimentRef;
 
 /// Resolved experiments are re-checked this often, so a deletion is noticed within a minute.
 const CACHE_TTL: Duration = Duration::from_secs(60);
+/// After MLflow failed to answer a lookup, receivers skip lookups this long instead of each
+/// request waiting on a dead server.
+const UNAVAILABLE_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Why an experiment cannot be used.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -46,6 +49,7 @@ pub struct Experiments {
     client: MlflowClient,
     create_missing: bool,
     cache: Arc<DashMap<ExperimentRef, Entry>>,
+    unavailable_since: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 impl Experiments {
@@ -54,6 +58,7 @@ impl Experiments {
             client,
             create_missing,
             cache: Arc::new(DashMap::new()),
+            unavailable_since: Arc::new(std::sync::Mutex::new(None)),
         }
     }
 
@@ -70,6 +75,11 @@ impl Experiments {
             return hit;
         }
         let result = self.lookup(r).await;
+        let unavailable = matches!(&result, Err(ResolveError::Unavailable(e)) if e.is_retryable());
+        *self
+            .unavailable_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = unavailable.then(Instant::now);
         if !matches!(result, Err(ResolveError::Unavailable(_))) {
             self.cache.insert(
                 r.clone(),
@@ -80,6 +90,22 @@ impl Experiments {
             );
         }
         result
+    }
+
+    /// Whether MLflow failed a lookup within the last few seconds.
+    pub fn recently_unavailable(&self) -> bool {
+        self.unavailable_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| t.elapsed() < UNAVAILABLE_BACKOFF)
+    }
+
+    /// Records that MLflow did not answer in time.
+    pub fn mark_unavailable(&self) {
+        *self
+            .unavailable_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 
     /// Forgets a cached answer (after MLflow contradicted it).

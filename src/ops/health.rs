@@ -4,14 +4,17 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Health {
     listeners_up: AtomicBool,
     draining: AtomicBool,
     mlflow_problem: Mutex<Option<String>>,
     export_problem: Mutex<Option<String>>,
-    spool_problem: Mutex<Option<String>>,
+    spool_check: std::sync::OnceLock<SpoolCheck>,
 }
+
+/// Reports a nearly full spool or memory queue, evaluated on every readiness probe.
+pub type SpoolCheck = Box<dyn Fn() -> Option<String> + Send + Sync>;
 
 impl Health {
     pub fn new() -> Self {
@@ -53,9 +56,9 @@ impl Health {
         }
     }
 
-    /// The spool (or memory queue) is nearly full.
-    pub fn set_spool_problem(&self, problem: Option<String>) {
-        *self.spool_problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
+    /// Installs the live spool check (once).
+    pub fn set_spool_check(&self, check: SpoolCheck) {
+        let _ = self.spool_check.set(check);
     }
 
     /// `Ok` when ready, else every reason it is not.
@@ -83,12 +86,7 @@ impl Health {
         {
             reasons.push(p);
         }
-        if let Some(p) = self
-            .spool_problem
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
+        if let Some(p) = self.spool_check.get().and_then(|check| check()) {
             reasons.push(p);
         }
         if reasons.is_empty() {

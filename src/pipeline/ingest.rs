@@ -355,12 +355,16 @@ impl Ingest {
     async fn quick_resolve(&self, exp: &ExperimentRef) -> Result<Option<String>, String> {
         let result = match self.experiments.cached(exp) {
             Some(hit) => hit,
+            None if self.experiments.recently_unavailable() => return Ok(None),
             None => {
                 match tokio::time::timeout(QUICK_RESOLVE_TIMEOUT, self.experiments.resolve(exp))
                     .await
                 {
                     Ok(r) => r,
-                    Err(_) => return Ok(None),
+                    Err(_) => {
+                        self.experiments.mark_unavailable();
+                        return Ok(None);
+                    }
                 }
             }
         };

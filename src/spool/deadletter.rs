@@ -136,12 +136,27 @@ pub async fn replay(data_dir: &Path, client: &MlflowClient) -> std::io::Result<R
             keep.push('\n');
             continue;
         };
-        let mut result = client
-            .post_spans(&letter.experiment_id, Bytes::from(body))
-            .await;
+        // Batches whose experiment could not be resolved carry its name; resolve it now.
+        let experiment_id = match letter.experiment_id.strip_prefix("name:") {
+            Some(name) => match client.get_experiment_by_name(name).await {
+                Ok(Some(exp)) if exp.is_active() => exp.experiment_id,
+                Ok(_) => {
+                    report.still_failing += 1;
+                    keep.push_str(line);
+                    keep.push('\n');
+                    continue;
+                }
+                Err(e) => return Err(std::io::Error::other(e.to_string())),
+            },
+            None => letter.experiment_id.clone(),
+        };
+        let mut result = client.post_spans(&experiment_id, Bytes::from(body)).await;
         if result.is_ok() {
             for info in &letter.trace_infos {
-                if let Err(e) = client.start_trace(info).await {
+                let mut info = info.clone();
+                info["trace"]["trace_info"]["trace_location"]["mlflow_experiment"]["experiment_id"] =
+                    Value::String(experiment_id.clone());
+                if let Err(e) = client.start_trace(&info).await {
                     result = Err(e);
                     break;
                 }

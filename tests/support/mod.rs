@@ -121,15 +121,41 @@ impl MlflowServer {
         );
     }
 
+    /// The launcher's pid, which is also the server's process group id.
+    pub fn pgid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the whole server: a real MLflow that stalls.
+    pub fn signal_group(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, "--", &format!("-{}", self.pgid())])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal}");
+    }
+
     /// Stops the server and waits for its process group to go.
     pub fn stop(mut self) {
+        self.thaw();
         self.stdin.take();
         let _ = self.child.wait();
     }
 }
 
+impl MlflowServer {
+    /// A frozen launcher could not notice its stdin closing.
+    fn thaw(&self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", "--", &format!("-{}", self.pgid())])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 impl Drop for MlflowServer {
     fn drop(&mut self) {
+        self.thaw();
         self.stdin.take();
         let _ = self.child.wait();
     }
@@ -555,5 +581,146 @@ impl Mlflow {
             .await
             .and_then(|i| i["assessments"].as_array().cloned())
             .unwrap_or_default()
+    }
+}
+
+/// Sends one trace (root + `children` spans, the root carrying `client_request_id`) and returns
+/// the HTTP status, or None when the request failed at the transport level.
+pub async fn try_send_trace(
+    client: &reqwest::Client,
+    http: SocketAddr,
+    client_request_id: &str,
+    children: usize,
+    resource: Vec<KeyValue>,
+) -> (String, Option<u16>) {
+    let root = SpanSpec::root(random_trace_id(), "turn", now_nanos() - 1_000_000_000, 30)
+        .with(vec![s("client_request_id", client_request_id)]);
+    let mut spans: Vec<Span> = (0..children)
+        .map(|i| SpanSpec::child(&root, &format!("step-{i}"), 1, 5).build())
+        .collect();
+    spans.push(root.build());
+    let body = prost::Message::encode_to_vec(&request(resource, spans));
+    let r = client
+        .post(format!("http://{http}/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await;
+    (tr_id(&root.trace_id), r.ok().map(|r| r.status().as_u16()))
+}
+
+/// The shipped binary, started with `args` and `envs`; killed when dropped.
+pub struct GatewayProcess {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub api: SocketAddr,
+}
+
+impl GatewayProcess {
+    pub fn start(
+        mlflow_url: &str,
+        experiment_id: &str,
+        data_dir: Option<&Path>,
+        extra: &[&str],
+    ) -> Self {
+        let (grpc, http, api) = (free_port(), free_port(), free_port());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlflow-otlp-gateway"));
+        cmd.args(["--otlp-grpc-addr", &format!("127.0.0.1:{grpc}")])
+            .args(["--otlp-http-addr", &format!("127.0.0.1:{http}")])
+            .args(["--api-addr", &format!("127.0.0.1:{api}")])
+            .args(["--log-level", "warn"])
+            .args(extra)
+            .env("MLFLOW_TRACKING_URI", mlflow_url)
+            .env("MLFLOW_EXPERIMENT_ID", experiment_id)
+            .env_remove("GATEWAY_CONFIG")
+            .env_remove("GATEWAY_DATA_DIR")
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("GATEWAY_TEST_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
+        if let Some(d) = data_dir {
+            cmd.arg("--data-dir").arg(d);
+        }
+        let child = cmd.spawn().expect("spawn gateway");
+        let http: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(http).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "gateway did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            http,
+            api: format!("127.0.0.1:{api}").parse().unwrap(),
+        }
+    }
+
+    /// Resident set size in bytes (Linux).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls until every listed trace is complete in MLflow: its TraceInfo has the client request
+/// id and it holds exactly `spans` spans. Returns how many were checked.
+pub async fn assert_all_delivered(
+    mlflow: &Mlflow,
+    traces: &[(String, String)],
+    spans: usize,
+    limit: Duration,
+) {
+    let started = Instant::now();
+    let mut missing: Vec<&(String, String)> = traces.iter().collect();
+    while !missing.is_empty() {
+        let mut still = Vec::new();
+        for t in missing {
+            let ok = match mlflow.trace(&t.0).await {
+                Some(tr) => {
+                    tr["spans"].as_array().map_or(0, |a| a.len()) == spans
+                        && tr["trace_info"]["client_request_id"] == t.1.as_str()
+                }
+                None => false,
+            };
+            if !ok {
+                still.push(t);
+            }
+        }
+        missing = still;
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{} of {} acknowledged traces incomplete in MLflow after {limit:?}, e.g. {:?}",
+            missing.len(),
+            traces.len(),
+            missing.first()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
