@@ -168,16 +168,8 @@ impl MlflowClient {
 
     /// An experiment by id; `None` when MLflow does not know it.
     pub async fn get_experiment(&self, id: &str) -> Result<Option<Experiment>, MlflowError> {
-        let reply = self
-            .rest
-            .get(self.url("api/2.0/mlflow/experiments/get"))
-            .query(&[("experiment_id", id)])
-            .send()
+        self.experiment_query("api/2.0/mlflow/experiments/get", ("experiment_id", id))
             .await
-            .map_err(transport_error)?;
-        not_found_as_none(check(reply).await)?
-            .map(|v| parse::<ExperimentReply>(v).map(|r| r.experiment))
-            .transpose()
     }
 
     /// An experiment by name (deleted ones included; check `is_active`).
@@ -185,10 +177,22 @@ impl MlflowClient {
         &self,
         name: &str,
     ) -> Result<Option<Experiment>, MlflowError> {
+        self.experiment_query(
+            "api/2.0/mlflow/experiments/get-by-name",
+            ("experiment_name", name),
+        )
+        .await
+    }
+
+    async fn experiment_query(
+        &self,
+        path: &str,
+        query: (&str, &str),
+    ) -> Result<Option<Experiment>, MlflowError> {
         let reply = self
             .rest
-            .get(self.url("api/2.0/mlflow/experiments/get-by-name"))
-            .query(&[("experiment_name", name)])
+            .get(self.url(path))
+            .query(&[query])
             .send()
             .await
             .map_err(transport_error)?;

@@ -35,28 +35,42 @@ pub struct SpanExporter {
     pub dead_letters: Arc<DeadLetters>,
 }
 
-/// Runs `workers` span-delivery loops until the batch channel closes.
-pub async fn run_span_workers(
-    exporter: Arc<SpanExporter>,
-    batches: mpsc::Receiver<Batch>,
-    workers: usize,
-) {
-    let batches = Arc::new(Mutex::new(batches));
+/// Runs `workers` tasks taking items from one shared queue until it closes and drains.
+async fn worker_pool<T, F, Fut>(queue: mpsc::Receiver<T>, workers: usize, handle: F)
+where
+    T: Send + 'static,
+    F: Fn(T) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let queue = Arc::new(Mutex::new(queue));
     let mut tasks = Vec::with_capacity(workers);
     for _ in 0..workers {
-        let exporter = exporter.clone();
-        let batches = batches.clone();
+        let queue = queue.clone();
+        let handle = handle.clone();
         tasks.push(tokio::spawn(async move {
             loop {
-                let next = batches.lock().await.recv().await;
-                let Some(batch) = next else { break };
-                exporter.deliver(batch).await;
+                let next = queue.lock().await.recv().await;
+                let Some(item) = next else { break };
+                handle(item).await;
             }
         }));
     }
     for t in tasks {
         let _ = t.await;
     }
+}
+
+/// Runs `workers` span-delivery loops until the batch channel closes.
+pub async fn run_span_workers(
+    exporter: Arc<SpanExporter>,
+    batches: mpsc::Receiver<Batch>,
+    workers: usize,
+) {
+    worker_pool(batches, workers, move |batch| {
+        let exporter = exporter.clone();
+        async move { exporter.deliver(batch).await }
+    })
+    .await;
 }
 
 fn span_count(req: &ExportTraceServiceRequest) -> usize {
@@ -376,6 +390,21 @@ impl SpanExporter {
     }
 }
 
+/// Counts a retried MLflow call, fails readiness on refused credentials, and logs the first
+/// and every tenth attempt.
+fn note_retry(health: &Health, kind: &'static str, e: &MlflowError, attempt: u32) {
+    metrics::counter!("gateway_export_retries_total", "kind" => kind, "reason" => e.reason())
+        .increment(1);
+    if e.class() == ErrorClass::Auth {
+        health.set_export_problem(Some(format!(
+            "MLflow refused the gateway's credentials: {e}"
+        )));
+    }
+    if attempt == 0 || attempt.is_multiple_of(10) {
+        tracing::warn!(kind, attempt, error = %e, "MLflow call failed; retrying");
+    }
+}
+
 /// Runs `workers` StartTraceV3 loops until the queue closes.
 pub async fn run_trace_info_workers(
     client: MlflowClient,
@@ -384,28 +413,19 @@ pub async fn run_trace_info_workers(
     queue: mpsc::Receiver<TraceInfoItem>,
     workers: usize,
 ) {
-    let queue = Arc::new(Mutex::new(queue));
-    let mut tasks = Vec::with_capacity(workers);
-    for _ in 0..workers {
-        let queue = queue.clone();
-        let client = client.clone();
-        let policy = policy.clone();
-        let health = health.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let next = queue.lock().await.recv().await;
-                let Some((experiment_id, job, ack)) = next else {
-                    break;
-                };
+    worker_pool(
+        queue,
+        workers,
+        move |(experiment_id, job, ack): TraceInfoItem| {
+            let (client, policy, health) = (client.clone(), policy.clone(), health.clone());
+            async move {
                 metrics::gauge!("gateway_trace_info_queue").decrement(1.0);
                 write_trace_info(&client, &policy, &health, &experiment_id, &job).await;
                 ack.done();
             }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
+        },
+    )
+    .await;
 }
 
 #[tracing::instrument(skip_all, fields(trace_id = %mlflow_trace_id(&job.trace_id)))]
@@ -420,18 +440,7 @@ async fn write_trace_info(
     let result = policy
         .run(
             || client.start_trace(&body),
-            |e, attempt| {
-                metrics::counter!("gateway_export_retries_total", "kind" => "trace_info", "reason" => e.reason())
-                    .increment(1);
-                if e.class() == ErrorClass::Auth {
-                    health.set_export_problem(Some(format!(
-                        "MLflow refused the gateway's credentials: {e}"
-                    )));
-                }
-                if attempt == 0 || attempt.is_multiple_of(10) {
-                    tracing::warn!(attempt, error = %e, "StartTraceV3 failed; retrying");
-                }
-            },
+            |e, attempt| note_retry(health, "trace_info", e, attempt),
         )
         .await;
     match result {
