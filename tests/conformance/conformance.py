@@ -1,0 +1,166 @@
+"""Polyglot conformance: real OpenTelemetry SDKs export a chat conversation through the gateway;
+the result is checked the way MLflow users check it, with MLflow's own Python client.
+
+Each case runs one app (Python SDK with the gRPC or HTTP exporter, a FastAPI app instrumented by
+opentelemetry-instrumentation-fastapi with header capture, the JS SDK with the HTTP/protobuf,
+HTTP/JSON or gRPC exporter), then posts feedback for the conversation's second request through
+the gateway's feedback API, then verifies with `mlflow.search_traces` / `MlflowClient`.
+
+Usage: conformance.py --mlflow URL --otlp-grpc URL --otlp-http URL --api URL
+Prints a table of SDK x exporter x result and a closing "conformance: N passed, M failed" line.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import mlflow
+import requests
+from mlflow import MlflowClient
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PY = sys.executable
+CAPTURE = "X-Request-ID,X-Session-ID,X-User-ID"
+
+
+def cases(grpc: str, http: str):
+    return [
+        ("python", "grpc", [PY, "python/chat_app.py", "grpc"], {"OTEL_EXPORTER_OTLP_ENDPOINT": grpc}),
+        ("python", "http/protobuf", [PY, "python/chat_app.py", "http"], {"OTEL_EXPORTER_OTLP_ENDPOINT": http}),
+        (
+            "python fastapi (auto)",
+            "http/protobuf, captured headers",
+            [PY, "python/fastapi_app.py"],
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": http,
+                "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST": CAPTURE,
+            },
+        ),
+        ("node", "http/protobuf", ["node", "node/app.js", "proto"], {"OTEL_EXPORTER_OTLP_ENDPOINT": http}),
+        ("node", "http/json", ["node", "node/app.js", "json"], {"OTEL_EXPORTER_OTLP_ENDPOINT": http}),
+        ("node", "grpc", ["node", "node/app.js", "grpc"], {"OTEL_EXPORTER_OTLP_ENDPOINT": grpc}),
+    ]
+
+
+def wait_for(what, fn, timeout=90):
+    started = time.time()
+    last = None
+    while time.time() - started < timeout:
+        try:
+            last = fn()
+            if last:
+                return last
+        except Exception as e:  # the trace may not be searchable yet
+            last = e
+        time.sleep(0.5)
+    raise AssertionError(f"{what}: gave up after {timeout}s (last: {last!r})")
+
+
+def run_case(sdk, exporter, argv, env_extra, exp_id, api):
+    case = f"{sdk.split()[0][:2]}{exporter.split('/')[0][:4]}-{uuid.uuid4().hex[:8]}"
+    service = f"conformance-{case}"
+    env = dict(os.environ)
+    env.update(env_extra)
+    env.update({
+        "OTEL_SERVICE_NAME": service,
+        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=conformance,service.version=2.0.0",
+        # The same header MLflow's own OTLP endpoint takes: routes to this run's experiment.
+        "OTEL_EXPORTER_OTLP_HEADERS": f"x-mlflow-experiment-id={exp_id}",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+    })
+    subprocess.run(argv + [case], cwd=HERE, env=env, check=True, timeout=180)
+
+    user, session = f"{case}-user", f"{case}-session"
+    second = f"{case}-req-2"
+    r = requests.post(
+        f"{api}/v1/feedback",
+        params={"client_request_id": second},
+        headers={"X-User-ID": user},
+        json={"name": "response_is_correct", "value": True, "rationale": "conformance"},
+        timeout=30,
+    )
+    assert r.status_code in (201, 202), f"feedback: {r.status_code} {r.text}"
+
+    client = MlflowClient()
+    by_user = wait_for(
+        "3 traces by tags.`mlflow.trace.user` with their client request ids",
+        lambda: (lambda t: t if len(t) == 3 and all(x.info.client_request_id for x in t) else None)(
+            mlflow.search_traces(
+                locations=[exp_id],
+                filter_string=f"tags.`mlflow.trace.user` = '{user}'",
+                return_type="list",
+            )
+        ),
+    )
+    by_session = mlflow.search_traces(
+        locations=[exp_id], filter_string=f"tags.`mlflow.trace.session` = '{session}'", return_type="list"
+    )
+    assert len(by_session) == 3, f"session filter found {len(by_session)}"
+    by_meta = mlflow.search_traces(
+        locations=[exp_id], filter_string=f"metadata.`mlflow.trace.user` = '{user}'", return_type="list"
+    )
+    assert len(by_meta) == 3, f"metadata user filter found {len(by_meta)}"
+    found = client.search_traces(locations=[exp_id], filter_string=f"attributes.client_request_id = '{second}'")
+    assert len(found) == 1, f"client_request_id filter found {len(found)}"
+    ids = sorted(t.info.client_request_id for t in by_user)
+    assert ids == [f"{case}-req-{n}" for n in (1, 2, 3)], ids
+    for t in by_user:
+        info = t.info
+        md = info.trace_metadata
+        assert info.state.value == "OK" if hasattr(info.state, "value") else str(info.state) == "OK", info.state
+        assert md.get("mlflow.trace.session") == session, md
+        assert md.get("mlflow.trace.user") == user, md
+        assert md.get("environment") == "conformance", md
+        assert md.get("mlflow.source.type") == "conformance", md
+        assert md.get("app_version") == "2.0.0", md
+        assert md.get("mlflow.source.name") == service, md
+        full = mlflow.get_trace(info.trace_id)
+        assert len(full.data.spans) >= 2, f"{len(full.data.spans)} spans"
+        assert any(s.attributes.get("gen_ai.request.model") == "gpt-4o-mini" for s in full.data.spans)
+
+    def assessed():
+        a = mlflow.get_trace(found[0].info.trace_id).info.assessments
+        return [x for x in a if x.name == "response_is_correct"]
+
+    got = wait_for("the feedback as an assessment", assessed)
+    assert len(got) == 1 and got[0].value is True and got[0].source.source_id == user, got
+    return "3 traces, session/user/request-id filters, metadata, feedback"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mlflow", required=True)
+    ap.add_argument("--otlp-grpc", required=True)
+    ap.add_argument("--otlp-http", required=True)
+    ap.add_argument("--api", required=True)
+    args = ap.parse_args()
+    mlflow.set_tracking_uri(args.mlflow)
+    exp_id = MlflowClient().create_experiment(f"conformance-{uuid.uuid4().hex[:8]}")
+
+    rows, passed, failed = [], 0, 0
+    for sdk, exporter, argv, env in cases(args.otlp_grpc, args.otlp_http):
+        try:
+            detail = run_case(sdk, exporter, argv, env, exp_id, args.api)
+            rows.append((sdk, exporter, "PASS", detail))
+            passed += 1
+        except Exception as e:  # report every case, then fail the run
+            rows.append((sdk, exporter, "FAIL", str(e).splitlines()[0][:160] if str(e) else repr(e)))
+            failed += 1
+
+    widths = [max(len(r[i]) for r in rows + [("SDK", "exporter", "result", "checked")]) for i in range(4)]
+    line = lambda r: " | ".join(c.ljust(w) for c, w in zip(r, widths))
+    print()
+    print(line(("SDK", "exporter", "result", "checked")))
+    print("-+-".join("-" * w for w in widths))
+    for r in rows:
+        print(line(r))
+    print()
+    print(f"conformance: {passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
