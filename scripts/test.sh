@@ -11,3 +11,5 @@ echo "==> cargo clippy" >&2
 cargo clippy --all-targets --quiet -- -D warnings
 echo "==> cargo test" >&2
 cargo test --all-targets -- --test-threads 4
+echo "==> polyglot conformance (Python and Node.js OpenTelemetry SDKs)" >&2
+tests/conformance/run.sh
