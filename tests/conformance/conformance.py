@@ -59,11 +59,9 @@ def wait_for(what, fn, timeout=90):
     raise AssertionError(f"{what}: gave up after {timeout}s (last: {last!r})")
 
 
-def run_case(sdk, exporter, argv, env_extra, exp_id, api):
-    case = f"{sdk.split()[0][:2]}{exporter.split('/')[0][:4]}-{uuid.uuid4().hex[:8]}"
-    service = f"conformance-{case}"
+def app_env(service, exp_id, extra):
     env = dict(os.environ)
-    env.update(env_extra)
+    env.update(extra)
     env.update({
         "OTEL_SERVICE_NAME": service,
         "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=conformance,service.version=2.0.0",
@@ -71,8 +69,55 @@ def run_case(sdk, exporter, argv, env_extra, exp_id, api):
         "OTEL_EXPORTER_OTLP_HEADERS": f"x-mlflow-experiment-id={exp_id}",
         "OTEL_BSP_SCHEDULE_DELAY": "200",
     })
-    subprocess.run(argv + [case], cwd=HERE, env=env, check=True, timeout=180)
+    return env
 
+
+def run_case(sdk, exporter, argv, env_extra, exp_id, api):
+    case = f"{sdk.split()[0][:2]}{exporter.split('/')[0][:4]}-{uuid.uuid4().hex[:8]}"
+    service = f"conformance-{case}"
+    subprocess.run(argv + [case], cwd=HERE, env=app_env(service, exp_id, env_extra), check=True, timeout=180)
+    verify(case, service, exp_id, api)
+    return "3 traces, session/user/request-id filters, metadata, feedback"
+
+
+def run_distributed(http, exp_id, api):
+    """Python (FastAPI) calls Node with W3C traceparent: one MLflow trace holds both services'
+    spans, with the root's metadata."""
+    case = f"dist-{uuid.uuid4().hex[:8]}"
+    service = f"conformance-{case}"
+    downstream = subprocess.Popen(
+        ["node", "node/service.js"],
+        cwd=HERE,
+        env=app_env(f"{service}-downstream", exp_id, {"OTEL_EXPORTER_OTLP_ENDPOINT": http}),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = downstream.stdout.readline().split()
+        assert line[:1] == ["listening"], f"downstream did not start: {line}"
+        url = f"http://127.0.0.1:{line[1]}/enrich"
+        env = app_env(
+            service,
+            exp_id,
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": http, "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST": CAPTURE},
+        )
+        subprocess.run([PY, "python/fastapi_app.py", case, url], cwd=HERE, env=env, check=True, timeout=180)
+    finally:
+        downstream.terminate()
+        downstream.wait(30)
+    traces = verify(case, service, exp_id, api)
+    for t in traces:
+        def joined():
+            spans = mlflow.get_trace(t.info.trace_id).data.spans
+            names = {s.name for s in spans}
+            return spans if {"POST /enrich", "retrieve documents", "chat gpt-4o-mini"} <= names else None
+
+        spans = wait_for("the downstream Node spans in the caller's trace", joined)
+        assert len({s.trace_id for s in spans}) == 1
+    return "3 traces, each with both services' spans; root metadata; feedback"
+
+
+def verify(case, service, exp_id, api):
     user, session = f"{case}-user", f"{case}-session"
     second = f"{case}-req-2"
     r = requests.post(
@@ -127,7 +172,7 @@ def run_case(sdk, exporter, argv, env_extra, exp_id, api):
 
     got = wait_for("the feedback as an assessment", assessed)
     assert len(got) == 1 and got[0].value is True and got[0].source.source_id == user, got
-    return "3 traces, session/user/request-id filters, metadata, feedback"
+    return by_user
 
 
 def main():
@@ -141,9 +186,18 @@ def main():
     exp_id = MlflowClient().create_experiment(f"conformance-{uuid.uuid4().hex[:8]}")
 
     rows, passed, failed = [], 0, 0
-    for sdk, exporter, argv, env in cases(args.otlp_grpc, args.otlp_http):
+    runs = [
+        (sdk, exporter, lambda a=argv, e=env, s=sdk, x=exporter: run_case(s, x, a, e, exp_id, args.api))
+        for sdk, exporter, argv, env in cases(args.otlp_grpc, args.otlp_http)
+    ]
+    runs.append((
+        "python fastapi -> node",
+        "http/protobuf, W3C traceparent",
+        lambda: run_distributed(args.otlp_http, exp_id, args.api),
+    ))
+    for sdk, exporter, run in runs:
         try:
-            detail = run_case(sdk, exporter, argv, env, exp_id, args.api)
+            detail = run()
             rows.append((sdk, exporter, "PASS", detail))
             passed += 1
         except Exception as e:  # report every case, then fail the run
