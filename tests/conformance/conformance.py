@@ -64,7 +64,10 @@ def app_env(service, exp_id, extra):
     env.update(extra)
     env.update({
         "OTEL_SERVICE_NAME": service,
-        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=conformance,service.version=2.0.0",
+        "OTEL_RESOURCE_ATTRIBUTES": (
+            "deployment.environment.name=conformance,service.version=2.0.0,"
+            "k8s.deployment.name=chat-deploy,cloud.region=us-east-1"
+        ),
         # The same header MLflow's own OTLP endpoint takes: routes to this run's experiment.
         "OTEL_EXPORTER_OTLP_HEADERS": f"x-mlflow-experiment-id={exp_id}",
         "OTEL_BSP_SCHEDULE_DELAY": "200",
@@ -115,6 +118,95 @@ def run_distributed(http, exp_id, api):
         spans = wait_for("the downstream Node spans in the caller's trace", joined)
         assert len({s.trace_id for s in spans}) == 1
     return "3 traces, each with both services' spans; root metadata; feedback"
+
+
+# The TraceInfo fields the seed document sets, compared between MLflow's own SDK and the gateway.
+COMPARED = [
+    ("client_request_id", lambda i: i.client_request_id),
+    ("state", lambda i: getattr(i.state, "value", str(i.state))),
+    ("metadata mlflow.trace.session", lambda i: i.trace_metadata.get("mlflow.trace.session")),
+    ("metadata mlflow.trace.user", lambda i: i.trace_metadata.get("mlflow.trace.user")),
+    ("metadata mlflow.source.type", lambda i: i.trace_metadata.get("mlflow.source.type")),
+    ("metadata environment", lambda i: i.trace_metadata.get("environment")),
+    ("metadata app_version", lambda i: i.trace_metadata.get("app_version")),
+    ("metadata deployment_id", lambda i: i.trace_metadata.get("deployment_id")),
+    ("metadata region", lambda i: i.trace_metadata.get("region")),
+    ("tag team", lambda i: i.tags.get("team")),
+    ("tag mlflow.traceName", lambda i: i.tags.get("mlflow.traceName")),
+]
+
+
+def run_differential(http, exp_id, api):
+    """The same conversation traced by MLflow's own Python SDK straight into MLflow (as the seed
+    document does it) and by plain OTel through the gateway; the TraceInfo fields the document
+    names must match."""
+    sdk_case = f"diffsdk-{uuid.uuid4().hex[:8]}"
+    otel_case = f"diffotel-{uuid.uuid4().hex[:8]}"
+    mlflow.set_experiment(experiment_id=exp_id)
+
+    @mlflow.trace(name="POST /chat")
+    def handle_chat(headers, message):
+        mlflow.update_current_trace(
+            client_request_id=headers["X-Request-ID"],
+            metadata={
+                "mlflow.trace.session": headers["X-Session-ID"],
+                "mlflow.trace.user": headers["X-User-ID"],
+                "mlflow.source.type": "conformance",
+                "environment": "conformance",
+                "app_version": "2.0.0",
+                "deployment_id": "chat-deploy",
+                "region": "us-east-1",
+            },
+            tags={"team": "conformance"},
+        )
+        with mlflow.start_span("chat gpt-4o-mini") as span:
+            span.set_attribute("gen_ai.request.model", "gpt-4o-mini")
+        return f"Processed message: '{message}'"
+
+    for turn in range(1, 4):
+        handle_chat(
+            {
+                "X-Request-ID": f"{sdk_case}-req-{turn}",
+                "X-Session-ID": f"{sdk_case}-session",
+                "X-User-ID": f"{sdk_case}-user",
+            },
+            f"turn {turn}",
+        )
+    # MLflow's SDK may export asynchronously; make sure its traces are written.
+    mlflow.flush_trace_async_logging()
+    subprocess.run(
+        [PY, "python/chat_app.py", "http", otel_case],
+        cwd=HERE,
+        env=app_env(f"conformance-{otel_case}", exp_id, {"OTEL_EXPORTER_OTLP_ENDPOINT": http}),
+        check=True,
+        timeout=180,
+    )
+    client = MlflowClient()
+
+    def info(case, turn):
+        crid = f"{case}-req-{turn}"
+        found = wait_for(
+            f"trace {crid}",
+            lambda: client.search_traces(locations=[exp_id], filter_string=f"attributes.client_request_id = '{crid}'"),
+        )
+        return found[0].info
+
+    norm = lambda v, case: v.replace(case, "<case>") if isinstance(v, str) else v
+    table, diffs = [], []
+    for turn in range(1, 4):
+        sdk, otel = info(sdk_case, turn), info(otel_case, turn)
+        for name, get in COMPARED:
+            a, b = norm(get(sdk), sdk_case), norm(get(otel), otel_case)
+            same = a == b
+            table.append((f"turn {turn}", name, str(a), str(b), "same" if same else "DIFFERENT"))
+            if not same:
+                diffs.append((turn, name, a, b))
+    widths = [max(len(r[i]) for r in table) for i in range(5)]
+    print("\nMLflow SDK (direct) vs OTel through the gateway:")
+    for r in table:
+        print("  " + " | ".join(c.ljust(w) for c, w in zip(r, widths)))
+    assert not diffs, f"differences: {diffs}"
+    return f"{len(COMPARED)} TraceInfo fields x 3 turns identical"
 
 
 def verify(case, service, exp_id, api):
@@ -190,6 +282,11 @@ def main():
         (sdk, exporter, lambda a=argv, e=env, s=sdk, x=exporter: run_case(s, x, a, e, exp_id, args.api))
         for sdk, exporter, argv, env in cases(args.otlp_grpc, args.otlp_http)
     ]
+    runs.append((
+        "mlflow sdk vs python otel",
+        "direct vs http/protobuf",
+        lambda: run_differential(args.otlp_http, exp_id, args.api),
+    ))
     runs.append((
         "python fastapi -> node",
         "http/protobuf, W3C traceparent",

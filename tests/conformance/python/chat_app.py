@@ -42,6 +42,8 @@ def main() -> None:
         }
         attributes = {f"http.request.header.{k}": (v,) for k, v in headers.items()}
         attributes.update({"http.request.method": "POST", "url.path": "/chat"})
+        # A custom trace tag, as MLflow's own attribute convention spells it.
+        attributes["mlflow.traceTag.team"] = "conformance"
         with tracer.start_as_current_span("POST /chat", kind=SpanKind.SERVER, attributes=attributes) as root:
             with tracer.start_as_current_span("chat gpt-4o-mini", kind=SpanKind.CLIENT) as llm:
                 llm.set_attribute("gen_ai.operation.name", "chat")
