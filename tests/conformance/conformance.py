@@ -24,6 +24,10 @@ from mlflow import MlflowClient
 HERE = os.path.dirname(os.path.abspath(__file__))
 PY = sys.executable
 CAPTURE = "X-Request-ID,X-Session-ID,X-User-ID"
+# Built by run.sh from tests/conformance/rust into the project's target directory.
+RUST_APP = os.environ.get(
+    "CONFORMANCE_RUST_APP", os.path.join(HERE, "..", "..", "target", "debug", "conformance-rust-app")
+)
 
 
 def cases(grpc: str, http: str):
@@ -42,6 +46,8 @@ def cases(grpc: str, http: str):
         ("node", "http/protobuf", ["node", "node/app.js", "proto"], {"OTEL_EXPORTER_OTLP_ENDPOINT": http}),
         ("node", "http/json", ["node", "node/app.js", "json"], {"OTEL_EXPORTER_OTLP_ENDPOINT": http}),
         ("node", "grpc", ["node", "node/app.js", "grpc"], {"OTEL_EXPORTER_OTLP_ENDPOINT": grpc}),
+        ("rust", "grpc (tonic)", [RUST_APP, "grpc"], {"OTEL_EXPORTER_OTLP_ENDPOINT": grpc}),
+        ("rust", "http/protobuf", [RUST_APP, "http"], {"OTEL_EXPORTER_OTLP_ENDPOINT": http}),
     ]
 
 

@@ -8,6 +8,8 @@ scripts/setup-mlflow.sh
 .venv/bin/pip install --quiet -r tests/conformance/requirements.txt
 (cd tests/conformance/node && npm ci --no-audit --no-fund --loglevel=error)
 cargo build --quiet
+# The Rust SDK app shares the project's target directory, so tonic and prost are built once.
+CARGO_TARGET_DIR="$root/target" cargo build --quiet --manifest-path tests/conformance/rust/Cargo.toml
 
 free_port() { .venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 state="$(mktemp -d)"
