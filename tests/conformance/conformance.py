@@ -11,6 +11,7 @@ Prints a table of SDK x exporter x result and a closing "conformance: N passed, 
 """
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -280,6 +281,8 @@ def main():
     ap.add_argument("--otlp-http", required=True)
     ap.add_argument("--api", required=True)
     args = ap.parse_args()
+    # Keep MLflow's informational logs (its exit-time flush notice) out of the summary.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(args.mlflow)
     exp_id = MlflowClient().create_experiment(f"conformance-{uuid.uuid4().hex[:8]}")
 
