@@ -379,6 +379,29 @@ mod tests {
     }
 
     #[test]
+    fn a_ca_file_without_certificates_is_a_clear_error() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), "not a certificate\n").unwrap();
+        let cfg = MlflowConfig {
+            tracking_uri: "https://mlflow.internal".into(),
+            ca_cert: Some(f.path().to_owned()),
+            ..MlflowConfig::default()
+        };
+        let err = MlflowClient::new(&cfg).unwrap_err().to_string();
+        assert!(err.contains("no PEM certificates"), "{err}");
+        let missing = MlflowConfig {
+            ca_cert: Some("/nonexistent/ca.pem".into()),
+            ..MlflowConfig::default()
+        };
+        assert!(
+            MlflowClient::new(&missing)
+                .unwrap_err()
+                .to_string()
+                .contains("ca_cert")
+        );
+    }
+
+    #[test]
     fn base_url_gets_a_trailing_slash_for_joins() {
         let cfg = MlflowConfig {
             tracking_uri: "http://h:5000/mlflow".into(),
