@@ -241,16 +241,7 @@ impl Gateway {
             let spool = spool.clone();
             tokio::spawn(async move {
                 while let Some(d) = spool.next().await {
-                    let envelope = Envelope {
-                        experiment: d.record.experiment,
-                        body: d.record.body,
-                        span_count: d.record.span_count,
-                        roots: d.record.roots,
-                        permit: d.permit,
-                        ack: d.ack,
-                        received_at: std::time::Instant::now(),
-                    };
-                    if envelopes_tx.send(envelope).is_err() {
+                    if envelopes_tx.send(Envelope::from(d)).is_err() {
                         break;
                     }
                 }

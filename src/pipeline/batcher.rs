@@ -136,16 +136,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let d = spool.next().await.unwrap();
-        Envelope {
-            experiment: d.record.experiment,
-            body: d.record.body,
-            span_count: d.record.span_count,
-            roots: d.record.roots,
-            permit: d.permit,
-            ack: d.ack,
-            received_at: Instant::now(),
-        }
+        Envelope::from(spool.next().await.unwrap())
     }
 
     fn cfg(max_spans: usize, timeout_ms: u64) -> BatchConfig {

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::map::trace_info::TraceInfoJob;
-use crate::spool::Ack;
+use crate::spool::{Ack, Delivery};
 
 /// An MLflow experiment as a request or rule names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -56,4 +56,18 @@ pub struct Envelope {
     pub permit: OwnedSemaphorePermit,
     pub ack: Ack,
     pub received_at: Instant,
+}
+
+impl From<Delivery> for Envelope {
+    fn from(d: Delivery) -> Self {
+        Self {
+            experiment: d.record.experiment,
+            body: d.record.body,
+            span_count: d.record.span_count,
+            roots: d.record.roots,
+            permit: d.permit,
+            ack: d.ack,
+            received_at: Instant::now(),
+        }
+    }
 }

@@ -146,32 +146,11 @@ impl SpanExporter {
                 all.freeze()
             }
         };
-        match self.resolve(&batch).await {
-            Ok(experiment_id) => {
-                let delivered = self
-                    .deliver_spans(&experiment_id, body, spans, &batch)
-                    .await;
-                let Batch {
-                    roots,
-                    acks,
-                    permits,
-                    ..
-                } = batch;
-                drop(permits);
-                for (job, ack) in roots {
-                    if delivered
-                        .as_ref()
-                        .is_none_or(|set| set.contains(&job.root_span_id))
-                    {
-                        self.enqueue_trace_info(experiment_id.clone(), job, ack);
-                    } else {
-                        // Its spans are in the dead-letter file, with its TraceInfo.
-                        ack.done();
-                    }
-                }
-                for ack in acks {
-                    ack.done();
-                }
+        // `delivered`: None when every span went in, else the root span ids that did.
+        let (experiment_id, delivered) = match self.resolve(&batch).await {
+            Ok(id) => {
+                let delivered = self.deliver_spans(&id, body, spans, &batch).await;
+                (Some(id), delivered)
             }
             Err(e) => {
                 let experiment = match &batch.experiment {
@@ -192,17 +171,31 @@ impl SpanExporter {
                     &body,
                     infos,
                 ));
-                let Batch {
-                    roots,
-                    acks,
-                    permits,
-                    ..
-                } = batch;
-                drop(permits);
-                for ack in roots.into_iter().map(|(_, a)| a).chain(acks) {
-                    ack.done();
-                }
+                (None, Some(HashSet::new()))
             }
+        };
+        let Batch {
+            roots,
+            acks,
+            permits,
+            ..
+        } = batch;
+        drop(permits);
+        for (job, ack) in roots {
+            match &experiment_id {
+                Some(id)
+                    if delivered
+                        .as_ref()
+                        .is_none_or(|set| set.contains(&job.root_span_id)) =>
+                {
+                    self.enqueue_trace_info(id.clone(), job, ack)
+                }
+                // Its spans are in the dead-letter file, with its TraceInfo.
+                _ => ack.done(),
+            }
+        }
+        for ack in acks {
+            ack.done();
         }
     }
 

@@ -97,6 +97,11 @@ pub struct Accepted {
     pub message: Option<String>,
 }
 
+/// A resource's attributes; none when the resource is absent.
+fn resource_attrs(resource: Option<&Resource>) -> &[KeyValue] {
+    resource.map(|r| &r.attributes[..]).unwrap_or(&[])
+}
+
 /// Shared by the receivers.
 pub struct Ingest {
     mapping: MappingTable,
@@ -329,7 +334,7 @@ impl Ingest {
     /// Experiment routing below the header: resource attributes, then rules by service name,
     /// then the default.
     fn route(&self, resource: Option<&Resource>) -> Result<ExperimentRef, String> {
-        let attrs: &[KeyValue] = resource.map(|r| &r.attributes[..]).unwrap_or(&[]);
+        let attrs = resource_attrs(resource);
         if let Some(id) = find_str(attrs, EXPERIMENT_ID_ATTR) {
             return if is_experiment_id(&id) {
                 Ok(ExperimentRef::Id(id))
@@ -384,11 +389,7 @@ impl Ingest {
     ) -> Vec<TraceInfoJob> {
         let mut forgotten = 0;
         for rs in resource_spans.iter_mut() {
-            let resource: &[KeyValue] = rs
-                .resource
-                .as_ref()
-                .map(|r| &r.attributes[..])
-                .unwrap_or(&[]);
+            let resource = resource_attrs(rs.resource.as_ref());
             for ss in rs.scope_spans.iter_mut() {
                 for span in ss.spans.iter_mut() {
                     spans::fit(span);
@@ -410,11 +411,7 @@ impl Ingest {
         }
         let mut jobs = Vec::new();
         for rs in resource_spans.iter_mut() {
-            let resource: &[KeyValue] = rs
-                .resource
-                .as_ref()
-                .map(|r| &r.attributes[..])
-                .unwrap_or(&[]);
+            let resource = resource_attrs(rs.resource.as_ref());
             for ss in rs.scope_spans.iter_mut() {
                 for span in ss.spans.iter_mut().filter(|s| spans::is_root(s)) {
                     let (Ok(trace_id), Ok(root_span_id)) = (

@@ -138,15 +138,12 @@ async fn export(State(rx): State<HttpReceiver>, headers: HeaderMap, body: Body) 
         Err(_) => return decode_error_response(too_large, format),
     };
     let limit = rx.max_decompressed_bytes;
+    let wire_len = bytes.len();
     let work = move || -> Result<ExportTraceServiceRequest, DecodeError> {
         let raw = decode::decompress(encoding, &bytes, limit)?;
         decode::decode(format, &raw)
     };
-    let decoded = if header_str(header::CONTENT_LENGTH)
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(BLOCKING_THRESHOLD)
-        >= BLOCKING_THRESHOLD
-    {
+    let decoded = if wire_len >= BLOCKING_THRESHOLD {
         match tokio::task::spawn_blocking(work).await {
             Ok(r) => r,
             Err(e) => {
