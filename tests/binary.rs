@@ -6,7 +6,6 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use prost::Message;
 use support::*;
 
 #[tokio::test]
@@ -47,12 +46,9 @@ async fn sigterm_drains_to_mlflow_and_exits_cleanly() {
     }
     let root = SpanSpec::root(random_trace_id(), "job", now_nanos() - 1_000_000_000, 40)
         .with(vec![s("client_request_id", "bin-req-1")]);
-    let r = post_http(
+    let r = post_protobuf(
         http_addr,
-        request(service_resource("bin"), vec![root.build()]).encode_to_vec(),
-        "application/x-protobuf",
-        None,
-        &[],
+        &request(service_resource("bin"), vec![root.build()]),
     )
     .await;
     assert_eq!(r.status(), 200);

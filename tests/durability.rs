@@ -393,12 +393,7 @@ async fn a_torn_spool_tail_is_survived_reported_and_counted() {
         mlflow.trace_info(&sent[4].0).await.is_none(),
         "the torn record is not invented"
     );
-    let text = reqwest::get(format!("http://{}/metrics", gw.api_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(gw.api_addr).await;
     assert!(
         text.contains("gateway_spool_damaged_regions_total 1"),
         "{text}"

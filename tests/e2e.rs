@@ -153,14 +153,7 @@ async fn http_protobuf_trace_lands_complete() {
     let (mlflow, exp) = setup("http-proto").await;
     let gw = gateway(&mlflow.url, &exp, |_| {}).await;
     let turn = Turn::new();
-    let r = post_http(
-        gw.otlp_http_addr,
-        turn.request().encode_to_vec(),
-        "application/x-protobuf",
-        None,
-        &[],
-    )
-    .await;
+    let r = post_protobuf(gw.otlp_http_addr, &turn.request()).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/x-protobuf");
     assert_eq!(
@@ -270,12 +263,9 @@ async fn children_before_root_still_end_complete_and_ok() {
         s("langfuse.session.id", &format!("child-session-{u}")),
     ]);
     let resource = service_resource("agent");
-    let r = post_http(
+    let r = post_protobuf(
         gw.otlp_http_addr,
-        request(resource.clone(), vec![child.build()]).encode_to_vec(),
-        "application/x-protobuf",
-        None,
-        &[],
+        &request(resource.clone(), vec![child.build()]),
     )
     .await;
     assert_eq!(r.status(), 200);
@@ -284,14 +274,7 @@ async fn children_before_root_still_end_complete_and_ok() {
         .wait_trace(&tr, "a row from the child", |_| true)
         .await;
     assert_eq!(early["state"], "IN_PROGRESS");
-    let r = post_http(
-        gw.otlp_http_addr,
-        request(resource, vec![root.build()]).encode_to_vec(),
-        "application/x-protobuf",
-        None,
-        &[],
-    )
-    .await;
+    let r = post_protobuf(gw.otlp_http_addr, &request(resource, vec![root.build()])).await;
     assert_eq!(r.status(), 200);
     let info = mlflow
         .wait_trace(&tr, "its client request id", |i| {
@@ -322,16 +305,12 @@ async fn an_over_long_session_id_does_not_lose_the_batch() {
     let a_child =
         SpanSpec::child(&a, "a-child", 1, 2).with(vec![s("gen_ai.conversation.id", &long)]);
     let b = SpanSpec::root(random_trace_id(), "b", now_nanos() - 1_000_000_000, 10);
-    let r = post_http(
+    let r = post_protobuf(
         gw.otlp_http_addr,
-        request(
+        &request(
             service_resource("svc"),
             vec![a.build(), a_child.build(), b.build()],
-        )
-        .encode_to_vec(),
-        "application/x-protobuf",
-        None,
-        &[],
+        ),
     )
     .await;
     assert_eq!(r.status(), 200);
@@ -363,14 +342,7 @@ async fn a_bad_span_is_reported_in_partial_success_while_its_siblings_land() {
     bad.name = "broken".into();
     let mut req = turn.request();
     req.resource_spans[0].scope_spans[0].spans.push(bad);
-    let r = post_http(
-        gw.otlp_http_addr,
-        req.encode_to_vec(),
-        "application/x-protobuf",
-        None,
-        &[],
-    )
-    .await;
+    let r = post_protobuf(gw.otlp_http_addr, &req).await;
     assert_eq!(r.status(), 200);
     let p = decode_response(&r.bytes().await.unwrap())
         .partial_success
@@ -462,14 +434,7 @@ async fn routing_by_header_metadata_resource_and_rules() {
     let root = SpanSpec::root(random_trace_id(), "r", now_nanos() - 1_000_000_000, 5);
     let mut resource = service_resource("anything");
     resource.push(s("mlflow.experiment.name", &created));
-    let r = post_http(
-        gw.otlp_http_addr,
-        request(resource, vec![root.build()]).encode_to_vec(),
-        "application/x-protobuf",
-        None,
-        &[],
-    )
-    .await;
+    let r = post_protobuf(gw.otlp_http_addr, &request(resource, vec![root.build()])).await;
     assert_eq!(r.status(), 200);
     let info = mlflow
         .wait_trace(&tr_id(&root.trace_id), "its TraceInfo", |i| {
@@ -487,12 +452,9 @@ async fn routing_by_header_metadata_resource_and_rules() {
 
     // Rule by service.name.
     let root = SpanSpec::root(random_trace_id(), "bill", now_nanos() - 1_000_000_000, 5);
-    let r = post_http(
+    let r = post_protobuf(
         gw.otlp_http_addr,
-        request(service_resource("billing"), vec![root.build()]).encode_to_vec(),
-        "application/x-protobuf",
-        None,
-        &[],
+        &request(service_resource("billing"), vec![root.build()]),
     )
     .await;
     assert_eq!(r.status(), 200);
@@ -624,18 +586,7 @@ async fn http_errors_use_the_codes_otlp_clients_understand() {
     for sp in all_bad.resource_spans[0].scope_spans[0].spans.iter_mut() {
         sp.trace_id.clear();
     }
-    assert_eq!(
-        post_http(
-            addr,
-            all_bad.encode_to_vec(),
-            "application/x-protobuf",
-            None,
-            &[]
-        )
-        .await
-        .status(),
-        400
-    );
+    assert_eq!(post_protobuf(addr, &all_bad).await.status(), 400);
     // Empty request: success, nothing stored.
     assert_eq!(
         post_http(addr, vec![], "application/x-protobuf", None, &[])
@@ -644,18 +595,7 @@ async fn http_errors_use_the_codes_otlp_clients_understand() {
         200
     );
     let turn = Turn::new();
-    assert_eq!(
-        post_http(
-            addr,
-            turn.request().encode_to_vec(),
-            "application/x-protobuf",
-            None,
-            &[]
-        )
-        .await
-        .status(),
-        200
-    );
+    assert_eq!(post_protobuf(addr, &turn.request()).await.status(), 200);
     assert_turn_complete(&mlflow, &exp, &turn).await;
 }
 
@@ -728,14 +668,7 @@ async fn shutdown_flushes_what_is_in_memory() {
     .await;
     let turns: Vec<Turn> = (0..3).map(|_| Turn::new()).collect();
     for t in &turns {
-        let r = post_http(
-            gw.otlp_http_addr,
-            t.request().encode_to_vec(),
-            "application/x-protobuf",
-            None,
-            &[],
-        )
-        .await;
+        let r = post_protobuf(gw.otlp_http_addr, &t.request()).await;
         assert_eq!(r.status(), 200);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -778,14 +711,7 @@ async fn health_readiness_and_metrics() {
     }
     assert!(ready, "ready once MLflow answers");
     let turn = Turn::new();
-    post_http(
-        gw.otlp_http_addr,
-        turn.request().encode_to_vec(),
-        "application/x-protobuf",
-        None,
-        &[],
-    )
-    .await;
+    post_protobuf(gw.otlp_http_addr, &turn.request()).await;
     assert_turn_complete(&mlflow, &exp, &turn).await;
     let text = reqwest::get(format!("{api}/metrics"))
         .await

@@ -373,12 +373,7 @@ async fn an_unknown_request_id_expires_cleanly() {
         expired["detail"].as_str().unwrap().contains("expired"),
         "{expired}"
     );
-    let text = reqwest::get(format!("http://{}/metrics", gw.api_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(gw.api_addr).await;
     assert!(text.contains("gateway_feedback_expired_total"), "{text}");
 }
 
@@ -539,12 +534,7 @@ async fn invalid_and_oversize_requests_are_refused_clearly() {
     let huge = json!({"client_request_id": "r", "name": "n", "value": "x".repeat(4096)});
     let (code, _) = post_feedback(gw.api_addr, "/v1/feedback", &huge, &[]).await;
     assert_eq!(code, 413);
-    let text = reqwest::get(format!("http://{}/metrics", gw.api_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(gw.api_addr).await;
     assert!(
         text.contains("gateway_feedback_rejected_total{reason=\"invalid\"}"),
         "{text}"

@@ -541,6 +541,29 @@ pub async fn post_http(
     req.send().await.expect("POST /v1/traces")
 }
 
+/// POSTs an OTLP/HTTP protobuf request with no encoding or extra headers.
+pub async fn post_protobuf(addr: SocketAddr, req: &ExportTraceServiceRequest) -> reqwest::Response {
+    post_http(
+        addr,
+        prost::Message::encode_to_vec(req),
+        "application/x-protobuf",
+        None,
+        &[],
+    )
+    .await
+}
+
+/// The gateway's `/metrics` text.
+pub async fn metrics_text(api: SocketAddr) -> String {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::get(format!("http://{api}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
 pub fn gzip(data: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -559,15 +582,9 @@ pub async fn send_trace(http: SocketAddr, client_request_id: &str) -> String {
     )
     .with(vec![header("x-request-id", client_request_id)]);
     let child = SpanSpec::child(&root, "llm", 1, 10);
-    let r = post_http(
+    let r = post_protobuf(
         http,
-        prost::Message::encode_to_vec(&request(
-            service_resource("chat"),
-            vec![child.build(), root.build()],
-        )),
-        "application/x-protobuf",
-        None,
-        &[],
+        &request(service_resource("chat"), vec![child.build(), root.build()]),
     )
     .await;
     assert_eq!(r.status(), 200);
