@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -34,7 +35,9 @@ use crate::mlflow::experiments::Experiments;
 use crate::mlflow::retry::RetryPolicy;
 use crate::ops::health::Health;
 use crate::pipeline::envelope::{Envelope, ExperimentRef};
-use crate::pipeline::export::{SpanExporter, run_span_workers, run_trace_info_workers};
+use crate::pipeline::export::{
+    SpanBacklog, SpanExporter, run_span_workers, run_trace_info_workers,
+};
 use crate::pipeline::ingest::Ingest;
 use crate::pipeline::traces::TraceTracker;
 use crate::spool::Spool;
@@ -247,15 +250,18 @@ impl Gateway {
                 }
             })
         };
+        let backlog = SpanBacklog::new(config.mlflow.export_concurrency);
         let batcher = tokio::spawn(pipeline::batcher::run(
             envelopes_rx,
             batches_tx,
             config.batch.clone(),
+            backlog.clone(),
         ));
         let spans = tokio::spawn(run_span_workers(
             exporter,
             batches_rx,
             config.mlflow.export_concurrency,
+            backlog.clone(),
         ));
         let infos = tokio::spawn(run_trace_info_workers(
             client.clone(),
@@ -263,6 +269,7 @@ impl Gateway {
             health.clone(),
             infos_rx,
             config.mlflow.trace_info_concurrency,
+            backlog,
         ));
         let pipeline = tokio::spawn(async move {
             let _ = reader.await;
@@ -289,7 +296,9 @@ impl Gateway {
             let feedback_service = feedback::grpc::GrpcFeedback::server(feedback.clone());
             let stop = stop_receivers.clone();
             tokio::spawn(async move {
-                let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
+                // Without TCP_NODELAY, gRPC's trailers wait for the client's delayed ACK (~40 ms).
+                let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener)
+                    .with_nodelay(Some(true));
                 if let Err(e) = tonic::transport::Server::builder()
                     .add_service(service)
                     .add_service(feedback_service)
@@ -308,7 +317,10 @@ impl Gateway {
             });
             let stop = stop_receivers.clone();
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(http_listener, router)
+                let listener = http_listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                if let Err(e) = axum::serve(listener, router)
                     .with_graceful_shutdown(stop.cancelled_owned())
                     .await
                 {

@@ -44,6 +44,17 @@ async fn sigterm_drains_to_mlflow_and_exits_cleanly() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The container HEALTHCHECK: the same binary asks the running gateway's /healthz.
+    let check = Command::new(env!("CARGO_BIN_EXE_mlflow-otlp-gateway"))
+        .args(["--api-addr", &format!("0.0.0.0:{api}"), "healthcheck"])
+        .env("MLFLOW_TRACKING_URI", &mlflow.url)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "healthcheck: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     let root = SpanSpec::root(random_trace_id(), "job", now_nanos() - 1_000_000_000, 40)
         .with(vec![s("client_request_id", "bin-req-1")]);
     let r = post_protobuf(

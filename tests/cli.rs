@@ -117,3 +117,17 @@ fn flags_beat_env_beat_file() {
         "MLFLOW_EXPERIMENT_NAME: {stdout}"
     );
 }
+
+#[test]
+fn healthcheck_fails_when_no_gateway_answers() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let out = gateway()
+        .args(["--api-addr", &format!("127.0.0.1:{port}"), "healthcheck"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unhealthy"));
+}

@@ -1,9 +1,13 @@
 //! The MLflow REST client: span ingest, TraceInfo, experiments, health.
 //!
-//! Two connection pools: `/v1/traces` reuses connections, while the Flask-served `/api/...`
-//! routes get a fresh connection per call, because on a reused connection every reply arrives
-//! ~40 ms late (delayed ACK between its two TCP writes; mlflow-rest.md §0.11). A fresh loopback
-//! connection costs well under a millisecond.
+//! Two connection pools. `/v1/traces` and StartTraceV3 reuse connections; the other Flask-served
+//! `/api/...` routes (feedback, experiments, health) get a fresh connection per call, because on a
+//! reused connection every reply of those routes arrives ~40 ms late (delayed ACK between its two
+//! TCP writes; mlflow-rest.md §0.11). StartTraceV3 is the exception because it is the one REST
+//! call made per trace: with several calls in flight the 40 ms is hidden (MLflow's StartTraceV3
+//! rate was the same kept-alive and fresh, 35 vs 35-38/s on SQLite and PostgreSQL), while a
+//! fresh connection per trace cost the gateway a third of its CPU at 1000 traces/s
+//! (BENCHMARKS.md).
 
 use std::time::Duration;
 
@@ -49,7 +53,8 @@ pub struct ClientBuildError(String);
 #[derive(Clone)]
 pub struct MlflowClient {
     base: Url,
-    spans: Client,
+    /// Kept-alive connections: `/v1/traces` and StartTraceV3.
+    pooled: Client,
     rest: Client,
     timeout: Duration,
 }
@@ -118,7 +123,7 @@ impl MlflowClient {
         };
         Ok(Self {
             base,
-            spans: build(usize::MAX)?,
+            pooled: build(usize::MAX)?,
             rest: build(0)?,
             timeout: cfg.request_timeout,
         })
@@ -143,7 +148,7 @@ impl MlflowClient {
             ));
         }
         let reply = self
-            .spans
+            .pooled
             .post(self.url("v1/traces"))
             .header(CONTENT_TYPE, "application/x-protobuf")
             .header(EXPERIMENT_HEADER, experiment_id)
@@ -154,10 +159,10 @@ impl MlflowClient {
         check(reply).await.map(drop)
     }
 
-    /// StartTraceV3: writes a trace's TraceInfo.
+    /// StartTraceV3: writes a trace's TraceInfo (on a kept-alive connection, see the module doc).
     pub async fn start_trace(&self, body: &Value) -> Result<(), MlflowError> {
         let reply = self
-            .rest
+            .pooled
             .post(self.url("api/3.0/mlflow/traces"))
             .json(body)
             .send()

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::envelope::{Envelope, ExperimentRef};
+use super::export::SpanBacklog;
 use crate::config::BatchConfig;
 use crate::map::trace_info::TraceInfoJob;
 use crate::spool::Ack;
@@ -28,7 +29,7 @@ pub struct Batch {
 }
 
 impl Batch {
-    fn new(experiment: ExperimentRef, now: Instant) -> Self {
+    fn new(experiment: ExperimentRef) -> Self {
         Self {
             experiment,
             bodies: Vec::new(),
@@ -37,13 +38,15 @@ impl Batch {
             roots: Vec::new(),
             acks: Vec::new(),
             permits: Vec::new(),
-            oldest: now,
+            oldest: Instant::now(),
         }
     }
 
     fn push(&mut self, env: Envelope) {
         if self.span_count == 0 {
-            self.oldest = env.received_at;
+            // Age counts from when the batcher took the record, not when it was read from the
+            // spool: records that waited behind a slow MLflow must still fill a batch.
+            self.oldest = Instant::now();
         }
         self.bytes += env.body.len();
         self.bodies.push(env.body);
@@ -61,7 +64,12 @@ pub async fn run(
     mut input: mpsc::UnboundedReceiver<Envelope>,
     output: mpsc::Sender<Batch>,
     cfg: BatchConfig,
+    backlog: SpanBacklog,
 ) {
+    let hand_over = |batch: Batch| {
+        backlog.handed_over();
+        output.send(batch)
+    };
     let mut pending: HashMap<ExperimentRef, Batch> = HashMap::new();
     loop {
         let deadline = pending
@@ -70,51 +78,54 @@ pub async fn run(
             .min()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
+            // Input first: while MLflow is slow, records queue up here and must go out in
+            // full batches, not one by one as their timers fire.
+            biased;
             env = input.recv() => {
                 let Some(env) = env else { break };
                 let key = env.experiment.clone();
                 let batch = pending
                     .entry(key.clone())
-                    .or_insert_with(|| Batch::new(key.clone(), env.received_at));
+                    .or_insert_with(|| Batch::new(key.clone()));
                 if batch.span_count > 0
                     && (batch.span_count + env.span_count > cfg.max_spans
                         || batch.bytes + env.body.len() > cfg.max_bytes)
                 {
-                    let full = std::mem::replace(batch, Batch::new(key.clone(), env.received_at));
-                    if output.send(full).await.is_err() {
+                    let full = std::mem::replace(batch, Batch::new(key.clone()));
+                    if hand_over(full).await.is_err() {
                         return;
                     }
                 }
                 let batch = pending
                     .entry(key.clone())
-                    .or_insert_with(|| Batch::new(key.clone(), env.received_at));
+                    .or_insert_with(|| Batch::new(key.clone()));
                 batch.push(env);
                 if (batch.span_count >= cfg.max_spans || batch.bytes >= cfg.max_bytes)
                     && let Some(full) = pending.remove(&key)
-                    && output.send(full).await.is_err()
+                    && hand_over(full).await.is_err()
                 {
                     return;
                 }
             }
-            _ = tokio::time::sleep_until(deadline.into()), if !pending.is_empty() => {
-                let now = Instant::now();
-                let due: Vec<ExperimentRef> = pending
-                    .iter()
-                    .filter(|(_, b)| b.oldest + cfg.timeout <= now)
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for key in due {
-                    if let Some(b) = pending.remove(&key)
-                        && output.send(b).await.is_err()
-                    {
-                        return;
-                    }
-                }
+            _ = tokio::time::sleep_until(deadline.into()), if !pending.is_empty() => {}
+        }
+        // Checked after every record too, so a steady stream cannot starve the age limit.
+        let now = Instant::now();
+        let due: Vec<ExperimentRef> = pending
+            .iter()
+            .filter(|(_, b)| b.oldest + cfg.timeout <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            if let Some(b) = pending.remove(&key)
+                && hand_over(b).await.is_err()
+            {
+                return;
             }
         }
     }
     for (_, b) in pending.drain() {
-        if b.span_count > 0 && output.send(b).await.is_err() {
+        if b.span_count > 0 && hand_over(b).await.is_err() {
             return;
         }
     }
@@ -152,7 +163,7 @@ mod tests {
         let spool = Spool::memory(1 << 20);
         let (tx, rx) = mpsc::unbounded_channel();
         let (out_tx, mut out) = mpsc::channel(10);
-        let task = tokio::spawn(run(rx, out_tx, cfg(10, 60_000)));
+        let task = tokio::spawn(run(rx, out_tx, cfg(10, 60_000), SpanBacklog::new(1)));
         for _ in 0..3 {
             tx.send(env(&spool, "1", 4).await).ok().unwrap();
         }
@@ -183,7 +194,7 @@ mod tests {
         let spool = Spool::memory(1 << 20);
         let (tx, rx) = mpsc::unbounded_channel();
         let (out_tx, mut out) = mpsc::channel(10);
-        let _task = tokio::spawn(run(rx, out_tx, cfg(1000, 20)));
+        let _task = tokio::spawn(run(rx, out_tx, cfg(1000, 20), SpanBacklog::new(1)));
         tx.send(env(&spool, "1", 2).await).ok().unwrap();
         let b = tokio::time::timeout(Duration::from_secs(2), out.recv())
             .await

@@ -1,7 +1,5 @@
 //! What travels through the pipeline: spans for one experiment plus the context they came with.
 
-use std::time::Instant;
-
 use bytes::Bytes;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -55,7 +53,6 @@ pub struct Envelope {
     pub roots: Vec<TraceInfoJob>,
     pub permit: OwnedSemaphorePermit,
     pub ack: Ack,
-    pub received_at: Instant,
 }
 
 impl From<Delivery> for Envelope {
@@ -67,7 +64,6 @@ impl From<Delivery> for Envelope {
             roots: d.record.roots,
             permit: d.permit,
             ack: d.ack,
-            received_at: Instant::now(),
         }
     }
 }

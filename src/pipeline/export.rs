@@ -4,6 +4,8 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -60,15 +62,80 @@ where
     }
 }
 
+/// Span batches handed over by the batcher and not yet delivered. When more of them exist than
+/// there are export workers, MLflow is what holds spans back, and all TraceInfo writers but one
+/// step aside: on SQLite every StartTraceV3 takes the same database lock as a span batch, and
+/// concurrent TraceInfo writes were measured to halve span throughput (BENCHMARKS.md). Spans
+/// land first; one writer keeps TraceInfos moving so they are never starved outright.
+#[derive(Clone, Debug)]
+pub struct SpanBacklog {
+    batches: Arc<AtomicUsize>,
+    workers: usize,
+    /// Whether the one TraceInfo writer that ignores the backlog is busy.
+    trickle: Arc<AtomicBool>,
+}
+
+/// How often a paused TraceInfo worker looks again at the span backlog.
+const TRACE_INFO_PAUSE: Duration = Duration::from_millis(50);
+
+impl SpanBacklog {
+    pub fn new(workers: usize) -> Self {
+        Self {
+            batches: Arc::new(AtomicUsize::new(0)),
+            workers: workers.max(1),
+            trickle: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Waits until a TraceInfo write may go ahead; `true` when it holds the trickle slot and
+    /// must hand it back with [`SpanBacklog::trickle_done`].
+    async fn trace_info_turn(&self) -> bool {
+        loop {
+            if !self.is_waiting() {
+                return false;
+            }
+            if self
+                .trickle
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                return true;
+            }
+            tokio::time::sleep(TRACE_INFO_PAUSE).await;
+        }
+    }
+
+    fn trickle_done(&self) {
+        self.trickle.store(false, Ordering::Release);
+    }
+
+    pub fn handed_over(&self) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn finished(&self) {
+        self.batches.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Whether a span batch is waiting for a free export worker.
+    pub fn is_waiting(&self) -> bool {
+        self.batches.load(Ordering::Relaxed) > self.workers
+    }
+}
+
 /// Runs `workers` span-delivery loops until the batch channel closes.
 pub async fn run_span_workers(
     exporter: Arc<SpanExporter>,
     batches: mpsc::Receiver<Batch>,
     workers: usize,
+    backlog: SpanBacklog,
 ) {
     worker_pool(batches, workers, move |batch| {
-        let exporter = exporter.clone();
-        async move { exporter.deliver(batch).await }
+        let (exporter, backlog) = (exporter.clone(), backlog.clone());
+        async move {
+            exporter.deliver(batch).await;
+            backlog.finished();
+        }
     })
     .await;
 }
@@ -405,15 +472,21 @@ pub async fn run_trace_info_workers(
     health: Arc<Health>,
     queue: mpsc::Receiver<TraceInfoItem>,
     workers: usize,
+    spans_first: SpanBacklog,
 ) {
     worker_pool(
         queue,
         workers,
         move |(experiment_id, job, ack): TraceInfoItem| {
             let (client, policy, health) = (client.clone(), policy.clone(), health.clone());
+            let spans_first = spans_first.clone();
             async move {
+                let trickle = spans_first.trace_info_turn().await;
                 metrics::gauge!("gateway_trace_info_queue").decrement(1.0);
                 write_trace_info(&client, &policy, &health, &experiment_id, &job).await;
+                if trickle {
+                    spans_first.trickle_done();
+                }
                 ack.done();
             }
         },
@@ -490,6 +563,32 @@ mod tests {
             .flat_map(|ss| &ss.spans)
             .map(|s| s.span_id[0])
             .collect()
+    }
+
+    #[tokio::test]
+    async fn trace_info_writers_step_aside_for_a_span_backlog_but_one_keeps_going() {
+        let backlog = SpanBacklog::new(2);
+        assert!(
+            !backlog.trace_info_turn().await,
+            "no backlog: everyone writes"
+        );
+        for _ in 0..3 {
+            backlog.handed_over();
+        }
+        assert!(backlog.is_waiting(), "3 batches for 2 workers: one waits");
+        assert!(
+            backlog.trace_info_turn().await,
+            "the trickle writer goes ahead"
+        );
+        let second = tokio::time::timeout(Duration::from_millis(200), backlog.trace_info_turn());
+        assert!(
+            second.await.is_err(),
+            "a second writer waits while spans are backlogged"
+        );
+        backlog.trickle_done();
+        backlog.finished();
+        assert!(!backlog.is_waiting());
+        assert!(!backlog.trace_info_turn().await);
     }
 
     #[test]

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use crate::map::rules::CollectedAttrs;
 
 /// Roots already seen are remembered (without data) this long, so late children do not open a
-/// new entry that would later be miscounted as a trace without root.
-const COMPLETED_MEMORY: Duration = Duration::from_secs(120);
+/// new entry that would later be miscounted as a trace without root. SDKs export a trace's spans
+/// within seconds of each other; at 1000 traces/s each second kept costs ~100 KiB.
+const COMPLETED_MEMORY: Duration = Duration::from_secs(30);
 
 enum State {
     Awaiting(CollectedAttrs),
