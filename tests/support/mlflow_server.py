@@ -1,6 +1,9 @@
 """Runs a real MLflow tracking server for the test suite and takes it down with the test.
 
-Usage: mlflow_server.py <mlflow-executable> <port> <state-dir>
+Usage: mlflow_server.py <mlflow-executable> <port> <state-dir> [<backend-store-uri> [<workers>]]
+
+The tests use the defaults (SQLite in the state dir, 1 worker); the benchmarks pass PostgreSQL
+and MLflow's default worker count.
 
 The server runs in this process's own process group. When the parent (the Rust test binary)
 closes our stdin -- by exiting, crashing or dropping the handle -- the whole group is killed, so
@@ -17,6 +20,8 @@ import time
 
 def main() -> int:
     mlflow, port, state = sys.argv[1], sys.argv[2], sys.argv[3]
+    backend = sys.argv[4] if len(sys.argv) > 4 else f"sqlite:///{state}/mlflow.db"
+    workers = sys.argv[5] if len(sys.argv) > 5 else "1"
     os.setpgrp()
     os.makedirs(os.path.join(state, "artifacts"), exist_ok=True)
     env = dict(os.environ)
@@ -25,11 +30,11 @@ def main() -> int:
     server = subprocess.Popen(
         [
             mlflow, "server",
-            "--backend-store-uri", f"sqlite:///{state}/mlflow.db",
+            "--backend-store-uri", backend,
             "--default-artifact-root", os.path.join(state, "artifacts"),
             "--host", "127.0.0.1",
             "--port", port,
-            "--workers", "1",
+            "--workers", workers,
         ],
         env=env,
         stdin=subprocess.DEVNULL,

@@ -1,0 +1,299 @@
+//! The load generator: N connections sending stamped GenAI trace requests over OTLP/gRPC or
+//! OTLP/HTTP, at a fixed rate or flat out. Reports acknowledged spans, ack latency and errors.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::payload::Template;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    Http,
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
+    pub protocol: Protocol,
+    /// Base URL: `http://127.0.0.1:4317` (gRPC) or `http://127.0.0.1:4318` (HTTP, `/v1/traces`
+    /// appended).
+    pub target: String,
+    pub connections: usize,
+    /// Spans per request; 1 sends each trace span by span (children first, root last).
+    pub spans_per_request: usize,
+    /// Offered spans/s over all connections; `None` sends flat out (closed loop).
+    pub rate: Option<f64>,
+    pub duration: Duration,
+    /// Extra headers / gRPC metadata (e.g. `x-mlflow-experiment-id` for MLflow itself).
+    pub headers: Vec<(String, String)>,
+}
+
+/// Live counters, readable while the load runs (for windowed rates).
+#[derive(Default)]
+pub struct Live {
+    pub acked_spans: AtomicU64,
+    pub acked_traces: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub elapsed: Duration,
+    pub requests: u64,
+    pub acked_spans: u64,
+    pub acked_traces: u64,
+    /// Latency of acknowledged requests, microseconds, sorted.
+    pub latencies_us: Vec<u32>,
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl LoadReport {
+    pub fn spans_per_sec(&self) -> f64 {
+        self.acked_spans as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us[i] as f64 / 1000.0
+    }
+
+    pub fn max_ms(&self) -> f64 {
+        self.latencies_us
+            .last()
+            .map_or(f64::NAN, |&v| v as f64 / 1000.0)
+    }
+
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    pub fn errors_text(&self) -> String {
+        if self.errors.is_empty() {
+            return "none".into();
+        }
+        self.errors
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Sends pre-encoded request bytes as a gRPC message and returns the reply's bytes.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Self::Error> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+enum Sender {
+    Grpc(tonic::client::Grpc<Channel>, Vec<(String, String)>),
+    Http(reqwest::Client, String, Vec<(String, String)>),
+}
+
+impl Sender {
+    async fn new(spec: &LoadSpec) -> anyhow::Result<Self> {
+        Ok(match spec.protocol {
+            Protocol::Grpc => {
+                let channel = Endpoint::from_shared(spec.target.clone())?
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await?;
+                Sender::Grpc(tonic::client::Grpc::new(channel), spec.headers.clone())
+            }
+            Protocol::Http => {
+                // One client per connection slot; a pool of one keeps requests on one socket.
+                let client = reqwest::Client::builder()
+                    .pool_max_idle_per_host(1)
+                    .tcp_nodelay(true)
+                    .timeout(Duration::from_secs(60))
+                    .build()?;
+                let url = format!("{}/v1/traces", spec.target.trim_end_matches('/'));
+                Sender::Http(client, url, spec.headers.clone())
+            }
+        })
+    }
+
+    /// Ok on acknowledgement; Err(code) otherwise. A partial success counts as an error.
+    async fn send(&mut self, body: Vec<u8>) -> Result<(), String> {
+        match self {
+            Sender::Grpc(grpc, headers) => {
+                grpc.ready()
+                    .await
+                    .map_err(|e| format!("grpc connect: {e}"))?;
+                let mut req = tonic::Request::new(Bytes::from(body));
+                for (k, v) in headers.iter() {
+                    if let (Ok(k), Ok(v)) = (
+                        tonic::metadata::MetadataKey::from_bytes(k.as_bytes()),
+                        v.parse(),
+                    ) {
+                        req.metadata_mut().insert(k, v);
+                    }
+                }
+                let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+                    "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                );
+                match grpc.unary(req, path, RawCodec).await {
+                    Ok(reply) => {
+                        if partial_rejections(reply.get_ref()) > 0 {
+                            Err("grpc partial_success".into())
+                        } else {
+                            Ok(())
+                        }
+                    }
+                    Err(status) => Err(format!("grpc {:?}", status.code())),
+                }
+            }
+            Sender::Http(client, url, headers) => {
+                let mut req = client
+                    .post(url.as_str())
+                    .header("content-type", "application/x-protobuf")
+                    .body(body);
+                for (k, v) in headers.iter() {
+                    req = req.header(k.as_str(), v.as_str());
+                }
+                let reply = req.send().await.map_err(|e| {
+                    if e.is_timeout() {
+                        "http timeout".to_string()
+                    } else {
+                        "http connect".to_string()
+                    }
+                })?;
+                let status = reply.status();
+                let body = reply.bytes().await.map_err(|_| "http body".to_string())?;
+                if !status.is_success() {
+                    return Err(format!("http {}", status.as_u16()));
+                }
+                if partial_rejections(&body) > 0 {
+                    return Err("http partial_success".into());
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `rejected_spans` of an ExportTraceServiceResponse (0 for an empty reply).
+fn partial_rejections(reply: &[u8]) -> i64 {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+    use prost::Message;
+    ExportTraceServiceResponse::decode(reply)
+        .ok()
+        .and_then(|r| r.partial_success)
+        .map_or(0, |p| p.rejected_spans)
+}
+
+/// Runs the load to completion. `live` is updated as requests are acknowledged.
+pub async fn run(spec: LoadSpec, live: Arc<Live>) -> anyhow::Result<LoadReport> {
+    let templates = Arc::new(if spec.spans_per_request == 1 {
+        Template::span_by_span()
+    } else {
+        vec![Template::new(spec.spans_per_request)]
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let deadline = started + spec.duration;
+    let mut tasks = Vec::new();
+    for worker in 0..spec.connections {
+        let mut sender = Sender::new(&spec).await?;
+        let templates = templates.clone();
+        let live = live.clone();
+        let stop = stop.clone();
+        // Each connection sends every `connections`-th slot of the global schedule.
+        let interval = spec.rate.map(|r| {
+            Duration::from_secs_f64(spec.connections as f64 * spec.spans_per_request as f64 / r)
+        });
+        let offset = interval.map(|i| i.mul_f64(worker as f64 / spec.connections as f64));
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+            let mut requests = 0u64;
+            let mut next = started + offset.unwrap_or_default();
+            let mut ids = Vec::new();
+            for turn in 0usize.. {
+                if let Some(interval) = interval {
+                    if next >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep_until(next.into()).await;
+                    next += interval;
+                } else if Instant::now() >= deadline || stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                // A new set of trace ids each time the cycle of templates starts over.
+                let template = &templates[turn % templates.len()];
+                if turn % templates.len() == 0 {
+                    ids = crate::payload::fresh_ids(template.traces);
+                }
+                let body = template.stamp_with(&ids);
+                let sent_at = Instant::now();
+                requests += 1;
+                match sender.send(body).await {
+                    Ok(()) => {
+                        latencies.push(sent_at.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        live.acked_spans
+                            .fetch_add(template.spans as u64, Ordering::Relaxed);
+                        live.acked_traces
+                            .fetch_add(template.roots as u64, Ordering::Relaxed);
+                    }
+                    Err(code) => {
+                        *errors.entry(code).or_default() += 1;
+                        // Back off like an SDK would, without hammering a refusing server.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            (requests, latencies, errors)
+        }));
+    }
+    let mut report = LoadReport::default();
+    for task in tasks {
+        let (requests, latencies, errors) = task.await?;
+        report.requests += requests;
+        report.latencies_us.extend(latencies);
+        for (k, v) in errors {
+            *report.errors.entry(k).or_default() += v;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    report.elapsed = started.elapsed();
+    report.latencies_us.sort_unstable();
+    report.acked_spans = live.acked_spans.load(Ordering::Relaxed);
+    report.acked_traces = live.acked_traces.load(Ordering::Relaxed);
+    Ok(report)
+}

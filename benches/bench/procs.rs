@@ -1,0 +1,460 @@
+//! The processes a benchmark runs against: the gateway binary, rotel, MLflow (SQLite or
+//! PostgreSQL) and a private PostgreSQL cluster. CPU time and peak RSS come from /proc.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// CPU seconds (user + system) of a process so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / clock_ticks()
+}
+
+/// CPU seconds of every process in a process group (MLflow's launcher, server and workers).
+pub fn group_cpu_seconds(pgid: u32) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return f64::NAN;
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let after = s.rsplit_once(')')?.1.to_string();
+                    after.split_whitespace().nth(2)?.parse::<u32>().ok()
+                })
+                == Some(pgid)
+        })
+        .map(cpu_seconds)
+        .sum()
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Peak resident set size (VmHWM) of a process, in MiB.
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// A working directory for one process; `BENCH_KEEP=1` keeps it (logs) after the run.
+fn tempdir(prefix: &str) -> std::io::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .disable_cleanup(std::env::var_os("BENCH_KEEP").is_some())
+        .tempdir()
+}
+
+async fn wait_for_port(port: u16, limit: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("nothing listens on port {port} after {limit:?}")
+}
+
+async fn wait_http_ok(url: &str, limit: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let client = reqwest::Client::new();
+    while started.elapsed() < limit {
+        if let Ok(r) = client.get(url).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{url} not ready after {limit:?}")
+}
+
+/// A collector under test: the gateway or rotel, killed on drop.
+pub struct Collector {
+    pub grpc_url: String,
+    pub http_url: String,
+    /// The gateway's ops API (metrics), when it is the gateway.
+    pub api_url: Option<String>,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Collector {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self.pid())
+    }
+
+    pub fn peak_rss_mib(&self) -> f64 {
+        peak_rss_mib(self.pid())
+    }
+
+    /// A counter or gauge from the gateway's /metrics (summed over labels).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let Some(api) = &self.api_url else {
+            return f64::NAN;
+        };
+        let Ok(r) = reqwest::get(format!("{api}/metrics")).await else {
+            return f64::NAN;
+        };
+        let text = r.text().await.unwrap_or_default();
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How the gateway is run in a scenario.
+#[derive(Clone, Debug)]
+pub struct GatewayOptions {
+    pub mlflow_url: String,
+    /// Durable spool on disk (fsync always, the shipped default) instead of memory.
+    pub durable: bool,
+    pub trace_info_concurrency: usize,
+}
+
+pub async fn start_gateway(opts: &GatewayOptions) -> anyhow::Result<Collector> {
+    let dir = tempdir("bench-gw-")?;
+    let (grpc, http, api) = (free_port(), free_port(), free_port());
+    let data_dir = if opts.durable {
+        format!(
+            "data_dir = {:?}\n",
+            dir.path().join("data").display().to_string()
+        )
+    } else {
+        String::new()
+    };
+    // BENCH_GATEWAY_TOML: extra settings for experiments, appended inside [mlflow] (its keys
+    // first, then any further tables).
+    let extra = std::env::var("BENCH_GATEWAY_TOML").unwrap_or_default();
+    let config = format!(
+        "{data_dir}\n[log]\nlevel = \"warn\"\n\n[server]\notlp_grpc_addr = \"127.0.0.1:{grpc}\"\n\
+         otlp_http_addr = \"127.0.0.1:{http}\"\napi_addr = \"127.0.0.1:{api}\"\n\n[mlflow]\n\
+         tracking_uri = {:?}\ntrace_info_concurrency = {}\n{extra}\n",
+        opts.mlflow_url, opts.trace_info_concurrency
+    );
+    let config_path = dir.path().join("gateway.toml");
+    std::fs::write(&config_path, config)?;
+    let child = Command::new(env!("CARGO_BIN_EXE_mlflow-otlp-gateway"))
+        .arg("--config")
+        .arg(&config_path)
+        .env_remove("MLFLOW_TRACKING_URI")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("gateway.log"))?)
+        .spawn()
+        .context("start the gateway binary")?;
+    let collector = Collector {
+        grpc_url: format!("http://127.0.0.1:{grpc}"),
+        http_url: format!("http://127.0.0.1:{http}"),
+        api_url: Some(format!("http://127.0.0.1:{api}")),
+        child,
+        _dir: dir,
+    };
+    wait_http_ok(
+        &format!("http://127.0.0.1:{api}/readyz"),
+        Duration::from_secs(30),
+    )
+    .await?;
+    Ok(collector)
+}
+
+/// rotel's binary, as installed by `pip install rotel==0.0.1a15` into the project's venv.
+pub fn rotel_binary() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("BENCH_ROTEL") {
+        return Some(PathBuf::from(p));
+    }
+    let lib = repo_root().join(".venv/lib");
+    std::fs::read_dir(lib).ok()?.flatten().find_map(|py| {
+        let p = py.path().join("site-packages/rotel/rotel-agent");
+        p.exists().then_some(p)
+    })
+}
+
+/// rotel forwarding OTLP/HTTP (uncompressed, like the gateway) to `endpoint` with the
+/// experiment header MLflow needs.
+pub async fn start_rotel(endpoint: &str, experiment_id: &str) -> anyhow::Result<Collector> {
+    let binary = rotel_binary().context("rotel is not installed; run scripts/bench-setup.sh")?;
+    let dir = tempdir("bench-rotel-")?;
+    let (grpc, http) = (free_port(), free_port());
+    let child = Command::new(binary)
+        .arg("start")
+        .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
+        .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
+        .args(["--exporter", "otlp"])
+        .args(["--otlp-exporter-endpoint", endpoint])
+        .args(["--otlp-exporter-protocol", "http"])
+        .args(["--otlp-exporter-compression", "none"])
+        .args([
+            "--otlp-exporter-custom-headers",
+            &format!("x-mlflow-experiment-id={experiment_id}"),
+        ])
+        .arg("--pid-file")
+        .arg(dir.path().join("rotel.pid"))
+        .arg("--log-file")
+        .arg(dir.path().join("rotel.log"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("rotel.stderr"))?)
+        .spawn()
+        .context("start rotel")?;
+    let collector = Collector {
+        grpc_url: format!("http://127.0.0.1:{grpc}"),
+        http_url: format!("http://127.0.0.1:{http}"),
+        api_url: None,
+        child,
+        _dir: dir,
+    };
+    wait_for_port(grpc, Duration::from_secs(20)).await?;
+    wait_for_port(http, Duration::from_secs(20)).await?;
+    Ok(collector)
+}
+
+/// A real MLflow 3.17.2 server (the project's pinned venv), default worker count.
+pub struct Mlflow {
+    pub url: String,
+    pub backend_uri: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    _dir: tempfile::TempDir,
+}
+
+impl Mlflow {
+    /// `backend_uri` None: a fresh SQLite database.
+    pub async fn start(backend_uri: Option<String>) -> anyhow::Result<Self> {
+        let dir = tempdir("bench-mlflow-")?;
+        let backend_uri =
+            backend_uri.unwrap_or_else(|| format!("sqlite:///{}/mlflow.db", dir.path().display()));
+        let port = free_port();
+        let mut child = Command::new(repo_root().join(".venv/bin/python"))
+            .arg(repo_root().join("tests/support/mlflow_server.py"))
+            .arg(repo_root().join(".venv/bin/mlflow"))
+            .arg(port.to_string())
+            .arg(dir.path())
+            .arg(&backend_uri)
+            .arg(MLFLOW_WORKERS)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("mlflow.log"))?)
+            .spawn()
+            .context("start MLflow (run scripts/setup-mlflow.sh first)")?;
+        let stdin = child.stdin.take();
+        let url = format!("http://127.0.0.1:{port}");
+        let mlflow = Self {
+            url,
+            backend_uri,
+            child,
+            stdin,
+            _dir: dir,
+        };
+        wait_http_ok(&format!("{}/health", mlflow.url), Duration::from_secs(180)).await?;
+        Ok(mlflow)
+    }
+
+    /// Runs one SQL query against MLflow's own store and returns the first column of the first
+    /// row (counting through the REST API would take longer than the measurement).
+    pub fn sql_scalar(&self, sql: &str) -> anyhow::Result<f64> {
+        let out = Command::new(repo_root().join(".venv/bin/python"))
+            .args([
+                "-c",
+                "import sys, sqlalchemy as s\n\
+                 e = s.create_engine(sys.argv[1])\n\
+                 with e.connect() as c: print(c.execute(s.text(sys.argv[2])).scalar())",
+            ])
+            .arg(&self.backend_uri)
+            .arg(sql)
+            .output()?;
+        if !out.status.success() {
+            bail!("query failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+    }
+
+    /// CPU seconds used so far by the server and its workers.
+    pub fn cpu_seconds(&self) -> f64 {
+        group_cpu_seconds(self.child.id())
+    }
+
+    pub async fn create_experiment(&self, name: &str) -> anyhow::Result<String> {
+        let reply: serde_json::Value = reqwest::Client::new()
+            .post(format!("{}/api/2.0/mlflow/experiments/create", self.url))
+            .json(&serde_json::json!({ "name": name }))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        reply["experiment_id"]
+            .as_str()
+            .map(str::to_string)
+            .context("no experiment_id")
+    }
+}
+
+/// MLflow's own default (`mlflow server` starts 4 uvicorn workers).
+const MLFLOW_WORKERS: &str = "4";
+
+impl Drop for Mlflow {
+    fn drop(&mut self) {
+        self.stdin.take();
+        let _ = self.child.wait();
+    }
+}
+
+/// A private PostgreSQL cluster (Debian's package) in a temporary directory.
+pub struct Postgres {
+    pub uri: String,
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    pub fn start() -> anyhow::Result<Self> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .context("PostgreSQL is not installed; run scripts/bench-setup.sh")?
+            .flatten()
+            .map(|d| d.path().join("bin"))
+            .find(|b| b.join("initdb").exists())
+            .context("no initdb under /usr/lib/postgresql")?;
+        let dir = tempdir("bench-pg-")?;
+        let data = dir.path().join("data");
+        let as_root = is_root();
+        if as_root {
+            // initdb refuses to run as root; the cluster belongs to the postgres user.
+            run(Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(dir.path()))?;
+        }
+        let port = free_port();
+        run(pg_command(&bin, "initdb", as_root)
+            .args(["-A", "trust", "-U", "postgres", "-D"])
+            .arg(&data))?;
+        run(pg_command(&bin, "pg_ctl", as_root)
+            .arg("-D")
+            .arg(&data)
+            .arg("-o")
+            .arg(format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1",
+                dir.path().display()
+            ))
+            .arg("-l")
+            .arg(dir.path().join("postgres.log"))
+            .args(["-w", "start"]))?;
+        run(pg_command(&bin, "psql", as_root).args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-q",
+            "-c",
+            "CREATE DATABASE mlflow",
+        ]))?;
+        Ok(Self {
+            uri: format!("postgresql+psycopg://postgres@127.0.0.1:{port}/mlflow"),
+            bin,
+            dir,
+        })
+    }
+
+    pub fn version(&self) -> String {
+        Command::new(self.bin.join("postgres"))
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = pg_command(&self.bin, "pg_ctl", is_root())
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+fn pg_command(bin: &Path, tool: &str, as_root: bool) -> Command {
+    if as_root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin.join(tool));
+        c
+    } else {
+        Command::new(bin.join(tool))
+    }
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let out = cmd.output()?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed: {}",
+            cmd.get_program(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,683 @@
+//! The five scenarios of BENCHMARKS.md and the CI smoke check. Peers are measured in the same
+//! run, one after the other, on the same machine, with the same load.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+
+use crate::Options;
+use crate::load::{self, Live, LoadReport, LoadSpec, Protocol};
+use crate::payload::{SPANS_PER_TRACE, Template};
+use crate::procs::{self, Collector, GatewayOptions, Mlflow, Postgres};
+use crate::sink::Sink;
+
+/// How long delivered counts may lag acknowledged ones once the load stops.
+const DRAIN_LIMIT: Duration = Duration::from_secs(60);
+/// Connections of the load generator in the collector scenarios (OTel testbed style).
+const CONNECTIONS: usize = 4;
+/// The gateway's TraceInfo concurrency in the MLflow scenarios, and the client threads used to
+/// find MLflow's own StartTraceV3 ceiling (more did not help on 2 cores).
+const TRACE_INFO_CLIENTS: usize = 8;
+
+pub async fn smoke() -> anyhow::Result<()> {
+    let template = Template::new(12);
+    let (bytes, ids) = template.stamp();
+    ensure!(
+        crate::payload::count_spans(&bytes) == Some(12),
+        "span counter"
+    );
+    ensure!(
+        ids.len() == 3 && ids[0] != ids[1],
+        "fresh trace ids per trace"
+    );
+    let sink = Sink::start().await?;
+    let gateway = procs::start_gateway(&GatewayOptions {
+        mlflow_url: sink.url(),
+        durable: true,
+        trace_info_concurrency: 4,
+    })
+    .await?;
+    let mut acked = (0, 0);
+    for (protocol, target) in [
+        (Protocol::Grpc, gateway.grpc_url.clone()),
+        (Protocol::Http, gateway.http_url.clone()),
+    ] {
+        let report = load::run(
+            LoadSpec {
+                protocol,
+                target,
+                connections: 2,
+                spans_per_request: 50,
+                rate: Some(2000.0),
+                duration: Duration::from_secs(2),
+                headers: vec![],
+            },
+            Arc::new(Live::default()),
+        )
+        .await?;
+        ensure!(
+            report.error_count() == 0,
+            "{protocol:?} errors: {}",
+            report.errors_text()
+        );
+        acked.0 += report.acked_spans;
+        acked.1 += report.acked_traces;
+    }
+    wait_until(DRAIN_LIMIT, || {
+        sink.spans() >= acked.0 && sink.trace_infos() >= acked.1
+    })
+    .await;
+    println!(
+        "bench smoke: acknowledged {} spans / {} traces, sink received {} spans / {} TraceInfos",
+        acked.0,
+        acked.1,
+        sink.spans(),
+        sink.trace_infos()
+    );
+    ensure!(sink.spans() == acked.0, "sent != delivered (spans)");
+    ensure!(sink.trace_infos() == acked.1, "one TraceInfo per trace");
+    ensure!(
+        sink.bad_requests() == 0,
+        "the sink could not read a request"
+    );
+    drop(gateway);
+    Ok(())
+}
+
+pub async fn run_all(opts: Options) -> anyhow::Result<()> {
+    print_environment();
+    let started = Instant::now();
+    let mut tables = Vec::new();
+    for n in opts.only.clone() {
+        let t = Instant::now();
+        let table = match n {
+            1 => steady(&opts).await,
+            2 => ceiling(&opts).await,
+            3 => end_to_end(&opts).await,
+            4 => ack_latency(&opts).await,
+            5 => complete_traces(&opts).await,
+            _ => bail!("no scenario {n}"),
+        }
+        .with_context(|| format!("scenario {n}"))?;
+        println!(
+            "{table}\n(scenario {n} took {:.0} s)\n",
+            t.elapsed().as_secs_f64()
+        );
+        tables.push(table);
+    }
+    println!(
+        "==== all results ({:.1} min) ====\n",
+        started.elapsed().as_secs_f64() / 60.0
+    );
+    for t in tables {
+        println!("{t}\n");
+    }
+    Ok(())
+}
+
+fn print_environment() {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_default();
+    println!("machine: {cpus} CPUs ({model})");
+    println!(
+        "gateway: {} (release build); rotel: {}",
+        env!("CARGO_PKG_VERSION"),
+        procs::rotel_binary().map_or("not installed".into(), |p| p.display().to_string())
+    );
+}
+
+async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    done()
+}
+
+async fn start_peer(name: &str, sink: &Sink, durable: bool) -> anyhow::Result<Collector> {
+    match name {
+        "gateway" => {
+            procs::start_gateway(&GatewayOptions {
+                mlflow_url: sink.url(),
+                durable,
+                trace_info_concurrency: 4,
+            })
+            .await
+        }
+        _ => procs::start_rotel(&sink.url(), "1").await,
+    }
+}
+
+fn peers() -> Vec<&'static str> {
+    if procs::rotel_binary().is_some() {
+        vec!["gateway", "rotel"]
+    } else {
+        eprintln!("rotel is not installed (scripts/bench-setup.sh); measuring the gateway alone");
+        vec!["gateway"]
+    }
+}
+
+/// Scenario 1: steady 10k spans/s; CPU and peak RSS of each collector.
+async fn steady(opts: &Options) -> anyhow::Result<String> {
+    let mut t = String::from(
+        "### 1. Steady 10k spans/s into the sink (OTLP/gRPC, 100 spans/request, 4 connections)\n\n\
+         | collector | duration | sent spans | delivered | CPU % (of one core) | CPU s per 1M spans | peak RSS MiB | ack p50 ms | ack p99 ms |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    for peer in peers() {
+        let sink = Sink::start().await?;
+        let collector = start_peer(peer, &sink, true).await?;
+        let cpu0 = collector.cpu_seconds();
+        let report = load::run(
+            LoadSpec {
+                protocol: Protocol::Grpc,
+                target: collector.grpc_url.clone(),
+                connections: CONNECTIONS,
+                spans_per_request: 100,
+                rate: Some(10_000.0),
+                duration: opts.secs(60.0),
+                headers: vec![],
+            },
+            Arc::new(Live::default()),
+        )
+        .await?;
+        let delivered = drain(&sink, report.acked_spans).await;
+        let cpu = collector.cpu_seconds() - cpu0;
+        let secs = report.elapsed.as_secs_f64();
+        let row = format!(
+            "| {peer} | {secs:.0} s | {} | {delivered} | {:.1} | {:.2} | {:.1} | {:.2} | {:.2} |",
+            report.acked_spans,
+            100.0 * cpu / secs,
+            cpu / (report.acked_spans as f64 / 1e6),
+            collector.peak_rss_mib(),
+            report.percentile_ms(0.5),
+            report.percentile_ms(0.99),
+        );
+        println!("{row}  errors: {}", report.errors_text());
+        t += &row;
+        t.push('\n');
+    }
+    Ok(t)
+}
+
+async fn drain(sink: &Sink, acked: u64) -> u64 {
+    wait_until(DRAIN_LIMIT, || sink.spans() >= acked).await;
+    // Anything beyond the acknowledged count would be duplicates; let them show.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sink.spans()
+}
+
+/// Scenario 2: the highest sustained delivery rate into the sink, flat-out clients.
+async fn ceiling(opts: &Options) -> anyhow::Result<String> {
+    let mut t = String::from(
+        "### 2. Ceiling into the sink (OTLP/gRPC, 8 connections flat out; delivered spans/s over the steady window)\n\n\
+         | collector | spans/request | acked spans/s | delivered spans/s | sent == delivered | CPU s per 1M spans | peak RSS MiB | errors |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    let warmup = opts.secs(3.0);
+    let window = opts.secs(15.0);
+    for spans in [100, 512] {
+        for peer in peers() {
+            let sink = Sink::start().await?;
+            let collector = start_peer(peer, &sink, true).await?;
+            let live = Arc::new(Live::default());
+            let spec = LoadSpec {
+                protocol: Protocol::Grpc,
+                target: collector.grpc_url.clone(),
+                connections: 8,
+                spans_per_request: spans,
+                rate: None,
+                duration: warmup + window,
+                headers: vec![],
+            };
+            let load = tokio::spawn(load::run(spec, live.clone()));
+            tokio::time::sleep(warmup).await;
+            let (s0, a0, c0) = (
+                sink.spans(),
+                live.acked_spans.load(std::sync::atomic::Ordering::Relaxed),
+                collector.cpu_seconds(),
+            );
+            tokio::time::sleep(window).await;
+            let (s1, a1, c1) = (
+                sink.spans(),
+                live.acked_spans.load(std::sync::atomic::Ordering::Relaxed),
+                collector.cpu_seconds(),
+            );
+            let report: LoadReport = load.await??;
+            let delivered = drain(&sink, report.acked_spans).await;
+            let w = window.as_secs_f64();
+            let row = format!(
+                "| {peer} | {spans} | {:.0} | {:.0} | {} | {:.2} | {:.1} | {} |",
+                (a1 - a0) as f64 / w,
+                (s1 - s0) as f64 / w,
+                same(report.acked_spans, delivered),
+                (c1 - c0) / ((s1 - s0).max(1) as f64 / 1e6),
+                collector.peak_rss_mib(),
+                report.errors_text(),
+            );
+            println!("{row}");
+            t += &row;
+            t.push('\n');
+        }
+    }
+    Ok(t)
+}
+
+/// Scenario 3: apps sending 1 span per request, directly to MLflow vs through the gateway.
+async fn end_to_end(opts: &Options) -> anyhow::Result<String> {
+    let mut t = String::from(
+        "### 3. End to end into a real MLflow 3.17.2 (SQLite, 4 workers), OTLP/HTTP\n\n\
+         | path | spans/request | clients | spans landed/s | landed == acked (counted in MLflow's store) | errors |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    let mlflow = Mlflow::start(None).await?;
+    let mut bulk_rate = 0.0;
+    for (label, spans, clients) in [
+        ("direct to MLflow", 1, 4),
+        ("direct to MLflow (bulk reference)", 1000, 4),
+    ] {
+        let exp = mlflow.create_experiment(&format!("direct-{spans}")).await?;
+        let report = load::run(
+            LoadSpec {
+                protocol: Protocol::Http,
+                target: mlflow.url.clone(),
+                connections: clients,
+                spans_per_request: spans,
+                rate: None,
+                duration: opts.secs(if spans == 1 { 10.0 } else { 15.0 }),
+                headers: vec![("x-mlflow-experiment-id".into(), exp.clone())],
+            },
+            Arc::new(Live::default()),
+        )
+        .await?;
+        let landed = landed_spans(&mlflow, &exp)?;
+        bulk_rate = report.spans_per_sec();
+        let row = format!(
+            "| {label} | {spans} | {clients} | {:.0} | {} | {} |",
+            report.spans_per_sec(),
+            same(report.acked_spans, landed),
+            report.errors_text()
+        );
+        println!("{row}");
+        t += &row;
+        t.push('\n');
+    }
+    // Through the gateway: offered at 1.25x MLflow's bulk rate (just above what it can take, so
+    // the gateway's own CPU use stays in proportion); landed rate from the gateway's export
+    // counter over the saturated window, then the total checked in MLflow after the drain.
+    let offered = (1.25 * bulk_rate).max(100.0).round();
+    let gateway = procs::start_gateway(&GatewayOptions {
+        mlflow_url: mlflow.url.clone(),
+        durable: true,
+        trace_info_concurrency: 4,
+    })
+    .await?;
+    let name = format!("through-gateway-{}", fastrand::u32(..));
+    let exp = mlflow.create_experiment(&name).await?;
+    let live = Arc::new(Live::default());
+    let duration = opts.secs(20.0);
+    let load = tokio::spawn(load::run(
+        LoadSpec {
+            protocol: Protocol::Http,
+            target: gateway.http_url.clone(),
+            connections: 8,
+            spans_per_request: 1,
+            rate: Some(offered),
+            duration,
+            headers: vec![("x-mlflow-experiment-id".into(), exp.clone())],
+        },
+        live.clone(),
+    ));
+    let settle = duration.mul_f64(0.25);
+    tokio::time::sleep(settle).await;
+    let (e0, t0) = (
+        gateway.metric("gateway_export_spans_total").await,
+        Instant::now(),
+    );
+    let cpu0 = Cpu::sample(&gateway, &mlflow);
+    progress(&gateway, duration - settle - Duration::from_millis(200)).await;
+    let (e1, w) = (
+        gateway.metric("gateway_export_spans_total").await,
+        t0.elapsed(),
+    );
+    let cpu = Cpu::sample(&gateway, &mlflow).since(&cpu0, w);
+    let report = load.await??;
+    let drained = Instant::now();
+    while gateway.metric("gateway_export_spans_total").await < report.acked_spans as f64
+        && drained.elapsed() < Duration::from_secs(120)
+    {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let landed = landed_spans(&mlflow, &exp)?;
+    let row = format!(
+        "| through the gateway (offered {offered} spans/s) | 1 | 8 | {:.0} | {} | {} |\n\n\
+         CPU during the gateway's window (% of one core): {cpu}",
+        (e1 - e0) / w.as_secs_f64(),
+        same(report.acked_spans, landed),
+        report.errors_text()
+    );
+    println!("{row}");
+    t += &row;
+    t.push('\n');
+    Ok(t)
+}
+
+/// Spans MLflow stored for an experiment, counted in its own database.
+fn landed_spans(mlflow: &Mlflow, experiment_id: &str) -> anyhow::Result<u64> {
+    Ok(mlflow.sql_scalar(&format!(
+        "SELECT COUNT(*) FROM spans WHERE experiment_id = {experiment_id}"
+    ))? as u64)
+}
+
+/// "yes (sent / arrived)" when nothing was lost or duplicated, "NO (...)" otherwise.
+fn same(sent: u64, arrived: u64) -> String {
+    let verdict = if sent == arrived { "yes" } else { "NO" };
+    format!("{verdict} ({sent} / {arrived})")
+}
+
+/// CPU seconds of the three parties on the machine: the gateway, MLflow (all its processes) and
+/// this process (load generator and sink).
+struct Cpu {
+    gateway: f64,
+    mlflow: f64,
+    bench: f64,
+}
+
+impl Cpu {
+    fn sample(gateway: &Collector, mlflow: &Mlflow) -> Self {
+        Self {
+            gateway: gateway.cpu_seconds(),
+            mlflow: mlflow.cpu_seconds(),
+            bench: procs::cpu_seconds(std::process::id()),
+        }
+    }
+
+    fn since(&self, start: &Cpu, window: Duration) -> String {
+        let pct = |a: f64, b: f64| 100.0 * (a - b) / window.as_secs_f64();
+        format!(
+            "MLflow {:.0} %, gateway {:.0} %, load generator {:.0} %",
+            pct(self.mlflow, start.mlflow),
+            pct(self.gateway, start.gateway),
+            pct(self.bench, start.bench)
+        )
+    }
+}
+
+/// Waits `span`, printing the gateway's export counters every few seconds (what limits a number
+/// shows here: spans exported, TraceInfos written, what waits in the queues).
+async fn progress(gateway: &Collector, span: Duration) {
+    let started = Instant::now();
+    while started.elapsed() < span {
+        tokio::time::sleep((span - started.elapsed()).min(Duration::from_secs(3))).await;
+        println!(
+            "  t={:>4.1}s exported spans {:>7} | TraceInfos {:>6} (queued {:>5}) | retries {:>4} | failures {:>4}",
+            started.elapsed().as_secs_f64(),
+            gateway.metric("gateway_export_spans_total").await,
+            gateway.metric("gateway_export_traces_total").await,
+            gateway.metric("gateway_trace_info_queue").await,
+            gateway.metric("gateway_export_retries_total").await,
+            gateway.metric("gateway_export_failures_total").await,
+        );
+    }
+}
+
+/// Scenario 4: acknowledgement latency at 10k spans/s with the durable spool (fsync always).
+async fn ack_latency(opts: &Options) -> anyhow::Result<String> {
+    let mut t = String::from(
+        "### 4. Ack latency at 10k spans/s, 100 spans/request, 4 connections, into the sink\n\n\
+         | collector | protocol | requests | ack p50 ms | ack p99 ms | ack max ms | errors |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    let mut subjects = vec![("gateway", true), ("gateway", false)];
+    if peers().contains(&"rotel") {
+        subjects.push(("rotel", false));
+    }
+    for (peer, durable) in subjects {
+        for protocol in [Protocol::Grpc, Protocol::Http] {
+            let sink = Sink::start().await?;
+            let collector = start_peer(peer, &sink, durable).await?;
+            let target = match protocol {
+                Protocol::Grpc => collector.grpc_url.clone(),
+                Protocol::Http => collector.http_url.clone(),
+            };
+            let report = load::run(
+                LoadSpec {
+                    protocol,
+                    target,
+                    connections: CONNECTIONS,
+                    spans_per_request: 100,
+                    rate: Some(10_000.0),
+                    duration: opts.secs(20.0),
+                    headers: vec![],
+                },
+                Arc::new(Live::default()),
+            )
+            .await?;
+            let label = match (peer, durable) {
+                ("gateway", true) => "gateway (spool on disk, fsync always)",
+                ("gateway", false) => "gateway (memory queue)",
+                _ => "rotel (memory only)",
+            };
+            let row = format!(
+                "| {label} | {protocol:?} | {} | {:.2} | {:.2} | {:.2} | {} |",
+                report.requests,
+                report.percentile_ms(0.5),
+                report.percentile_ms(0.99),
+                report.max_ms(),
+                report.errors_text()
+            );
+            println!("{row}");
+            t += &row;
+            t.push('\n');
+        }
+    }
+    Ok(t)
+}
+
+/// Scenario 5: complete traces per second (spans and TraceInfo in MLflow) through the gateway
+/// against MLflow's own StartTraceV3 ceiling, on SQLite and on PostgreSQL.
+async fn complete_traces(opts: &Options) -> anyhow::Result<String> {
+    let mut t = String::from(
+        "### 5. Complete traces/s (10-span traces, spans + TraceInfo) vs MLflow's StartTraceV3 ceiling\n\n\
+         | backend | StartTraceV3 ceiling /s (8 clients, traces pre-ingested, best of fresh / kept-alive connections) | through the gateway, complete traces/s | ratio | all complete in MLflow |\n\
+         |---|---|---|---|---|\n",
+    );
+    for backend in ["SQLite", "PostgreSQL"] {
+        let postgres = if backend == "PostgreSQL" {
+            match Postgres::start() {
+                Ok(pg) => {
+                    println!("PostgreSQL: {}", pg.version());
+                    Some(pg)
+                }
+                Err(e) => {
+                    let row = format!("| PostgreSQL | not measured: {e:#} | | | |");
+                    println!("{row}");
+                    t += &row;
+                    t.push('\n');
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        let mlflow = Mlflow::start(postgres.as_ref().map(|p| p.uri.clone())).await?;
+        let fresh = start_trace_ceiling(&mlflow, opts, false).await?;
+        let kept = start_trace_ceiling(&mlflow, opts, true).await?;
+        println!(
+            "  StartTraceV3/s: {fresh:.1} with a fresh connection per call, {kept:.1} kept alive"
+        );
+        let ceiling = fresh.max(kept);
+        let (rate, complete, acked) = gateway_complete_traces(&mlflow, ceiling, opts).await?;
+        let row = format!(
+            "| {backend} | {ceiling:.1} | {rate:.1} | {:.2} | {} |",
+            rate / ceiling,
+            same(acked, complete),
+        );
+        println!("{row}");
+        t += &row;
+        t.push('\n');
+        drop(mlflow);
+        drop(postgres);
+    }
+    Ok(t)
+}
+
+/// StartTraceV3 body as the gateway writes it (client request id, metadata, tags).
+fn start_trace_body(experiment_id: &str, trace_id: &[u8; 16]) -> serde_json::Value {
+    let hex = crate::payload::hex(trace_id);
+    serde_json::json!({"trace": {"trace_info": {
+        "trace_id": format!("tr-{hex}"),
+        "client_request_id": hex,
+        "trace_location": {"type": "MLFLOW_EXPERIMENT", "mlflow_experiment": {"experiment_id": experiment_id}},
+        "request_time": "2026-11-26T12:00:00Z",
+        "execution_duration": "1.450s",
+        "state": "OK",
+        "trace_metadata": {
+            "mlflow.trace.session": "session-4f2a9c7e1b3d",
+            "mlflow.trace.user": "user-82731",
+            "mlflow.source.type": "PROD",
+            "mlflow.trace_schema.version": "3"
+        },
+        "tags": {"feature": "support-chat", "mlflow.traceName": "POST /v1/chat"}
+    }}})
+}
+
+/// MLflow's StartTraceV3 rate on traces whose spans are already in, from TRACE_INFO_CLIENTS
+/// client threads, each with a fresh connection per call or with a kept-alive connection.
+async fn start_trace_ceiling(
+    mlflow: &Mlflow,
+    opts: &Options,
+    keep_alive: bool,
+) -> anyhow::Result<f64> {
+    let exp = mlflow
+        .create_experiment(&format!("start-trace-ceiling-{keep_alive}"))
+        .await?;
+    // Ingest the traces' spans first, in bulk, as the gateway would have.
+    let template = Template::new(1000);
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    let wanted = (opts.secs(12.0).as_secs_f64() * 120.0) as usize;
+    while ids.len() < wanted {
+        let (body, trace_ids) = template.stamp();
+        http.post(format!("{}/v1/traces", mlflow.url))
+            .header("content-type", "application/x-protobuf")
+            .header("x-mlflow-experiment-id", &exp)
+            .body(body)
+            .send()
+            .await?
+            .error_for_status()?;
+        ids.extend(trace_ids);
+    }
+    let ids = Arc::new(std::sync::Mutex::new(ids));
+    let window = opts.secs(12.0);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..TRACE_INFO_CLIENTS {
+        let ids = ids.clone();
+        let (url, exp) = (mlflow.url.clone(), exp.clone());
+        tasks.push(tokio::spawn(async move {
+            let idle = if keep_alive { 1 } else { 0 };
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(idle)
+                .build()?;
+            let mut done = 0u64;
+            while started.elapsed() < window {
+                let Some(id) = ids.lock().ok().and_then(|mut v| v.pop()) else {
+                    break;
+                };
+                http.post(format!("{url}/api/3.0/mlflow/traces"))
+                    .json(&start_trace_body(&exp, &id))
+                    .send()
+                    .await?
+                    .error_for_status()?;
+                done += 1;
+            }
+            anyhow::Ok(done)
+        }));
+    }
+    let mut done = 0;
+    for task in tasks {
+        done += task.await??;
+    }
+    let rate = done as f64 / started.elapsed().as_secs_f64();
+    ensure!(
+        ids.lock().map(|v| !v.is_empty()).unwrap_or(false),
+        "ran out of pre-ingested traces; the ceiling is higher than measured"
+    );
+    Ok(rate)
+}
+
+/// Offers 1.2x the ceiling in 5-span traces; the completion rate comes from the gateway's
+/// TraceInfo counter over the saturated window, the final count from MLflow's store.
+async fn gateway_complete_traces(
+    mlflow: &Mlflow,
+    ceiling: f64,
+    opts: &Options,
+) -> anyhow::Result<(f64, u64, u64)> {
+    let gateway = procs::start_gateway(&GatewayOptions {
+        mlflow_url: mlflow.url.clone(),
+        durable: true,
+        trace_info_concurrency: TRACE_INFO_CLIENTS,
+    })
+    .await?;
+    let exp = mlflow.create_experiment("through-gateway").await?;
+    let duration = opts.secs(24.0);
+    let offered_spans = 1.2 * ceiling * SPANS_PER_TRACE as f64;
+    let live = Arc::new(Live::default());
+    let load = tokio::spawn(load::run(
+        LoadSpec {
+            protocol: Protocol::Grpc,
+            target: gateway.grpc_url.clone(),
+            connections: 2,
+            spans_per_request: 50,
+            rate: Some(offered_spans),
+            duration,
+            headers: vec![("x-mlflow-experiment-id".into(), exp.clone())],
+        },
+        live.clone(),
+    ));
+    let settle = duration.mul_f64(0.25);
+    tokio::time::sleep(settle).await;
+    let (c0, t0) = (
+        gateway.metric("gateway_export_traces_total").await,
+        Instant::now(),
+    );
+    let cpu0 = Cpu::sample(&gateway, mlflow);
+    progress(&gateway, duration - settle - Duration::from_millis(200)).await;
+    let (c1, w) = (
+        gateway.metric("gateway_export_traces_total").await,
+        t0.elapsed(),
+    );
+    println!(
+        "  CPU in the window (% of one core): {}",
+        Cpu::sample(&gateway, mlflow).since(&cpu0, w)
+    );
+    let report = load.await??;
+    ensure!(
+        report.error_count() == 0,
+        "load errors: {}",
+        report.errors_text()
+    );
+    let drained = Instant::now();
+    while gateway.metric("gateway_export_traces_total").await < report.acked_traces as f64
+        && drained.elapsed() < Duration::from_secs(180)
+    {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let complete = mlflow.sql_scalar(&format!(
+        "SELECT COUNT(*) FROM trace_info WHERE experiment_id = {exp} AND client_request_id IS NOT NULL"
+    ))? as u64;
+    Ok(((c1 - c0) / w.as_secs_f64(), complete, report.acked_traces))
+}

@@ -1,0 +1,134 @@
+//! A fast sink that stands in for MLflow's endpoints so a collector's own ceiling can be found.
+//! It is a sink, not an MLflow: it stores nothing and only counts what arrives.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use serde_json::json;
+
+use crate::payload::count_spans;
+
+#[derive(Default)]
+pub struct SinkCounts {
+    pub spans: AtomicU64,
+    pub span_requests: AtomicU64,
+    pub trace_infos: AtomicU64,
+    pub bad_requests: AtomicU64,
+}
+
+pub struct Sink {
+    pub addr: SocketAddr,
+    pub counts: Arc<SinkCounts>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sink {
+    pub async fn start() -> anyhow::Result<Self> {
+        let counts = Arc::new(SinkCounts::default());
+        let app = Router::new()
+            .route("/v1/traces", post(spans))
+            .route("/api/3.0/mlflow/traces", post(trace_info))
+            .route("/health", get(|| async { "OK" }))
+            .route("/api/2.0/mlflow/experiments/get", get(experiment))
+            .route("/api/2.0/mlflow/experiments/get-by-name", get(experiment))
+            .route(
+                "/api/2.0/mlflow/experiments/create",
+                post(|| async { axum::Json(json!({"experiment_id": "1"})) }),
+            )
+            .with_state(counts.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, counts, task })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn spans(&self) -> u64 {
+        self.counts.spans.load(Ordering::Relaxed)
+    }
+
+    pub fn trace_infos(&self) -> u64 {
+        self.counts.trace_infos.load(Ordering::Relaxed)
+    }
+
+    pub fn bad_requests(&self) -> u64 {
+        self.counts.bad_requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn spans(
+    State(c): State<Arc<SinkCounts>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    let gzip = headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    let counted = if gzip {
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_end(&mut plain)
+            .ok()
+            .and_then(|_| count_spans(&plain))
+    } else {
+        count_spans(&body)
+    };
+    match counted {
+        Some(n) => {
+            c.spans.fetch_add(n, Ordering::Relaxed);
+            c.span_requests.fetch_add(1, Ordering::Relaxed);
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/x-protobuf")],
+                Vec::new(),
+            )
+        }
+        None => {
+            c.bad_requests.fetch_add(1, Ordering::Relaxed);
+            (
+                StatusCode::BAD_REQUEST,
+                [(header::CONTENT_TYPE, "text/plain")],
+                b"not an ExportTraceServiceRequest".to_vec(),
+            )
+        }
+    }
+}
+
+async fn trace_info(State(c): State<Arc<SinkCounts>>) -> impl IntoResponse {
+    c.trace_infos.fetch_add(1, Ordering::Relaxed);
+    axum::Json(json!({"trace": {"trace_info": {}}}))
+}
+
+async fn experiment(Query(q): Query<HashMap<String, String>>) -> impl IntoResponse {
+    let id = q
+        .get("experiment_id")
+        .cloned()
+        .unwrap_or_else(|| "1".into());
+    let name = q
+        .get("experiment_name")
+        .cloned()
+        .unwrap_or_else(|| "bench".into());
+    axum::Json(json!({"experiment": {
+        "experiment_id": id, "name": name, "lifecycle_stage": "active"
+    }}))
+}
