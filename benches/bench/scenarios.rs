@@ -21,16 +21,7 @@ const CONNECTIONS: usize = 4;
 const TRACE_INFO_CLIENTS: usize = 8;
 
 pub async fn smoke() -> anyhow::Result<()> {
-    let template = Template::new(12);
-    let (bytes, ids) = template.stamp();
-    ensure!(
-        crate::payload::count_spans(&bytes) == Some(12),
-        "span counter"
-    );
-    ensure!(
-        ids.len() == 3 && ids[0] != ids[1],
-        "fresh trace ids per trace"
-    );
+    check_payloads()?;
     let sink = Sink::start().await?;
     let gateway = procs::start_gateway(&GatewayOptions {
         mlflow_url: sink.url(),
@@ -82,6 +73,49 @@ pub async fn smoke() -> anyhow::Result<()> {
         "the sink could not read a request"
     );
     drop(gateway);
+    Ok(())
+}
+
+/// The stamped templates are what the load claims: every span carries its trace's fresh id, and
+/// the root's client request id is that id in hex.
+fn check_payloads() -> anyhow::Result<()> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    let template = Template::new(25);
+    let (bytes, ids) = template.stamp();
+    ensure!(
+        crate::payload::count_spans(&bytes) == Some(25),
+        "span counter"
+    );
+    ensure!(
+        (template.traces, template.roots) == (3, 3),
+        "traces of 10, 10 and 5 spans"
+    );
+    let req = ExportTraceServiceRequest::decode(&bytes[..])?;
+    let spans: Vec<_> = req.resource_spans[0].scope_spans[0].spans.iter().collect();
+    for (i, span) in spans.iter().enumerate() {
+        ensure!(
+            span.trace_id == ids[i / SPANS_PER_TRACE],
+            "span {i} has its trace's id"
+        );
+    }
+    let request_id = spans[0]
+        .attributes
+        .iter()
+        .find(|kv| kv.key == "client_request_id")
+        .and_then(|kv| kv.value.as_ref()?.value.clone());
+    let want = crate::payload::hex(&ids[0]);
+    ensure!(
+        matches!(request_id, Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(ref v)) if *v == want),
+        "client request id stamped"
+    );
+    let by_span = Template::span_by_span();
+    ensure!(by_span.len() == SPANS_PER_TRACE, "one request per span");
+    ensure!(
+        by_span.iter().map(|t| t.roots).collect::<Vec<_>>()
+            == [vec![0; SPANS_PER_TRACE - 1], vec![1]].concat(),
+        "children first, root last"
+    );
     Ok(())
 }
 
