@@ -6,7 +6,7 @@
 //! TCP writes; mlflow-rest.md §0.11). StartTraceV3 is the exception because it is the one REST
 //! call made per trace: with several calls in flight the 40 ms is hidden (MLflow's StartTraceV3
 //! rate was the same kept-alive and fresh, 35 vs 35-38/s on SQLite and PostgreSQL), while a
-//! fresh connection per trace cost the gateway a third of its CPU at 1000 traces/s
+//! fresh connection per trace cost the gateway about a quarter of its CPU at 1000 traces/s
 //! (BENCHMARKS.md).
 
 use std::time::Duration;

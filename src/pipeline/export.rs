@@ -75,6 +75,16 @@ pub struct SpanBacklog {
     trickle: Arc<AtomicBool>,
 }
 
+/// The one TraceInfo write that goes ahead despite a span backlog; freed on drop, so a write
+/// that fails or panics cannot keep the slot.
+struct TrickleSlot(Arc<AtomicBool>);
+
+impl Drop for TrickleSlot {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// How often a paused TraceInfo worker looks again at the span backlog.
 const TRACE_INFO_PAUSE: Duration = Duration::from_millis(50);
 
@@ -87,26 +97,22 @@ impl SpanBacklog {
         }
     }
 
-    /// Waits until a TraceInfo write may go ahead; `true` when it holds the trickle slot and
-    /// must hand it back with [`SpanBacklog::trickle_done`].
-    async fn trace_info_turn(&self) -> bool {
+    /// Waits until a TraceInfo write may go ahead. While spans are backlogged only the holder
+    /// of the trickle slot may; the slot is handed back when the returned guard is dropped.
+    async fn trace_info_turn(&self) -> Option<TrickleSlot> {
         loop {
             if !self.is_waiting() {
-                return false;
+                return None;
             }
             if self
                 .trickle
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
-                return true;
+                return Some(TrickleSlot(self.trickle.clone()));
             }
             tokio::time::sleep(TRACE_INFO_PAUSE).await;
         }
-    }
-
-    fn trickle_done(&self) {
-        self.trickle.store(false, Ordering::Release);
     }
 
     pub fn handed_over(&self) {
@@ -481,12 +487,10 @@ pub async fn run_trace_info_workers(
             let (client, policy, health) = (client.clone(), policy.clone(), health.clone());
             let spans_first = spans_first.clone();
             async move {
-                let trickle = spans_first.trace_info_turn().await;
+                let slot = spans_first.trace_info_turn().await;
                 metrics::gauge!("gateway_trace_info_queue").decrement(1.0);
                 write_trace_info(&client, &policy, &health, &experiment_id, &job).await;
-                if trickle {
-                    spans_first.trickle_done();
-                }
+                drop(slot);
                 ack.done();
             }
         },
@@ -569,26 +573,28 @@ mod tests {
     async fn trace_info_writers_step_aside_for_a_span_backlog_but_one_keeps_going() {
         let backlog = SpanBacklog::new(2);
         assert!(
-            !backlog.trace_info_turn().await,
+            backlog.trace_info_turn().await.is_none(),
             "no backlog: everyone writes"
         );
         for _ in 0..3 {
             backlog.handed_over();
         }
         assert!(backlog.is_waiting(), "3 batches for 2 workers: one waits");
-        assert!(
-            backlog.trace_info_turn().await,
-            "the trickle writer goes ahead"
-        );
+        let slot = backlog.trace_info_turn().await;
+        assert!(slot.is_some(), "the trickle writer goes ahead");
         let second = tokio::time::timeout(Duration::from_millis(200), backlog.trace_info_turn());
         assert!(
             second.await.is_err(),
             "a second writer waits while spans are backlogged"
         );
-        backlog.trickle_done();
+        drop(slot);
+        assert!(
+            backlog.trace_info_turn().await.is_some(),
+            "the slot is free again once dropped"
+        );
         backlog.finished();
         assert!(!backlog.is_waiting());
-        assert!(!backlog.trace_info_turn().await);
+        assert!(backlog.trace_info_turn().await.is_none());
     }
 
     #[test]
