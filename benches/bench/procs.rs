@@ -18,16 +18,20 @@ pub fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
-/// CPU seconds (user + system) of a process so far.
-pub fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return f64::NAN;
-    };
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+/// A process's group id and CPU seconds (user + system) so far, from one read of its stat file.
+fn proc_stat(pid: u32) -> Option<(u32, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name: pgrp is field 5, utime and stime 14 and 15.
+    let after = stat.rsplit_once(')')?.1;
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / clock_ticks()
+    let pgrp = f.get(2)?.parse().ok()?;
+    Some((pgrp, (ticks(11) + ticks(12)) / clock_ticks()))
+}
+
+/// CPU seconds (user + system) of a process so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    proc_stat(pid).map_or(f64::NAN, |(_, cpu)| cpu)
 }
 
 /// CPU seconds of every process in a process group (MLflow's launcher, server and workers).
@@ -37,27 +41,24 @@ pub fn group_cpu_seconds(pgid: u32) -> f64 {
     };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let after = s.rsplit_once(')')?.1.to_string();
-                    after.split_whitespace().nth(2)?.parse::<u32>().ok()
-                })
-                == Some(pgid)
-        })
-        .map(cpu_seconds)
+        .filter_map(proc_stat)
+        .filter(|&(pgrp, _)| pgrp == pgid)
+        .map(|(_, cpu)| cpu)
         .sum()
 }
 
+/// Clock ticks per second for /proc times, asked of `getconf` once (it is sampled per process).
 fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// Peak resident set size (VmHWM) of a process, in MiB.

@@ -360,45 +360,28 @@ async fn end_to_end(opts: &Options) -> anyhow::Result<String> {
     .await?;
     let name = format!("through-gateway-{}", fastrand::u32(..));
     let exp = mlflow.create_experiment(&name).await?;
-    let live = Arc::new(Live::default());
-    let duration = opts.secs(20.0);
-    let load = tokio::spawn(load::run(
+    let run = through_gateway(
+        &gateway,
+        &mlflow,
         LoadSpec {
             protocol: Protocol::Http,
             target: gateway.http_url.clone(),
             connections: 8,
             spans_per_request: 1,
             rate: Some(offered),
-            duration,
+            duration: opts.secs(20.0),
             headers: vec![("x-mlflow-experiment-id".into(), exp.clone())],
         },
-        live.clone(),
-    ));
-    let settle = duration.mul_f64(0.25);
-    tokio::time::sleep(settle).await;
-    let (e0, t0) = (
-        gateway.metric("gateway_export_spans_total").await,
-        Instant::now(),
-    );
-    let cpu0 = Cpu::sample(&gateway, &mlflow);
-    progress(&gateway, duration - settle - Duration::from_millis(200)).await;
-    let (e1, w) = (
-        gateway.metric("gateway_export_spans_total").await,
-        t0.elapsed(),
-    );
-    let cpu = Cpu::sample(&gateway, &mlflow).since(&cpu0, w);
-    let report = load.await??;
-    let drained = Instant::now();
-    while gateway.metric("gateway_export_spans_total").await < report.acked_spans as f64
-        && drained.elapsed() < Duration::from_secs(120)
-    {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        ("gateway_export_spans_total", |r| r.acked_spans),
+        Duration::from_secs(120),
+    )
+    .await?;
+    let (report, cpu) = (&run.report, &run.cpu);
     let landed = landed_spans(&mlflow, &exp)?;
     let row = format!(
         "| through the gateway (offered {offered} spans/s) | 1 | 8 | {:.0} | {} | {} |\n\n\
          CPU during the gateway's window (% of one core): {cpu}",
-        (e1 - e0) / w.as_secs_f64(),
+        run.rate,
         same(report.acked_spans, landed),
         report.errors_text()
     );
@@ -668,51 +651,75 @@ async fn gateway_complete_traces(
     })
     .await?;
     let exp = mlflow.create_experiment("through-gateway").await?;
-    let duration = opts.secs(24.0);
     let offered_spans = 1.2 * ceiling * SPANS_PER_TRACE as f64;
-    let live = Arc::new(Live::default());
-    let load = tokio::spawn(load::run(
+    let run = through_gateway(
+        &gateway,
+        mlflow,
         LoadSpec {
             protocol: Protocol::Grpc,
             target: gateway.grpc_url.clone(),
             connections: 2,
             spans_per_request: 50,
             rate: Some(offered_spans),
-            duration,
+            duration: opts.secs(24.0),
             headers: vec![("x-mlflow-experiment-id".into(), exp.clone())],
         },
-        live.clone(),
-    ));
-    let settle = duration.mul_f64(0.25);
-    tokio::time::sleep(settle).await;
-    let (c0, t0) = (
-        gateway.metric("gateway_export_traces_total").await,
-        Instant::now(),
-    );
-    let cpu0 = Cpu::sample(&gateway, mlflow);
-    progress(&gateway, duration - settle - Duration::from_millis(200)).await;
-    let (c1, w) = (
-        gateway.metric("gateway_export_traces_total").await,
-        t0.elapsed(),
-    );
-    println!(
-        "  CPU in the window (% of one core): {}",
-        Cpu::sample(&gateway, mlflow).since(&cpu0, w)
-    );
-    let report = load.await??;
+        ("gateway_export_traces_total", |r| r.acked_traces),
+        Duration::from_secs(180),
+    )
+    .await?;
+    println!("  CPU in the window (% of one core): {}", run.cpu);
     ensure!(
-        report.error_count() == 0,
+        run.report.error_count() == 0,
         "load errors: {}",
-        report.errors_text()
+        run.report.errors_text()
     );
-    let drained = Instant::now();
-    while gateway.metric("gateway_export_traces_total").await < report.acked_traces as f64
-        && drained.elapsed() < Duration::from_secs(180)
-    {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
     let complete = mlflow.sql_scalar(&format!(
         "SELECT COUNT(*) FROM trace_info WHERE experiment_id = {exp} AND client_request_id IS NOT NULL"
     ))? as u64;
-    Ok(((c1 - c0) / w.as_secs_f64(), complete, report.acked_traces))
+    Ok((run.rate, complete, run.report.acked_traces))
+}
+
+/// One load through the gateway into MLflow, measured the same way in scenarios 3 and 5.
+struct GatewayRun {
+    /// Rate of the watched gateway counter over the saturated window.
+    rate: f64,
+    /// CPU of the gateway, MLflow and the load generator over that window.
+    cpu: String,
+    report: LoadReport,
+}
+
+/// Runs `spec` against the gateway. After a quarter of the run has settled, measures the rate of
+/// `counter` (a gateway metric) and everyone's CPU over the rest; then waits, up to
+/// `drain_limit`, until the counter reaches what the load had acknowledged (`counter`'s second
+/// half picks that figure from the report).
+async fn through_gateway(
+    gateway: &Collector,
+    mlflow: &Mlflow,
+    spec: LoadSpec,
+    counter: (&str, fn(&LoadReport) -> u64),
+    drain_limit: Duration,
+) -> anyhow::Result<GatewayRun> {
+    let (metric, acknowledged) = counter;
+    let duration = spec.duration;
+    let load = tokio::spawn(load::run(spec, Arc::new(Live::default())));
+    let settle = duration.mul_f64(0.25);
+    tokio::time::sleep(settle).await;
+    let (c0, t0) = (gateway.metric(metric).await, Instant::now());
+    let cpu0 = Cpu::sample(gateway, mlflow);
+    progress(gateway, duration - settle - Duration::from_millis(200)).await;
+    let (c1, window) = (gateway.metric(metric).await, t0.elapsed());
+    let cpu = Cpu::sample(gateway, mlflow).since(&cpu0, window);
+    let report = load.await??;
+    let drained = Instant::now();
+    while gateway.metric(metric).await < acknowledged(&report) as f64
+        && drained.elapsed() < drain_limit
+    {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(GatewayRun {
+        rate: (c1 - c0) / window.as_secs_f64(),
+        cpu,
+        report,
+    })
 }
