@@ -43,6 +43,12 @@ impl Field {
     }
 }
 
+/// Whether `fit` would shorten `value`.
+pub fn exceeds(value: &str, field: Field) -> bool {
+    let max = field.max_chars();
+    value.len() > max && value.chars().nth(max).is_some()
+}
+
 /// Shortens `value` in place to the field's limit in characters (never splitting a UTF-8
 /// character). Returns whether it was shortened, and counts it.
 pub fn fit(value: &mut String, field: Field) -> bool {

@@ -6,3 +6,4 @@ pub mod limits;
 pub mod rules;
 pub mod spans;
 pub mod trace_info;
+pub mod wire;

@@ -212,6 +212,8 @@ pub type CollectedAttrs = BTreeMap<String, String>;
 #[derive(Debug, Clone)]
 pub struct MappingTable {
     rules: Vec<Rule>,
+    /// Every attribute key a rule reads: checked once per attribute of every span.
+    rule_keys: std::collections::HashSet<String>,
     tag_prefixes: Vec<String>,
     static_metadata: BTreeMap<String, String>,
     static_tags: BTreeMap<String, String>,
@@ -267,8 +269,9 @@ impl MappingTable {
                 })
             })
             .filter(|r| !r.keys.is_empty() || r.default.is_some())
-            .collect();
+            .collect::<Vec<Rule>>();
         Self {
+            rule_keys: rules.iter().flat_map(|r| r.keys.iter().cloned()).collect(),
             rules,
             tag_prefixes: cfg.tag_prefixes.clone(),
             static_metadata: cfg.static_metadata.clone(),
@@ -277,11 +280,12 @@ impl MappingTable {
     }
 
     /// Whether an attribute key feeds any rule or tag prefix.
-    fn is_interesting(&self, key: &str) -> bool {
-        self.tag_prefixes
-            .iter()
-            .any(|p| key.starts_with(p.as_str()))
-            || self.rules.iter().any(|r| r.keys.iter().any(|k| k == key))
+    pub fn is_interesting(&self, key: &str) -> bool {
+        self.rule_keys.contains(key)
+            || self
+                .tag_prefixes
+                .iter()
+                .any(|p| key.starts_with(p.as_str()))
     }
 
     /// Records the values of a non-root span's attributes that the table cares about, first

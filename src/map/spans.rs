@@ -2,12 +2,14 @@
 //! must be shortened before MLflow sees it, and what is added to root spans so MLflow lifts
 //! session, user and tags at ingest, before the TraceInfo write lands.
 
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 
 use super::attrs::set_str;
 use super::limits::{self, Field};
 use super::rules::TraceFacts;
+use super::wire::SpanView;
 
 /// Span attributes MLflow reads as the session; over 250 characters they sink the whole batch.
 const SESSION_ATTRS: [&str; 2] = ["session.id", "gen_ai.conversation.id"];
@@ -46,29 +48,64 @@ impl SpanProblem {
 
 /// Checks what MLflow needs of a span. Wrong-length ids are caught here because OTLP/JSON with
 /// snake_case keys decodes into empty ids without an error.
-pub fn check(span: &Span) -> Result<(), SpanProblem> {
-    if span.trace_id.len() != 16 || span.trace_id.iter().all(|b| *b == 0) {
+pub fn check_view(span: &SpanView) -> Result<(), SpanProblem> {
+    check_parts(
+        span.trace_id(),
+        span.span_id(),
+        span.parent_span_id(),
+        span.start_time_unix_nano,
+        span.end_time_unix_nano,
+    )
+}
+
+fn check_parts(
+    trace_id: &[u8],
+    span_id: &[u8],
+    parent_span_id: &[u8],
+    start: u64,
+    end: u64,
+) -> Result<(), SpanProblem> {
+    if trace_id.len() != 16 || trace_id.iter().all(|b| *b == 0) {
         return Err(SpanProblem::BadTraceId);
     }
-    if span.span_id.len() != 8 || span.span_id.iter().all(|b| *b == 0) {
+    if span_id.len() != 8 || span_id.iter().all(|b| *b == 0) {
         return Err(SpanProblem::BadSpanId);
     }
-    if !(span.parent_span_id.is_empty() || span.parent_span_id.len() == 8) {
+    if !(parent_span_id.is_empty() || parent_span_id.len() == 8) {
         return Err(SpanProblem::BadParentId);
     }
     // MLflow stores an end time of 0 as the epoch and gives the trace a negative duration.
-    if span.end_time_unix_nano == 0 {
+    if end == 0 {
         return Err(SpanProblem::Unfinished);
     }
-    if span.end_time_unix_nano < span.start_time_unix_nano {
+    if end < start {
         return Err(SpanProblem::EndBeforeStart);
     }
     Ok(())
 }
 
 /// A span is a trace root when it has no parent (an all-zero parent id counts as none).
-pub fn is_root(span: &Span) -> bool {
-    span.parent_span_id.iter().all(|b| *b == 0)
+pub fn is_root_parent(parent_span_id: &[u8]) -> bool {
+    parent_span_id.iter().all(|b| *b == 0)
+}
+
+/// Whether `fit` may have to change an attribute of this name.
+pub fn may_need_fit(key: &str) -> bool {
+    SESSION_ATTRS.contains(&key)
+}
+
+/// Whether `fit` would change any of these attributes (the span's session attributes).
+pub fn needs_fit(attrs: &[KeyValue]) -> bool {
+    attrs.iter().any(|kv| {
+        may_need_fit(&kv.key)
+            && match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(Value::StringValue(s)) => limits::exceeds(s, Field::SpanSessionId),
+                Some(Value::ArrayValue(_))
+                | Some(Value::KvlistValue(_))
+                | Some(Value::BytesValue(_)) => true,
+                _ => false,
+            }
+    })
 }
 
 /// Shortens the attributes MLflow would reject the whole batch for.
@@ -125,6 +162,20 @@ mod tests {
     use crate::map::attrs::{find_str, kv_str};
     use opentelemetry_proto::tonic::common::v1::KeyValue;
 
+    fn check(s: &Span) -> Result<(), SpanProblem> {
+        check_parts(
+            &s.trace_id,
+            &s.span_id,
+            &s.parent_span_id,
+            s.start_time_unix_nano,
+            s.end_time_unix_nano,
+        )
+    }
+
+    fn is_root(s: &Span) -> bool {
+        is_root_parent(&s.parent_span_id)
+    }
+
     pub fn span(parent: &[u8]) -> Span {
         Span {
             trace_id: vec![1; 16],
@@ -174,7 +225,9 @@ mod tests {
             kv_str("gen_ai.conversation.id", &"y".repeat(251)),
             kv_str("other", &"z".repeat(400)),
         ];
+        assert!(needs_fit(&s.attributes));
         fit(&mut s);
+        assert!(!needs_fit(&s.attributes));
         assert_eq!(find_str(&s.attributes, "session.id").unwrap().len(), 250);
         assert_eq!(
             find_str(&s.attributes, "gen_ai.conversation.id")

@@ -7,12 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
-use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::envelope::{ExperimentRef, Transport};
@@ -23,6 +20,7 @@ use crate::map::attrs::find_str;
 use crate::map::rules::MappingTable;
 use crate::map::spans;
 use crate::map::trace_info::{TraceInfoJob, TraceState, mlflow_trace_id};
+use crate::map::wire::{self, ResourceSpansView};
 use crate::mlflow::experiments::Experiments;
 use crate::spool::{Spool, SpoolError, SpoolRecord};
 
@@ -117,7 +115,7 @@ pub struct Ingest {
 
 struct Group {
     experiment: ExperimentRef,
-    resource_spans: Vec<ResourceSpans>,
+    resource_spans: Vec<ResourceSpansView>,
     span_count: usize,
 }
 
@@ -175,11 +173,11 @@ impl Ingest {
         .increment(spans as u64);
     }
 
-    /// Validates, routes, maps and enqueues one OTLP request.
+    /// Validates, routes, maps and enqueues one OTLP request (read by `map::wire`).
     #[tracing::instrument(skip_all, fields(transport = ctx.transport.as_str(), spans))]
     pub async fn accept(
         &self,
-        request: ExportTraceServiceRequest,
+        request: Vec<ResourceSpansView>,
         ctx: RequestContext,
     ) -> Result<Accepted, IngestError> {
         let transport = ctx.transport.as_str();
@@ -198,24 +196,23 @@ impl Ingest {
         let mut rejected = 0usize;
         let mut problem: Option<String> = None;
         let mut groups: Vec<Group> = Vec::new();
-        for mut rs in request.resource_spans {
+        for mut rs in request {
             let mut count = 0;
             for ss in rs.scope_spans.iter_mut() {
                 received += ss.spans.len();
-                ss.spans.retain(|span| match spans::check(span) {
+                ss.spans.retain(|span| match spans::check_view(span) {
                     Ok(()) => true,
                     Err(p) => {
                         rejected += 1;
                         metrics::counter!("gateway_receiver_spans_rejected_total",
                             "transport" => transport, "reason" => p.as_str())
                         .increment(1);
-                        problem.get_or_insert_with(|| format!("span '{}': {p}", span.name));
+                        problem.get_or_insert_with(|| format!("span '{}': {p}", span.name()));
                         false
                     }
                 });
                 count += ss.spans.len();
             }
-            rs.scope_spans.retain(|ss| !ss.spans.is_empty());
             if count == 0 {
                 continue;
             }
@@ -281,10 +278,7 @@ impl Ingest {
         let mut accepted = 0;
         for mut g in kept {
             let roots = self.map_group(&mut g.resource_spans, &g.experiment);
-            let body = ExportTraceServiceRequest {
-                resource_spans: g.resource_spans,
-            }
-            .encode_to_vec();
+            let body = wire::encode_request(&g.resource_spans);
             let record = SpoolRecord {
                 experiment: g.experiment,
                 span_count: g.span_count,
@@ -381,29 +375,37 @@ impl Ingest {
     }
 
     /// Fits spans to MLflow's limits, records facts of non-root spans, and for each root
-    /// derives the trace's facts, puts them on the root and returns its TraceInfo job.
+    /// derives the trace's facts, puts them on the root and returns its TraceInfo job. Only
+    /// roots and spans that need fitting are decoded; the rest are forwarded as received.
     fn map_group(
         &self,
-        resource_spans: &mut [ResourceSpans],
+        resource_spans: &mut [ResourceSpansView],
         experiment: &ExperimentRef,
     ) -> Vec<TraceInfoJob> {
+        let wanted = |key: &str| self.mapping.is_interesting(key) || spans::may_need_fit(key);
         let mut forgotten = 0;
         for rs in resource_spans.iter_mut() {
-            let resource = resource_attrs(rs.resource.as_ref());
+            let resource = rs.resource.as_ref();
             for ss in rs.scope_spans.iter_mut() {
                 for span in ss.spans.iter_mut() {
-                    spans::fit(span);
-                    if spans::is_root(span) {
+                    if spans::is_root_parent(span.parent_span_id()) {
                         continue;
                     }
-                    let Ok(trace_id) = <[u8; 16]>::try_from(&span.trace_id[..]) else {
+                    let attributes = span.attributes_where(wanted);
+                    if spans::needs_fit(&attributes)
+                        && let Ok(mut decoded) = span.decode()
+                    {
+                        spans::fit(&mut decoded);
+                        span.replace(&decoded);
+                    }
+                    let Ok(trace_id) = <[u8; 16]>::try_from(span.trace_id()) else {
                         continue;
                     };
                     forgotten += self
                         .tracker
                         .record(trace_id, |c| {
-                            self.mapping.collect(&span.attributes, c);
-                            self.mapping.collect(resource, c);
+                            self.mapping.collect(&attributes, c);
+                            self.mapping.collect(resource_attrs(resource), c);
                         })
                         .without_root;
                 }
@@ -411,19 +413,27 @@ impl Ingest {
         }
         let mut jobs = Vec::new();
         for rs in resource_spans.iter_mut() {
-            let resource = resource_attrs(rs.resource.as_ref());
+            let resource = rs.resource.as_ref();
             for ss in rs.scope_spans.iter_mut() {
-                for span in ss.spans.iter_mut().filter(|s| spans::is_root(s)) {
-                    let (Ok(trace_id), Ok(root_span_id)) = (
-                        <[u8; 16]>::try_from(&span.trace_id[..]),
-                        <[u8; 8]>::try_from(&span.span_id[..]),
+                for view in ss.spans.iter_mut() {
+                    if !spans::is_root_parent(view.parent_span_id()) {
+                        continue;
+                    }
+                    let (Ok(trace_id), Ok(root_span_id), Ok(mut span)) = (
+                        <[u8; 16]>::try_from(view.trace_id()),
+                        <[u8; 8]>::try_from(view.span_id()),
+                        view.decode(),
                     ) else {
                         continue;
                     };
+                    spans::fit(&mut span);
                     let (others, evicted) = self.tracker.complete(trace_id);
                     forgotten += evicted.without_root;
-                    let facts = self.mapping.evaluate(&span.attributes, resource, &others);
-                    spans::enrich_root(span, &facts);
+                    let facts =
+                        self.mapping
+                            .evaluate(&span.attributes, resource_attrs(resource), &others);
+                    spans::enrich_root(&mut span, &facts);
+                    view.replace(&span);
                     if let Some(crid) = &facts.client_request_id {
                         self.request_ids.insert(
                             crid.clone(),
@@ -440,7 +450,7 @@ impl Ingest {
                     jobs.push(TraceInfoJob {
                         trace_id,
                         root_span_id,
-                        root_name: span.name.clone(),
+                        root_name: span.name,
                         start_unix_nano: span.start_time_unix_nano,
                         end_unix_nano: span.end_time_unix_nano,
                         state,

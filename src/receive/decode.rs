@@ -3,9 +3,12 @@
 
 use std::io::Read;
 
+use bytes::Bytes;
 use flate2::read::{DeflateDecoder, GzDecoder, ZlibDecoder};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
+
+use crate::map::wire::{self, ResourceSpansView};
 
 /// Body encodings OTLP/HTTP clients use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,9 +96,10 @@ fn read_bounded(
 }
 
 /// Decompresses `body`, never producing more than `limit` bytes.
-pub fn decompress(encoding: Encoding, body: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
-    match encoding {
-        Encoding::Identity => Ok(body.to_vec()),
+pub fn decompress(encoding: Encoding, wire: &Bytes, limit: usize) -> Result<Bytes, DecodeError> {
+    let body = &wire[..];
+    let raw = match encoding {
+        Encoding::Identity => return Ok(wire.clone()),
         Encoding::Gzip => read_bounded(GzDecoder::new(body), limit, "gzip"),
         // "deflate" is zlib-wrapped per RFC 9110, but some clients send raw deflate.
         Encoding::Deflate => {
@@ -112,22 +116,31 @@ pub fn decompress(encoding: Encoding, body: &[u8], limit: usize) -> Result<Vec<u
                 })?;
             read_bounded(decoder, limit, "zstd")
         }
-    }
+    }?;
+    Ok(Bytes::from(raw))
 }
 
-pub fn decode(format: Format, body: &[u8]) -> Result<ExportTraceServiceRequest, DecodeError> {
-    match format {
-        Format::Protobuf => {
-            ExportTraceServiceRequest::decode(body).map_err(|e| DecodeError::Malformed {
-                format: "protobuf",
-                detail: e.to_string(),
-            })
+/// Reads a request into wire views (`map::wire`). JSON is decoded and re-encoded as protobuf
+/// first, so both formats take the same path from here on.
+pub fn decode(format: Format, body: Bytes) -> Result<Vec<ResourceSpansView>, DecodeError> {
+    let body = match format {
+        Format::Protobuf => body,
+        Format::Json => {
+            let request: ExportTraceServiceRequest =
+                serde_json::from_slice(&body).map_err(|e| DecodeError::Malformed {
+                    format: "JSON",
+                    detail: e.to_string(),
+                })?;
+            Bytes::from(request.encode_to_vec())
         }
-        Format::Json => serde_json::from_slice(body).map_err(|e| DecodeError::Malformed {
-            format: "JSON",
-            detail: e.to_string(),
-        }),
-    }
+    };
+    wire::parse_request(&body).map_err(|e| DecodeError::Malformed {
+        format: match format {
+            Format::Protobuf => "protobuf",
+            Format::Json => "JSON",
+        },
+        detail: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -167,34 +180,37 @@ mod tests {
     fn every_encoding_round_trips() {
         let data = b"hello otlp".repeat(100);
         assert_eq!(
-            decompress(Encoding::Gzip, &gzip(&data), 1 << 20).unwrap(),
+            decompress(Encoding::Gzip, &gzip(&data).into(), 1 << 20).unwrap(),
             data
         );
         let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
         z.write_all(&data).unwrap();
         assert_eq!(
-            decompress(Encoding::Deflate, &z.finish().unwrap(), 1 << 20).unwrap(),
+            decompress(Encoding::Deflate, &z.finish().unwrap().into(), 1 << 20).unwrap(),
             data
         );
         let mut d = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
         d.write_all(&data).unwrap();
         assert_eq!(
-            decompress(Encoding::Deflate, &d.finish().unwrap(), 1 << 20).unwrap(),
+            decompress(Encoding::Deflate, &d.finish().unwrap().into(), 1 << 20).unwrap(),
             data
         );
         let zs = zstd::encode_all(&data[..], 1).unwrap();
-        assert_eq!(decompress(Encoding::Zstd, &zs, 1 << 20).unwrap(), data);
+        assert_eq!(
+            decompress(Encoding::Zstd, &zs.into(), 1 << 20).unwrap(),
+            data
+        );
     }
 
     #[test]
     fn a_zip_bomb_is_too_large_not_an_oom() {
         let bomb = gzip(&vec![0u8; 50 << 20]);
         assert!(bomb.len() < 1 << 20, "a 50 MiB bomb fits in under 1 MiB");
-        let err = decompress(Encoding::Gzip, &bomb, 1 << 20).unwrap_err();
+        let err = decompress(Encoding::Gzip, &bomb.into(), 1 << 20).unwrap_err();
         assert!(matches!(err, DecodeError::TooLarge { .. }));
         let zbomb = zstd::encode_all(&vec![0u8; 50 << 20][..], 3).unwrap();
         assert!(matches!(
-            decompress(Encoding::Zstd, &zbomb, 1 << 20),
+            decompress(Encoding::Zstd, &zbomb.into(), 1 << 20),
             Err(DecodeError::TooLarge { .. })
         ));
     }
@@ -202,7 +218,7 @@ mod tests {
     #[test]
     fn corrupt_gzip_is_reported() {
         assert!(matches!(
-            decompress(Encoding::Gzip, b"not gzip", 1 << 20),
+            decompress(Encoding::Gzip, &Bytes::from_static(b"not gzip"), 1 << 20),
             Err(DecodeError::Corrupt { .. })
         ));
     }
@@ -213,10 +229,16 @@ mod tests {
           "scopeSpans":[{"spans":[{"traceId":"5B8EFFF798038103D269B633813FC60C","spanId":"EEE19B7EC3C1B174",
           "name":"root","kind":2,"startTimeUnixNano":"1544712660000000000","endTimeUnixNano":"1544712661000000000",
           "attributes":[{"key":"n","value":{"intValue":"7"}}]}]}]}]}"#;
-        let req = decode(Format::Json, json).unwrap();
-        let span = &req.resource_spans[0].scope_spans[0].spans[0];
-        assert_eq!(span.trace_id.len(), 16);
-        assert_eq!(span.span_id.len(), 8);
+        let req = decode(Format::Json, Bytes::from_static(json)).unwrap();
+        let span = &req[0].scope_spans[0].spans[0];
+        assert_eq!(span.trace_id().len(), 16);
+        assert_eq!(span.span_id().len(), 8);
         assert_eq!(span.end_time_unix_nano, 1544712661000000000);
+        assert_eq!(
+            span.attributes_where(|_| true)[0].value,
+            Some(opentelemetry_proto::tonic::common::v1::AnyValue {
+                value: Some(opentelemetry_proto::tonic::common::v1::any_value::Value::IntValue(7))
+            })
+        );
     }
 }

@@ -10,12 +10,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
 use prost::Message;
 
 use super::decode::{self, DecodeError, Format};
 use super::errors::{RpcStatus, http_status, rpc_code_for_http};
+use crate::map::wire::ResourceSpansView;
 use crate::pipeline::envelope::Transport;
 use crate::pipeline::ingest::{Accepted, Ingest, RequestContext};
 
@@ -139,9 +140,9 @@ async fn export(State(rx): State<HttpReceiver>, headers: HeaderMap, body: Body) 
     };
     let limit = rx.max_decompressed_bytes;
     let wire_len = bytes.len();
-    let work = move || -> Result<ExportTraceServiceRequest, DecodeError> {
+    let work = move || -> Result<Vec<ResourceSpansView>, DecodeError> {
         let raw = decode::decompress(encoding, &bytes, limit)?;
-        decode::decode(format, &raw)
+        decode::decode(format, raw)
     };
     let decoded = if wire_len >= BLOCKING_THRESHOLD {
         match tokio::task::spawn_blocking(work).await {

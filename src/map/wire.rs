@@ -1,0 +1,807 @@
+//! OTLP trace requests read and rewritten on the protobuf wire, without decoding every span.
+//!
+//! The gateway forwards spans as they came: only root spans (TraceInfo facts, enrichment) and
+//! spans with an over-long session id are decoded and re-encoded. Every other span is checked
+//! in place (ids, times, a full structural walk with UTF-8 checks, so anything prost would
+//! refuse is refused here too) and copied byte for byte into the spooled request. A decode of
+//! the whole request allocated ~30 times per span and was the largest share of the gateway's
+//! CPU at 10k spans/s (BENCHMARKS.md, "Changes").
+
+use std::ops::Range;
+
+use bytes::{BufMut, Bytes};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+
+/// Nesting prost accepts before it gives up (its recursion limit); AnyValue arrays and maps
+/// nest without bound on the wire.
+const MAX_DEPTH: usize = 100;
+
+const WIRE_VARINT: u8 = 0;
+const WIRE_I64: u8 = 1;
+const WIRE_LEN: u8 = 2;
+const WIRE_I32: u8 = 5;
+
+/// A request that is not valid OTLP protobuf; the text says where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct WireError(String);
+
+impl WireError {
+    fn new(what: impl Into<String>) -> Self {
+        Self(what.into())
+    }
+}
+
+/// One field as it sits in a message: its number, wire type, value and its whole encoding.
+#[derive(Debug, Clone)]
+struct RawField {
+    number: u32,
+    value: FieldValue,
+    /// Tag, length (if any) and value: what to copy to forward the field unchanged.
+    whole: Range<usize>,
+}
+
+#[derive(Debug, Clone)]
+enum FieldValue {
+    Varint,
+    I64(u64),
+    I32,
+    Len(Range<usize>),
+}
+
+impl FieldValue {
+    fn wire_type(&self) -> u8 {
+        match self {
+            FieldValue::Varint => WIRE_VARINT,
+            FieldValue::I64(_) => WIRE_I64,
+            FieldValue::Len(_) => WIRE_LEN,
+            FieldValue::I32 => WIRE_I32,
+        }
+    }
+}
+
+fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, WireError> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let Some(&byte) = buf.get(*pos) else {
+            return Err(WireError::new("truncated varint"));
+        };
+        *pos += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err(WireError::new("varint longer than 10 bytes"))
+}
+
+/// The fields of one message, in wire order. Groups (deprecated, never in OTLP) are refused.
+struct Fields<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Fields<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    fn read(&mut self) -> Result<RawField, WireError> {
+        let start = self.pos;
+        let key = read_varint(self.buf, &mut self.pos)?;
+        let number = u32::try_from(key >> 3)
+            .ok()
+            .filter(|n| *n > 0 && *n < (1 << 29))
+            .ok_or_else(|| WireError::new(format!("invalid field number {}", key >> 3)))?;
+        let fixed = |pos: &mut usize, n: usize| -> Result<&'a [u8], WireError> {
+            let bytes = self
+                .buf
+                .get(*pos..*pos + n)
+                .ok_or_else(|| WireError::new("truncated fixed-width field"))?;
+            *pos += n;
+            Ok(bytes)
+        };
+        let value = match (key & 7) as u8 {
+            WIRE_VARINT => {
+                read_varint(self.buf, &mut self.pos)?;
+                FieldValue::Varint
+            }
+            WIRE_I64 => {
+                let b = fixed(&mut self.pos, 8)?;
+                FieldValue::I64(u64::from_le_bytes(b.try_into().unwrap_or_default()))
+            }
+            WIRE_I32 => {
+                fixed(&mut self.pos, 4)?;
+                FieldValue::I32
+            }
+            WIRE_LEN => {
+                let len = read_varint(self.buf, &mut self.pos)?;
+                let end = usize::try_from(len)
+                    .ok()
+                    .and_then(|l| self.pos.checked_add(l))
+                    .filter(|end| *end <= self.buf.len())
+                    .ok_or_else(|| {
+                        WireError::new("length-delimited field runs past its message")
+                    })?;
+                let range = self.pos..end;
+                self.pos = end;
+                FieldValue::Len(range)
+            }
+            other => return Err(WireError::new(format!("unsupported wire type {other}"))),
+        };
+        Ok(RawField {
+            number,
+            value,
+            whole: start..self.pos,
+        })
+    }
+}
+
+impl Iterator for Fields<'_> {
+    type Item = Result<RawField, WireError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.pos >= self.buf.len() {
+            return None;
+        }
+        let field = self.read();
+        if field.is_err() {
+            // Stop after the first error; the rest of the buffer cannot be framed.
+            self.pos = self.buf.len();
+        }
+        Some(field)
+    }
+}
+
+/// What a known field of an OTLP message holds, for the structural walk.
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    Bytes,
+    Varint,
+    I64,
+    I32,
+    Msg(&'static Schema),
+}
+
+impl Kind {
+    fn wire_type(self) -> u8 {
+        match self {
+            Kind::Str | Kind::Bytes | Kind::Msg(_) => WIRE_LEN,
+            Kind::Varint => WIRE_VARINT,
+            Kind::I64 => WIRE_I64,
+            Kind::I32 => WIRE_I32,
+        }
+    }
+}
+
+/// A message's known fields (OTLP 1.x, as opentelemetry-proto 0.33 generates them).
+struct Schema {
+    name: &'static str,
+    fields: &'static [(u32, Kind)],
+}
+
+static KEY_VALUE: Schema = Schema {
+    name: "KeyValue",
+    fields: &[
+        (1, Kind::Str),
+        (2, Kind::Msg(&ANY_VALUE)),
+        (3, Kind::Varint),
+    ],
+};
+static ANY_VALUE: Schema = Schema {
+    name: "AnyValue",
+    fields: &[
+        (1, Kind::Str),
+        (2, Kind::Varint),
+        (3, Kind::Varint),
+        (4, Kind::I64),
+        (5, Kind::Msg(&ARRAY_VALUE)),
+        (6, Kind::Msg(&KEY_VALUE_LIST)),
+        (7, Kind::Bytes),
+        (8, Kind::Varint),
+    ],
+};
+static ARRAY_VALUE: Schema = Schema {
+    name: "ArrayValue",
+    fields: &[(1, Kind::Msg(&ANY_VALUE))],
+};
+static KEY_VALUE_LIST: Schema = Schema {
+    name: "KeyValueList",
+    fields: &[(1, Kind::Msg(&KEY_VALUE))],
+};
+static SCOPE: Schema = Schema {
+    name: "InstrumentationScope",
+    fields: &[
+        (1, Kind::Str),
+        (2, Kind::Str),
+        (3, Kind::Msg(&KEY_VALUE)),
+        (4, Kind::Varint),
+    ],
+};
+static EVENT: Schema = Schema {
+    name: "Span.Event",
+    fields: &[
+        (1, Kind::I64),
+        (2, Kind::Str),
+        (3, Kind::Msg(&KEY_VALUE)),
+        (4, Kind::Varint),
+    ],
+};
+static LINK: Schema = Schema {
+    name: "Span.Link",
+    fields: &[
+        (1, Kind::Bytes),
+        (2, Kind::Bytes),
+        (3, Kind::Str),
+        (4, Kind::Msg(&KEY_VALUE)),
+        (5, Kind::Varint),
+        (6, Kind::I32),
+    ],
+};
+static STATUS: Schema = Schema {
+    name: "Status",
+    fields: &[(2, Kind::Str), (3, Kind::Varint)],
+};
+static SPAN: Schema = Schema {
+    name: "Span",
+    fields: &[
+        (1, Kind::Bytes),
+        (2, Kind::Bytes),
+        (3, Kind::Str),
+        (4, Kind::Bytes),
+        (5, Kind::Str),
+        (6, Kind::Varint),
+        (7, Kind::I64),
+        (8, Kind::I64),
+        (9, Kind::Msg(&KEY_VALUE)),
+        (10, Kind::Varint),
+        (11, Kind::Msg(&EVENT)),
+        (12, Kind::Varint),
+        (13, Kind::Msg(&LINK)),
+        (14, Kind::Varint),
+        (15, Kind::Msg(&STATUS)),
+        (16, Kind::I32),
+    ],
+};
+
+/// Checks a message the way prost's decoder would: known fields have their wire type, strings
+/// are UTF-8, nested messages are well formed; unknown fields are skipped.
+fn validate(buf: &[u8], schema: &Schema, depth: usize) -> Result<(), WireError> {
+    if depth > MAX_DEPTH {
+        return Err(WireError::new("message nested too deeply"));
+    }
+    for field in Fields::new(buf) {
+        let field = field.map_err(|e| WireError::new(format!("{}: {e}", schema.name)))?;
+        let Some((_, kind)) = schema.fields.iter().find(|(n, _)| *n == field.number) else {
+            continue;
+        };
+        if field.value.wire_type() != kind.wire_type() {
+            return Err(WireError::new(format!(
+                "{}: field {} has wire type {}, expected {}",
+                schema.name,
+                field.number,
+                field.value.wire_type(),
+                kind.wire_type()
+            )));
+        }
+        if let FieldValue::Len(range) = field.value {
+            match kind {
+                Kind::Str if std::str::from_utf8(&buf[range.clone()]).is_err() => {
+                    return Err(WireError::new(format!(
+                        "{}: field {} is not valid UTF-8",
+                        schema.name, field.number
+                    )));
+                }
+                Kind::Msg(inner) => validate(&buf[range], inner, depth + 1)?,
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One span, checked but not decoded: the facts the gateway needs, and its bytes to forward.
+#[derive(Debug, Clone)]
+pub struct SpanView {
+    /// The encoded `Span` message (without its tag and length).
+    body: Bytes,
+    trace_id: Range<usize>,
+    span_id: Range<usize>,
+    parent_span_id: Range<usize>,
+    name: Range<usize>,
+    pub start_time_unix_nano: u64,
+    pub end_time_unix_nano: u64,
+    /// The span re-encoded after the gateway changed it (root enrichment, fitted values).
+    rewritten: Option<Bytes>,
+}
+
+impl SpanView {
+    fn parse(body: Bytes) -> Result<Self, WireError> {
+        validate(&body, &SPAN, 0)?;
+        let mut view = SpanView {
+            body: Bytes::new(),
+            trace_id: 0..0,
+            span_id: 0..0,
+            parent_span_id: 0..0,
+            name: 0..0,
+            start_time_unix_nano: 0,
+            end_time_unix_nano: 0,
+            rewritten: None,
+        };
+        // Wire types were checked by `validate`; on repeats the last value wins, as in prost.
+        for field in Fields::new(&body) {
+            let field = field?;
+            match (field.number, field.value) {
+                (1, FieldValue::Len(r)) => view.trace_id = r,
+                (2, FieldValue::Len(r)) => view.span_id = r,
+                (4, FieldValue::Len(r)) => view.parent_span_id = r,
+                (5, FieldValue::Len(r)) => view.name = r,
+                (7, FieldValue::I64(v)) => view.start_time_unix_nano = v,
+                (8, FieldValue::I64(v)) => view.end_time_unix_nano = v,
+                _ => {}
+            }
+        }
+        view.body = body;
+        Ok(view)
+    }
+
+    pub fn trace_id(&self) -> &[u8] {
+        &self.body[self.trace_id.clone()]
+    }
+
+    pub fn span_id(&self) -> &[u8] {
+        &self.body[self.span_id.clone()]
+    }
+
+    pub fn parent_span_id(&self) -> &[u8] {
+        &self.body[self.parent_span_id.clone()]
+    }
+
+    pub fn name(&self) -> &str {
+        // Checked as UTF-8 by `validate`.
+        std::str::from_utf8(&self.body[self.name.clone()]).unwrap_or_default()
+    }
+
+    /// Attributes whose key passes `wanted`, decoded; the others are never touched.
+    pub fn attributes_where(&self, mut wanted: impl FnMut(&str) -> bool) -> Vec<KeyValue> {
+        let mut out = Vec::new();
+        for field in Fields::new(&self.body).flatten() {
+            let (9, FieldValue::Len(range)) = (field.number, field.value) else {
+                continue;
+            };
+            let kv = &self.body[range];
+            if key_of(kv).is_some_and(&mut wanted)
+                && let Ok(decoded) = KeyValue::decode(kv)
+            {
+                out.push(decoded);
+            }
+        }
+        out
+    }
+
+    /// The whole span, decoded (for roots and spans the gateway must change).
+    pub fn decode(&self) -> Result<Span, WireError> {
+        Span::decode(&self.body[..]).map_err(|e| WireError::new(format!("Span: {e}")))
+    }
+
+    /// Forward `span` instead of the received bytes.
+    pub fn replace(&mut self, span: &Span) {
+        self.rewritten = Some(Bytes::from(span.encode_to_vec()));
+    }
+
+    /// The bytes that go on to MLflow.
+    fn forwarded(&self) -> &[u8] {
+        self.rewritten.as_deref().unwrap_or(&self.body)
+    }
+}
+
+/// The key of an encoded KeyValue, without decoding its value.
+fn key_of(kv: &[u8]) -> Option<&str> {
+    let mut key = None;
+    for field in Fields::new(kv) {
+        if let Ok(RawField {
+            number: 1,
+            value: FieldValue::Len(r),
+            ..
+        }) = field
+        {
+            key = std::str::from_utf8(&kv[r]).ok();
+        }
+    }
+    key
+}
+
+/// Fields kept as encoded, with their numbers: written back before (number 1) or after
+/// (3 and up) the repeated field in the middle, in the order prost writes them.
+#[derive(Debug, Clone, Default)]
+struct KeptFields(Vec<(u32, Bytes)>);
+
+impl KeptFields {
+    fn keep(&mut self, buf: &Bytes, field: &RawField) {
+        self.0.push((field.number, buf.slice(field.whole.clone())));
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(|(_, b)| b.len()).sum()
+    }
+
+    fn write(&self, out: &mut Vec<u8>, before_middle: bool) {
+        for (_, bytes) in self.0.iter().filter(|(n, _)| (*n < 2) == before_middle) {
+            out.extend_from_slice(bytes);
+        }
+    }
+}
+
+/// A `ScopeSpans`: its spans, and every other field kept as encoded.
+#[derive(Debug, Clone)]
+pub struct ScopeSpansView {
+    kept: KeptFields,
+    pub spans: Vec<SpanView>,
+}
+
+/// A `ResourceSpans`: its resource (also decoded: small, and every span's mapping reads it),
+/// its scopes, and every other field kept as encoded (unknown fields included).
+#[derive(Debug, Clone)]
+pub struct ResourceSpansView {
+    pub resource: Option<Resource>,
+    kept: KeptFields,
+    pub scope_spans: Vec<ScopeSpansView>,
+}
+
+impl ResourceSpansView {
+    pub fn span_count(&self) -> usize {
+        self.scope_spans.iter().map(|s| s.spans.len()).sum()
+    }
+
+    pub fn resource_attributes(&self) -> &[KeyValue] {
+        self.resource
+            .as_ref()
+            .map(|r| &r.attributes[..])
+            .unwrap_or(&[])
+    }
+}
+
+/// Reads an encoded `ExportTraceServiceRequest`. Slices share `body`; nothing is copied.
+pub fn parse_request(body: &Bytes) -> Result<Vec<ResourceSpansView>, WireError> {
+    let mut out = Vec::new();
+    for field in Fields::new(body) {
+        let field = field.map_err(|e| WireError::new(format!("ExportTraceServiceRequest: {e}")))?;
+        match (field.number, field.value) {
+            (1, FieldValue::Len(range)) => out.push(parse_resource_spans(body.slice(range))?),
+            (1, _) => {
+                return Err(WireError::new(
+                    "ExportTraceServiceRequest: resource_spans has the wrong wire type",
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+fn parse_resource_spans(buf: Bytes) -> Result<ResourceSpansView, WireError> {
+    let mut view = ResourceSpansView {
+        resource: None,
+        kept: KeptFields::default(),
+        scope_spans: Vec::new(),
+    };
+    for field in Fields::new(&buf) {
+        let field = field.map_err(|e| WireError::new(format!("ResourceSpans: {e}")))?;
+        match (field.number, &field.value) {
+            (1, FieldValue::Len(r)) => {
+                // prost merges repeated occurrences of a message field; so does this.
+                let resource = view.resource.get_or_insert_with(Resource::default);
+                resource
+                    .merge(&buf[r.clone()])
+                    .map_err(|e| WireError::new(format!("Resource: {e}")))?;
+                view.kept.keep(&buf, &field);
+            }
+            (2, FieldValue::Len(r)) => view
+                .scope_spans
+                .push(parse_scope_spans(buf.slice(r.clone()))?),
+            (3, FieldValue::Len(r)) => {
+                if std::str::from_utf8(&buf[r.clone()]).is_err() {
+                    return Err(WireError::new(
+                        "ResourceSpans: schema_url is not valid UTF-8",
+                    ));
+                }
+                view.kept.keep(&buf, &field);
+            }
+            (1..=3, _) => {
+                return Err(WireError::new(format!(
+                    "ResourceSpans: field {} has the wrong wire type",
+                    field.number
+                )));
+            }
+            _ => view.kept.keep(&buf, &field),
+        }
+    }
+    Ok(view)
+}
+
+fn parse_scope_spans(buf: Bytes) -> Result<ScopeSpansView, WireError> {
+    let mut view = ScopeSpansView {
+        kept: KeptFields::default(),
+        spans: Vec::new(),
+    };
+    for field in Fields::new(&buf) {
+        let field = field.map_err(|e| WireError::new(format!("ScopeSpans: {e}")))?;
+        match (field.number, &field.value) {
+            (1, FieldValue::Len(r)) => {
+                validate(&buf[r.clone()], &SCOPE, 0)?;
+                view.kept.keep(&buf, &field);
+            }
+            (2, FieldValue::Len(r)) => view.spans.push(SpanView::parse(buf.slice(r.clone()))?),
+            (3, FieldValue::Len(r)) => {
+                if std::str::from_utf8(&buf[r.clone()]).is_err() {
+                    return Err(WireError::new("ScopeSpans: schema_url is not valid UTF-8"));
+                }
+                view.kept.keep(&buf, &field);
+            }
+            (1..=3, _) => {
+                return Err(WireError::new(format!(
+                    "ScopeSpans: field {} has the wrong wire type",
+                    field.number
+                )));
+            }
+            _ => view.kept.keep(&buf, &field),
+        }
+    }
+    Ok(view)
+}
+
+fn varint_len(v: usize) -> usize {
+    prost::encoding::encoded_len_varint(v as u64)
+}
+
+/// Length of a length-delimited field with a one-byte tag (field numbers 1-15).
+fn framed_len(payload: usize) -> usize {
+    1 + varint_len(payload) + payload
+}
+
+fn put_framed(out: &mut Vec<u8>, field: u32, payload_len: usize) {
+    out.put_u8(((field << 3) | u32::from(WIRE_LEN)) as u8);
+    prost::encoding::encode_varint(payload_len as u64, out);
+}
+
+fn scope_len(scope: &ScopeSpansView) -> usize {
+    scope.kept.len()
+        + scope
+            .spans
+            .iter()
+            .map(|s| framed_len(s.forwarded().len()))
+            .sum::<usize>()
+}
+
+fn resource_len(rs: &ResourceSpansView) -> usize {
+    rs.kept.len()
+        + rs.scope_spans
+            .iter()
+            .filter(|s| !s.spans.is_empty())
+            .map(|s| framed_len(scope_len(s)))
+            .sum::<usize>()
+}
+
+/// Encodes `ExportTraceServiceRequest { resource_spans }`: received spans and fields as they
+/// came, changed spans re-encoded, scopes left without spans dropped.
+pub fn encode_request(resource_spans: &[ResourceSpansView]) -> Vec<u8> {
+    let total: usize = resource_spans
+        .iter()
+        .map(|rs| framed_len(resource_len(rs)))
+        .sum();
+    let mut out = Vec::with_capacity(total);
+    for rs in resource_spans {
+        put_framed(&mut out, 1, resource_len(rs));
+        rs.kept.write(&mut out, true);
+        for scope in rs.scope_spans.iter().filter(|s| !s.spans.is_empty()) {
+            put_framed(&mut out, 2, scope_len(scope));
+            scope.kept.write(&mut out, true);
+            for span in &scope.spans {
+                let bytes = span.forwarded();
+                put_framed(&mut out, 2, bytes.len());
+                out.extend_from_slice(bytes);
+            }
+            scope.kept.write(&mut out, false);
+        }
+        rs.kept.write(&mut out, false);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::map::attrs::{find_str, kv_str};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, InstrumentationScope};
+    use opentelemetry_proto::tonic::trace::v1::span::Event;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status};
+
+    fn span(n: u8, parent: &[u8]) -> Span {
+        Span {
+            trace_id: vec![n; 16],
+            span_id: vec![n; 8],
+            parent_span_id: parent.to_vec(),
+            name: format!("span-{n}"),
+            start_time_unix_nano: 100 + n as u64,
+            end_time_unix_nano: 200 + n as u64,
+            attributes: vec![kv_str("a", "1"), kv_str("session.id", "s")],
+            events: vec![Event {
+                time_unix_nano: 5,
+                name: "e".into(),
+                ..Default::default()
+            }],
+            status: Some(Status {
+                message: "m".into(),
+                code: 2,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn request() -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![
+                ResourceSpans {
+                    resource: Some(Resource {
+                        attributes: vec![kv_str("service.name", "svc")],
+                        ..Default::default()
+                    }),
+                    scope_spans: vec![ScopeSpans {
+                        scope: Some(InstrumentationScope {
+                            name: "lib".into(),
+                            ..Default::default()
+                        }),
+                        spans: vec![span(1, &[]), span(2, &[1; 8])],
+                        schema_url: "https://scope".into(),
+                    }],
+                    schema_url: "https://resource".into(),
+                },
+                ResourceSpans {
+                    resource: None,
+                    scope_spans: vec![
+                        ScopeSpans {
+                            scope: None,
+                            spans: vec![span(3, &[])],
+                            schema_url: String::new(),
+                        },
+                        ScopeSpans::default(),
+                    ],
+                    schema_url: String::new(),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn unchanged_spans_round_trip_byte_for_byte() {
+        let req = request();
+        let body = Bytes::from(req.encode_to_vec());
+        let views = parse_request(&body).unwrap();
+        assert_eq!(views.len(), 2);
+        assert_eq!(views[0].span_count(), 2);
+        assert_eq!(
+            find_str(views[0].resource_attributes(), "service.name").as_deref(),
+            Some("svc")
+        );
+        let s = &views[0].scope_spans[0].spans[1];
+        assert_eq!(s.trace_id(), &[2; 16]);
+        assert_eq!(s.span_id(), &[2; 8]);
+        assert_eq!(s.parent_span_id(), &[1; 8]);
+        assert_eq!(s.name(), "span-2");
+        assert_eq!((s.start_time_unix_nano, s.end_time_unix_nano), (102, 202));
+        // The empty scope is dropped; everything else is what was sent.
+        let mut want = req.clone();
+        want.resource_spans[1].scope_spans.pop();
+        let out = encode_request(&views);
+        assert_eq!(ExportTraceServiceRequest::decode(&out[..]).unwrap(), want);
+        assert_eq!(out, want.encode_to_vec());
+    }
+
+    #[test]
+    fn changed_spans_are_re_encoded_and_filtered_spans_left_out() {
+        let body = Bytes::from(request().encode_to_vec());
+        let mut views = parse_request(&body).unwrap();
+        let root = &mut views[0].scope_spans[0].spans[0];
+        let mut decoded = root.decode().unwrap();
+        decoded.attributes.push(kv_str("user.id", "u"));
+        root.replace(&decoded);
+        views[1].scope_spans[0].spans.clear();
+        let out = ExportTraceServiceRequest::decode(&encode_request(&views)[..]).unwrap();
+        assert_eq!(out.resource_spans.len(), 2);
+        assert!(out.resource_spans[1].scope_spans.is_empty());
+        let spans = &out.resource_spans[0].scope_spans[0].spans;
+        assert_eq!(
+            find_str(&spans[0].attributes, "user.id").as_deref(),
+            Some("u")
+        );
+        assert_eq!(spans[1], span(2, &[1; 8]));
+    }
+
+    #[test]
+    fn only_wanted_attributes_are_decoded() {
+        let body = Bytes::from(request().encode_to_vec());
+        let views = parse_request(&body).unwrap();
+        let attrs = views[0].scope_spans[0].spans[0].attributes_where(|k| k == "session.id");
+        assert_eq!(attrs, vec![kv_str("session.id", "s")]);
+    }
+
+    #[test]
+    fn what_prost_refuses_is_refused() {
+        // Invalid UTF-8 deep inside an attribute value.
+        let mut bad = span(1, &[]);
+        bad.attributes.push(kv_str("x", "MARK"));
+        let mut bytes = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![bad],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec();
+        let at = bytes.windows(4).position(|w| w == b"MARK").unwrap();
+        bytes[at] = 0xff;
+        assert!(ExportTraceServiceRequest::decode(&bytes[..]).is_err());
+        let err = parse_request(&Bytes::from(bytes)).unwrap_err();
+        assert!(err.to_string().contains("UTF-8"), "{err}");
+
+        // Truncated, and a known field with the wrong wire type.
+        let good = request().encode_to_vec();
+        let cut = Bytes::from(good[..good.len() - 3].to_vec());
+        assert!(parse_request(&cut).is_err());
+        let wrong_type = Bytes::from_static(&[0x0a, 0x04, 0x12, 0x02, 0x10, 0x01]);
+        assert!(ExportTraceServiceRequest::decode(&wrong_type[..]).is_err());
+        assert!(parse_request(&wrong_type).is_err());
+    }
+
+    #[test]
+    fn deep_nesting_is_bounded() {
+        let mut value = AnyValue {
+            value: Some(Value::StringValue("leaf".into())),
+        };
+        for _ in 0..150 {
+            value = AnyValue {
+                value: Some(Value::ArrayValue(ArrayValue {
+                    values: vec![value],
+                })),
+            };
+        }
+        let mut s = span(1, &[]);
+        s.attributes = vec![KeyValue {
+            key: "deep".into(),
+            value: Some(value),
+            ..Default::default()
+        }];
+        let body = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![s],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec();
+        let err = parse_request(&Bytes::from(body)).unwrap_err();
+        assert!(err.to_string().contains("nested"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_travel_unchanged() {
+        // Field 99 (varint) inside ResourceSpans and ScopeSpans: not OTLP today, kept anyway.
+        let mut rs = request().resource_spans.remove(0).encode_to_vec();
+        rs.extend_from_slice(&[0x98, 0x06, 0x07]);
+        let mut body = Vec::new();
+        put_framed(&mut body, 1, rs.len());
+        body.extend_from_slice(&rs);
+        let views = parse_request(&Bytes::from(body.clone())).unwrap();
+        assert_eq!(encode_request(&views), body);
+    }
+}
