@@ -4,6 +4,10 @@
 //! (mlflow-rest.md §0.6), so the body is always complete: time, duration and state from the root
 //! span, the client request id, all metadata and tags.
 
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -60,41 +64,104 @@ fn duration_string(nanos: u64) -> String {
     format!("{}.{:03}s", millis / 1000, millis % 1000)
 }
 
+/// A string map plus one entry that applies only when the map lacks its key; serialized
+/// without copying the map (the body is built once per trace, ~1000 times a second).
+struct WithDefault<'a> {
+    map: &'a BTreeMap<String, String>,
+    default: Option<(&'static str, &'a str)>,
+}
+
+impl Serialize for WithDefault<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let extra = self.default.filter(|(k, _)| !self.map.contains_key(*k));
+        let mut map =
+            serializer.serialize_map(Some(self.map.len() + usize::from(extra.is_some())))?;
+        for (k, v) in self.map {
+            map.serialize_entry(k, v)?;
+        }
+        if let Some((k, v)) = extra {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+#[derive(Serialize)]
+struct StartTrace<'a> {
+    trace: TraceBody<'a>,
+}
+
+#[derive(Serialize)]
+struct TraceBody<'a> {
+    trace_info: TraceInfoBody<'a>,
+}
+
+#[derive(Serialize)]
+struct TraceInfoBody<'a> {
+    trace_id: String,
+    trace_location: serde_json::Value,
+    request_time: String,
+    execution_duration: String,
+    state: &'static str,
+    trace_metadata: WithDefault<'a>,
+    tags: WithDefault<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_request_id: Option<&'a str>,
+}
+
 impl TraceInfoJob {
-    /// The StartTraceV3 request body for `experiment_id`.
-    pub fn body(&self, experiment_id: &str) -> Value {
-        let mut metadata = self.facts.metadata.clone();
-        metadata
-            .entry("mlflow.trace_schema.version".into())
-            .or_insert_with(|| TRACE_SCHEMA_VERSION.into());
-        let mut tags = self.facts.tags.clone();
-        if !tags.contains_key(TRACE_NAME_TAG) && !self.root_name.is_empty() {
+    fn request<'a>(&'a self, experiment_id: &str, trace_name: &'a str) -> StartTrace<'a> {
+        StartTrace {
+            trace: TraceBody {
+                trace_info: TraceInfoBody {
+                    trace_id: mlflow_trace_id(&self.trace_id),
+                    trace_location: json!({
+                        "type": "MLFLOW_EXPERIMENT",
+                        "mlflow_experiment": {"experiment_id": experiment_id}
+                    }),
+                    request_time: rfc3339_millis(self.start_unix_nano),
+                    execution_duration: duration_string(
+                        self.end_unix_nano.saturating_sub(self.start_unix_nano),
+                    ),
+                    state: match self.state {
+                        TraceState::Ok => "OK",
+                        TraceState::Error => "ERROR",
+                    },
+                    trace_metadata: WithDefault {
+                        map: &self.facts.metadata,
+                        default: Some(("mlflow.trace_schema.version", TRACE_SCHEMA_VERSION)),
+                    },
+                    tags: WithDefault {
+                        map: &self.facts.tags,
+                        default: (!trace_name.is_empty()).then_some((TRACE_NAME_TAG, trace_name)),
+                    },
+                    client_request_id: self.facts.client_request_id.as_deref(),
+                },
+            },
+        }
+    }
+
+    /// The root's name as the trace-name tag value (fitted to the tag limit).
+    fn trace_name(&self) -> std::borrow::Cow<'_, str> {
+        if limits::exceeds(&self.root_name, Field::TagValue) {
             let mut name = self.root_name.clone();
             limits::fit(&mut name, Field::TagValue);
-            tags.insert(TRACE_NAME_TAG.into(), name);
+            name.into()
+        } else {
+            self.root_name.as_str().into()
         }
-        let state = match self.state {
-            TraceState::Ok => "OK",
-            TraceState::Error => "ERROR",
-        };
-        let mut info = json!({
-            "trace_id": mlflow_trace_id(&self.trace_id),
-            "trace_location": {
-                "type": "MLFLOW_EXPERIMENT",
-                "mlflow_experiment": {"experiment_id": experiment_id}
-            },
-            "request_time": rfc3339_millis(self.start_unix_nano),
-            "execution_duration": duration_string(
-                self.end_unix_nano.saturating_sub(self.start_unix_nano)
-            ),
-            "state": state,
-            "trace_metadata": metadata,
-            "tags": tags,
-        });
-        if let Some(id) = &self.facts.client_request_id {
-            info["client_request_id"] = Value::String(id.clone());
-        }
-        json!({"trace": {"trace_info": info}})
+    }
+
+    /// The StartTraceV3 request body for `experiment_id`, serialized.
+    pub fn body_bytes(&self, experiment_id: &str) -> Vec<u8> {
+        let name = self.trace_name();
+        serde_json::to_vec(&self.request(experiment_id, &name)).unwrap_or_default()
+    }
+
+    /// The same body as a JSON value (dead letters keep it so a replay can resend it).
+    pub fn body(&self, experiment_id: &str) -> Value {
+        let name = self.trace_name();
+        serde_json::to_value(self.request(experiment_id, &name)).unwrap_or_default()
     }
 }
 
@@ -149,6 +216,23 @@ mod tests {
         assert_eq!(info["trace_metadata"]["mlflow.trace_schema.version"], "3");
         assert_eq!(info["tags"]["team"], "a");
         assert_eq!(info["tags"]["mlflow.traceName"], "handle_chat");
+    }
+
+    #[test]
+    fn the_sent_bytes_are_the_body() {
+        let mut j = job();
+        j.root_name = "n".repeat(5000);
+        j.facts
+            .metadata
+            .insert("mlflow.trace_schema.version".into(), "2".into());
+        let sent: Value = serde_json::from_slice(&j.body_bytes("7")).unwrap();
+        assert_eq!(sent, j.body("7"));
+        let info = &sent["trace"]["trace_info"];
+        assert_eq!(info["trace_metadata"]["mlflow.trace_schema.version"], "2");
+        assert_eq!(
+            info["tags"]["mlflow.traceName"].as_str().map(str::len),
+            Some(4096)
+        );
     }
 
     #[test]

@@ -160,11 +160,12 @@ impl MlflowClient {
     }
 
     /// StartTraceV3: writes a trace's TraceInfo (on a kept-alive connection, see the module doc).
-    pub async fn start_trace(&self, body: &Value) -> Result<(), MlflowError> {
+    pub async fn start_trace(&self, body: Bytes) -> Result<(), MlflowError> {
         let reply = self
             .pooled
             .post(self.url("api/3.0/mlflow/traces"))
-            .json(body)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
             .send()
             .await
             .map_err(transport_error)?;

@@ -506,10 +506,10 @@ async fn write_trace_info(
     experiment_id: &str,
     job: &TraceInfoJob,
 ) {
-    let body = job.body(experiment_id);
+    let body = Bytes::from(job.body_bytes(experiment_id));
     let result = policy
         .run(
-            || client.start_trace(&body),
+            || client.start_trace(body.clone()),
             |e, attempt| note_retry(health, "trace_info", e, attempt),
         )
         .await;

@@ -156,7 +156,8 @@ pub async fn replay(data_dir: &Path, client: &MlflowClient) -> std::io::Result<R
                 let mut info = info.clone();
                 info["trace"]["trace_info"]["trace_location"]["mlflow_experiment"]["experiment_id"] =
                     Value::String(experiment_id.clone());
-                if let Err(e) = client.start_trace(&info).await {
+                let body = Bytes::from(serde_json::to_vec(&info).unwrap_or_default());
+                if let Err(e) = client.start_trace(body).await {
                     result = Err(e);
                     break;
                 }
