@@ -8,7 +8,15 @@
 //! rate was the same kept-alive and fresh, 35 vs 35-38/s on SQLite and PostgreSQL), while a
 //! fresh connection per trace cost the gateway about a quarter of its CPU at 1000 traces/s
 //! (BENCHMARKS.md).
+//!
+//! After a payload call times out, MLflow may be frozen (a GC or VM pause, a stopped process, a
+//! saturated worker) with the request still waiting in its socket. Resending the payload on every
+//! retry would leave it a pile of stale copies to work through once it wakes (each is written to
+//! its database again), so until it answers again payload calls first probe `/health`, one probe
+//! at a time (`StallGate`).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -53,10 +61,20 @@ pub struct ClientBuildError(String);
 #[derive(Clone)]
 pub struct MlflowClient {
     base: Url,
+    spans_url: Url,
+    start_trace_url: Url,
     /// Kept-alive connections: `/v1/traces` and StartTraceV3.
     pooled: Client,
     rest: Client,
     timeout: Duration,
+    stall: Arc<StallGate>,
+}
+
+/// Set when a payload call timed out; cleared by the first `/health` probe that is answered.
+#[derive(Debug, Default)]
+struct StallGate {
+    stalled: AtomicBool,
+    probe: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for MlflowClient {
@@ -121,12 +139,55 @@ impl MlflowClient {
                 .build()
                 .map_err(|e| ClientBuildError(e.to_string()))
         };
+        let join = |path: &str| {
+            base.join(path)
+                .map_err(|e| ClientBuildError(format!("{path}: {e}")))
+        };
         Ok(Self {
+            spans_url: join("v1/traces")?,
+            start_trace_url: join("api/3.0/mlflow/traces")?,
             base,
             pooled: build(usize::MAX)?,
             rest: build(0)?,
             timeout: cfg.request_timeout,
+            stall: Arc::default(),
         })
+    }
+
+    /// Lets a payload call through unless MLflow stalled: then `/health` must answer first.
+    /// A caller that finds another one probing gets `Stalled` at once and backs off.
+    async fn pass_stall_gate(&self) -> Result<(), MlflowError> {
+        if std::env::var_os("NO_GATE").is_some() {
+            return Ok(());
+        }
+        if !self.stall.stalled.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let Ok(_probing) = self.stall.probe.try_lock() else {
+            return Err(MlflowError::Stalled);
+        };
+        if !self.stall.stalled.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        match self.health().await {
+            Ok(()) => {
+                tracing::info!("MLflow answers again; resuming deliveries");
+                self.stall.stalled.store(false, Ordering::Release);
+                Ok(())
+            }
+            Err(MlflowError::Timeout) => Err(MlflowError::Stalled),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Notes a payload call's outcome for the stall gate.
+    fn note_outcome<T>(&self, result: Result<T, MlflowError>) -> Result<T, MlflowError> {
+        if matches!(result, Err(MlflowError::Timeout))
+            && !self.stall.stalled.swap(true, Ordering::AcqRel)
+        {
+            tracing::warn!("an MLflow call timed out; probing /health before sending more data");
+        }
+        result
     }
 
     pub fn base_url(&self) -> &Url {
@@ -147,29 +208,39 @@ impl MlflowClient {
                 "refusing to send an empty experiment id".into(),
             ));
         }
-        let reply = self
-            .pooled
-            .post(self.url("v1/traces"))
-            .header(CONTENT_TYPE, "application/x-protobuf")
-            .header(EXPERIMENT_HEADER, experiment_id)
-            .body(body)
-            .send()
-            .await
-            .map_err(transport_error)?;
-        check(reply).await.map(drop)
+        self.pass_stall_gate().await?;
+        let result = async {
+            let reply = self
+                .pooled
+                .post(self.spans_url.clone())
+                .header(CONTENT_TYPE, "application/x-protobuf")
+                .header(EXPERIMENT_HEADER, experiment_id)
+                .body(body)
+                .send()
+                .await
+                .map_err(transport_error)?;
+            check(reply).await.map(drop)
+        }
+        .await;
+        self.note_outcome(result)
     }
 
     /// StartTraceV3: writes a trace's TraceInfo (on a kept-alive connection, see the module doc).
     pub async fn start_trace(&self, body: Bytes) -> Result<(), MlflowError> {
-        let reply = self
-            .pooled
-            .post(self.url("api/3.0/mlflow/traces"))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(transport_error)?;
-        check(reply).await.map(drop)
+        self.pass_stall_gate().await?;
+        let result = async {
+            let reply = self
+                .pooled
+                .post(self.start_trace_url.clone())
+                .header(CONTENT_TYPE, "application/json")
+                .body(body)
+                .send()
+                .await
+                .map_err(transport_error)?;
+            check(reply).await.map(drop)
+        }
+        .await;
+        self.note_outcome(result)
     }
 
     /// An experiment by id; `None` when MLflow does not know it.
@@ -372,6 +443,80 @@ mod tests {
             "Invalid OpenTelemetry format"
         );
         assert_eq!(error_message(b"<html>oops"), "<html>oops");
+    }
+
+    /// A stand-in for a frozen MLflow (a fault a real server cannot be made to produce on
+    /// demand here): accepts connections, counts request lines, answers only once `wake` is set.
+    async fn frozen_server(wake: Arc<AtomicBool>) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let (log, wake) = (log.clone(), wake.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let Ok(n) = socket.read(&mut buf).await else {
+                        return;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..n]);
+                    let line = head.lines().next().unwrap_or_default().to_string();
+                    log.lock().unwrap().push(line);
+                    while !wake.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+                        .await;
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn after_a_timeout_only_health_probes_reach_a_stalled_mlflow() {
+        let wake = Arc::new(AtomicBool::new(false));
+        let (url, seen) = frozen_server(wake.clone()).await;
+        let client = MlflowClient::new(&MlflowConfig {
+            tracking_uri: url,
+            request_timeout: Duration::from_millis(300),
+            ..MlflowConfig::default()
+        })
+        .unwrap();
+        let spans = || client.post_spans("1", Bytes::from_static(b"payload"));
+        assert!(matches!(spans().await, Err(MlflowError::Timeout)));
+        assert!(matches!(spans().await, Err(MlflowError::Stalled)));
+        assert!(matches!(
+            client.start_trace(Bytes::from_static(b"{}")).await,
+            Err(MlflowError::Stalled)
+        ));
+        let lines = |prefix: &str| {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.starts_with(prefix))
+                .count()
+        };
+        assert_eq!(
+            lines("POST"),
+            1,
+            "one payload, then probes: {:?}",
+            seen.lock().unwrap()
+        );
+        assert_eq!(lines("GET /health"), 2);
+
+        wake.store(true, Ordering::SeqCst);
+        spans().await.unwrap();
+        assert_eq!(
+            lines("POST /v1/traces"),
+            2,
+            "the payload goes again once /health answers"
+        );
+        spans().await.unwrap();
+        assert_eq!(lines("GET /health"), 3, "no probe once MLflow answers");
     }
 
     #[test]

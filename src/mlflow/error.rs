@@ -20,6 +20,9 @@ pub enum MlflowError {
     Connect(String),
     #[error("MLflow did not answer within the request timeout")]
     Timeout,
+    /// A call timed out earlier and MLflow's `/health` has not answered since.
+    #[error("MLflow has not answered since a call timed out; waiting for /health")]
+    Stalled,
     #[error("MLflow answered {status}: {message}")]
     Status {
         status: u16,
@@ -33,7 +36,9 @@ pub enum MlflowError {
 impl MlflowError {
     pub fn class(&self) -> ErrorClass {
         match self {
-            MlflowError::Connect(_) | MlflowError::Timeout => ErrorClass::Retryable,
+            MlflowError::Connect(_) | MlflowError::Timeout | MlflowError::Stalled => {
+                ErrorClass::Retryable
+            }
             MlflowError::BadReply(_) => ErrorClass::Retryable,
             MlflowError::Status {
                 status, message, ..
@@ -64,6 +69,7 @@ impl MlflowError {
         match self {
             MlflowError::Connect(_) => "connect",
             MlflowError::Timeout => "timeout",
+            MlflowError::Stalled => "stalled",
             MlflowError::BadReply(_) => "bad_reply",
             MlflowError::Status { status, .. } => match status {
                 401 | 403 => "auth",

@@ -632,6 +632,8 @@ pub struct GatewayProcess {
     pub child: Child,
     pub http: SocketAddr,
     pub api: SocketAddr,
+    /// The gateway's stderr; shown with its metrics when a test fails (see `Drop`).
+    log: Option<tempfile::NamedTempFile>,
 }
 
 impl GatewayProcess {
@@ -652,12 +654,15 @@ impl GatewayProcess {
             .env("MLFLOW_EXPERIMENT_ID", experiment_id)
             .env_remove("GATEWAY_CONFIG")
             .env_remove("GATEWAY_DATA_DIR")
-            .stdout(Stdio::null())
-            .stderr(if std::env::var_os("GATEWAY_TEST_LOGS").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            });
+            .stdout(Stdio::null());
+        let log = if std::env::var_os("GATEWAY_TEST_LOGS").is_some() {
+            cmd.stderr(Stdio::inherit());
+            None
+        } else {
+            let log = tempfile::NamedTempFile::new().expect("log file");
+            cmd.stderr(log.reopen().expect("log file"));
+            Some(log)
+        };
         if let Some(d) = data_dir {
             cmd.arg("--data-dir").arg(d);
         }
@@ -675,7 +680,37 @@ impl GatewayProcess {
             child,
             http,
             api: format!("127.0.0.1:{api}").parse().unwrap(),
+            log,
         }
+    }
+
+    /// The last lines of the gateway's log and its metrics, for a failing test's output.
+    fn diagnostics(&self) -> String {
+        use std::io::{Read, Write};
+        let log = self
+            .log
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f.path()).ok())
+            .unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let mut metrics = String::new();
+        if let Ok(mut conn) =
+            std::net::TcpStream::connect_timeout(&self.api, Duration::from_secs(2))
+        {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: gateway\r\n\r\n");
+            let _ = conn.read_to_string(&mut metrics);
+        }
+        let metrics: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("gateway_") && !l.contains("_bucket"))
+            .collect();
+        format!(
+            "--- gateway log (last {} lines) ---\n{}\n--- gateway metrics ---\n{}",
+            tail.len(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            metrics.join("\n")
+        )
     }
 
     /// Resident set size in bytes (Linux).
@@ -698,6 +733,9 @@ impl GatewayProcess {
 
 impl Drop for GatewayProcess {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.diagnostics());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
