@@ -232,6 +232,10 @@ impl Gateway {
         )?);
         let (batches_tx, batches_rx) = mpsc::channel(config.mlflow.export_concurrency);
         let (infos_tx, infos_rx) = mpsc::channel(config.queue.max_trace_infos);
+        let backlog = SpanBacklog::new(
+            config.mlflow.export_concurrency,
+            config.mlflow.max_incomplete_traces,
+        );
         let exporter = Arc::new(SpanExporter {
             client: client.clone(),
             experiments,
@@ -239,6 +243,7 @@ impl Gateway {
             trace_infos: infos_tx,
             health: health.clone(),
             dead_letters,
+            backlog: backlog.clone(),
         });
         let reader = {
             let spool = spool.clone();
@@ -250,7 +255,6 @@ impl Gateway {
                 }
             })
         };
-        let backlog = SpanBacklog::new(config.mlflow.export_concurrency);
         let batcher = tokio::spawn(pipeline::batcher::run(
             envelopes_rx,
             batches_tx,

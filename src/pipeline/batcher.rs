@@ -163,7 +163,7 @@ mod tests {
         let spool = Spool::memory(1 << 20);
         let (tx, rx) = mpsc::unbounded_channel();
         let (out_tx, mut out) = mpsc::channel(10);
-        let task = tokio::spawn(run(rx, out_tx, cfg(10, 60_000), SpanBacklog::new(1)));
+        let task = tokio::spawn(run(rx, out_tx, cfg(10, 60_000), SpanBacklog::new(1, 0)));
         for _ in 0..3 {
             tx.send(env(&spool, "1", 4).await).ok().unwrap();
         }
@@ -194,7 +194,7 @@ mod tests {
         let spool = Spool::memory(1 << 20);
         let (tx, rx) = mpsc::unbounded_channel();
         let (out_tx, mut out) = mpsc::channel(10);
-        let _task = tokio::spawn(run(rx, out_tx, cfg(1000, 20), SpanBacklog::new(1)));
+        let _task = tokio::spawn(run(rx, out_tx, cfg(1000, 20), SpanBacklog::new(1, 0)));
         tx.send(env(&spool, "1", 2).await).ok().unwrap();
         let b = tokio::time::timeout(Duration::from_secs(2), out.recv())
             .await

@@ -35,6 +35,7 @@ pub struct SpanExporter {
     pub trace_infos: mpsc::Sender<TraceInfoItem>,
     pub health: Arc<Health>,
     pub dead_letters: Arc<DeadLetters>,
+    pub backlog: SpanBacklog,
 }
 
 /// Runs `workers` tasks taking items from one shared queue until it closes and drains.
@@ -62,17 +63,28 @@ where
     }
 }
 
-/// Span batches handed over by the batcher and not yet delivered. When more of them exist than
-/// there are export workers, MLflow is what holds spans back, and all TraceInfo writers but one
-/// step aside: on SQLite every StartTraceV3 takes the same database lock as a span batch, and
-/// concurrent TraceInfo writes were measured to halve span throughput (BENCHMARKS.md). Spans
-/// land first; one writer keeps TraceInfos moving so they are never starved outright.
+/// Who goes first when MLflow cannot keep up with both span batches and TraceInfo writes.
+///
+/// Spans first, normally: when more batches exist than export workers, MLflow is what holds
+/// spans back, and all TraceInfo writers but one step aside. On SQLite every StartTraceV3 takes
+/// the same database lock as a span batch, and concurrent TraceInfo writes were measured to
+/// halve span throughput (BENCHMARKS.md). One writer keeps TraceInfos moving.
+///
+/// But not without bound: once more than `max_incomplete` delivered traces wait for their
+/// TraceInfo, span batches wait and every TraceInfo writer goes. Under a sustained overload
+/// MLflow then fills with complete traces (client request id, metadata, tags) instead of a
+/// growing pile of spans-only traces that complete only when the load stops (BENCHMARKS.md,
+/// scenario 5).
 #[derive(Clone, Debug)]
 pub struct SpanBacklog {
     batches: Arc<AtomicUsize>,
     workers: usize,
     /// Whether the one TraceInfo writer that ignores the backlog is busy.
     trickle: Arc<AtomicBool>,
+    /// TraceInfo writes queued or in flight for traces whose spans were delivered.
+    incomplete: Arc<AtomicUsize>,
+    /// 0: no bound, spans always first.
+    max_incomplete: usize,
 }
 
 /// The one TraceInfo write that goes ahead despite a span backlog; freed on drop, so a write
@@ -85,23 +97,26 @@ impl Drop for TrickleSlot {
     }
 }
 
-/// How often a paused TraceInfo worker looks again at the span backlog.
+/// How often a paused worker (span or TraceInfo) looks again at the balance.
 const TRACE_INFO_PAUSE: Duration = Duration::from_millis(50);
 
 impl SpanBacklog {
-    pub fn new(workers: usize) -> Self {
+    pub fn new(workers: usize, max_incomplete: usize) -> Self {
         Self {
             batches: Arc::new(AtomicUsize::new(0)),
             workers: workers.max(1),
             trickle: Arc::new(AtomicBool::new(false)),
+            incomplete: Arc::new(AtomicUsize::new(0)),
+            max_incomplete,
         }
     }
 
-    /// Waits until a TraceInfo write may go ahead. While spans are backlogged only the holder
-    /// of the trickle slot may; the slot is handed back when the returned guard is dropped.
+    /// Waits until a TraceInfo write may go ahead. While spans are backlogged (and the traces
+    /// awaiting their TraceInfo are within bound) only the holder of the trickle slot may; the
+    /// slot is handed back when the returned guard is dropped.
     async fn trace_info_turn(&self) -> Option<TrickleSlot> {
         loop {
-            if !self.is_waiting() {
+            if !self.is_waiting() || self.too_many_incomplete() {
                 return None;
             }
             if self
@@ -115,12 +130,32 @@ impl SpanBacklog {
         }
     }
 
+    /// Waits until a span batch may go to MLflow: while too many delivered traces wait for
+    /// their TraceInfo, TraceInfo writes go first.
+    async fn span_turn(&self) {
+        while self.too_many_incomplete() {
+            tokio::time::sleep(TRACE_INFO_PAUSE).await;
+        }
+    }
+
+    fn too_many_incomplete(&self) -> bool {
+        self.max_incomplete > 0 && self.incomplete.load(Ordering::Relaxed) > self.max_incomplete
+    }
+
     pub fn handed_over(&self) {
         self.batches.fetch_add(1, Ordering::Relaxed);
     }
 
     fn finished(&self) {
         self.batches.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn trace_info_queued(&self) {
+        self.incomplete.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn trace_info_done(&self) {
+        self.incomplete.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Whether a span batch is waiting for a free export worker.
@@ -139,6 +174,7 @@ pub async fn run_span_workers(
     worker_pool(batches, workers, move |batch| {
         let (exporter, backlog) = (exporter.clone(), backlog.clone());
         async move {
+            backlog.span_turn().await;
             exporter.deliver(batch).await;
             backlog.finished();
         }
@@ -441,7 +477,10 @@ impl SpanExporter {
 
     fn enqueue_trace_info(&self, experiment_id: String, job: TraceInfoJob, ack: Ack) {
         match self.trace_infos.try_send((experiment_id, job, ack)) {
-            Ok(()) => metrics::gauge!("gateway_trace_info_queue").increment(1.0),
+            Ok(()) => {
+                self.backlog.trace_info_queued();
+                metrics::gauge!("gateway_trace_info_queue").increment(1.0);
+            }
             Err(e) => {
                 let (_, job, ack) = e.into_inner();
                 metrics::counter!("gateway_trace_info_dropped_total").increment(1);
@@ -491,6 +530,7 @@ pub async fn run_trace_info_workers(
                 metrics::gauge!("gateway_trace_info_queue").decrement(1.0);
                 write_trace_info(&client, &policy, &health, &experiment_id, &job).await;
                 drop(slot);
+                spans_first.trace_info_done();
                 ack.done();
             }
         },
@@ -571,7 +611,7 @@ mod tests {
 
     #[tokio::test]
     async fn trace_info_writers_step_aside_for_a_span_backlog_but_one_keeps_going() {
-        let backlog = SpanBacklog::new(2);
+        let backlog = SpanBacklog::new(2, 0);
         assert!(
             backlog.trace_info_turn().await.is_none(),
             "no backlog: everyone writes"
@@ -595,6 +635,43 @@ mod tests {
         backlog.finished();
         assert!(!backlog.is_waiting());
         assert!(backlog.trace_info_turn().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn span_batches_wait_while_too_many_traces_lack_their_trace_info() {
+        let backlog = SpanBacklog::new(1, 2);
+        for _ in 0..3 {
+            backlog.handed_over();
+        }
+        for _ in 0..2 {
+            backlog.trace_info_queued();
+        }
+        let turn = |b: &SpanBacklog| {
+            let b = b.clone();
+            async move {
+                tokio::time::timeout(Duration::from_millis(200), b.span_turn())
+                    .await
+                    .is_ok()
+            }
+        };
+        assert!(turn(&backlog).await, "within bound: spans go");
+        let slot = backlog.trace_info_turn().await;
+        assert!(slot.is_some(), "spans first: one trickle writer");
+        backlog.trace_info_queued();
+        assert!(!turn(&backlog).await, "over bound: spans wait");
+        assert!(
+            backlog.trace_info_turn().await.is_none(),
+            "over bound: every TraceInfo writer goes, trickle slot or not"
+        );
+        backlog.trace_info_done();
+        assert!(turn(&backlog).await, "back within bound: spans go again");
+        drop(slot);
+
+        let unbounded = SpanBacklog::new(1, 0);
+        for _ in 0..1000 {
+            unbounded.trace_info_queued();
+        }
+        assert!(turn(&unbounded).await, "0 = no bound");
     }
 
     #[test]
