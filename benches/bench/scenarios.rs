@@ -14,6 +14,9 @@ use crate::sink::Sink;
 
 /// How long delivered counts may lag acknowledged ones once the load stops.
 const DRAIN_LIMIT: Duration = Duration::from_secs(60);
+/// The gateway's TraceInfo concurrency when looking for its ceiling: one StartTraceV3 per 10
+/// spans is thousands per second there, more than the default 4 (sized for MLflow) carry.
+const CEILING_TRACE_INFO_CONCURRENCY: usize = 16;
 /// Connections of the load generator in the collector scenarios (OTel testbed style).
 const CONNECTIONS: usize = 4;
 /// The gateway's TraceInfo concurrency in the MLflow scenarios, and the client threads used to
@@ -181,12 +184,22 @@ async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 }
 
 async fn start_peer(name: &str, sink: &Sink, durable: bool) -> anyhow::Result<Collector> {
+    start_peer_with(name, sink, durable, 4).await
+}
+
+/// `trace_info_concurrency` only applies to the gateway (rotel writes no TraceInfo).
+async fn start_peer_with(
+    name: &str,
+    sink: &Sink,
+    durable: bool,
+    trace_info_concurrency: usize,
+) -> anyhow::Result<Collector> {
     match name {
         "gateway" => {
             procs::start_gateway(&GatewayOptions {
                 mlflow_url: sink.url(),
                 durable,
-                trace_info_concurrency: 4,
+                trace_info_concurrency,
             })
             .await
         }
@@ -257,15 +270,16 @@ async fn drain(sink: &Sink, acked: u64) -> u64 {
 async fn ceiling(opts: &Options) -> anyhow::Result<String> {
     let mut t = String::from(
         "### 2. Ceiling into the sink (OTLP/gRPC, 8 connections flat out; delivered spans/s over the steady window)\n\n\
-         | collector | spans/request | acked spans/s | delivered spans/s | sent == delivered | CPU s per 1M spans | peak RSS MiB | errors |\n\
-         |---|---|---|---|---|---|---|---|\n",
+         | collector | spans/request | acked spans/s | delivered spans/s | TraceInfos/s | sent == delivered (spans; TraceInfos) | CPU s per 1M spans | peak RSS MiB | errors |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
     );
     let warmup = opts.secs(3.0);
     let window = opts.secs(15.0);
     for spans in [100, 512] {
         for peer in peers() {
             let sink = Sink::start().await?;
-            let collector = start_peer(peer, &sink, true).await?;
+            let collector =
+                start_peer_with(peer, &sink, true, CEILING_TRACE_INFO_CONCURRENCY).await?;
             let live = Arc::new(Live::default());
             let spec = LoadSpec {
                 protocol: Protocol::Grpc,
@@ -278,24 +292,33 @@ async fn ceiling(opts: &Options) -> anyhow::Result<String> {
             };
             let load = tokio::spawn(load::run(spec, live.clone()));
             tokio::time::sleep(warmup).await;
-            let (s0, a0, c0) = (
+            let (s0, a0, c0, i0) = (
                 sink.spans(),
                 live.acked_spans.load(std::sync::atomic::Ordering::Relaxed),
                 collector.cpu_seconds(),
+                sink.trace_infos(),
             );
             tokio::time::sleep(window).await;
-            let (s1, a1, c1) = (
+            let (s1, a1, c1, i1) = (
                 sink.spans(),
                 live.acked_spans.load(std::sync::atomic::Ordering::Relaxed),
                 collector.cpu_seconds(),
+                sink.trace_infos(),
             );
             let report: LoadReport = load.await??;
             let delivered = drain(&sink, report.acked_spans).await;
+            let infos = if peer == "gateway" {
+                wait_until(DRAIN_LIMIT, || sink.trace_infos() >= report.acked_traces).await;
+                format!("; {}", same(report.acked_traces, sink.trace_infos()))
+            } else {
+                "; none written".into()
+            };
             let w = window.as_secs_f64();
             let row = format!(
-                "| {peer} | {spans} | {:.0} | {:.0} | {} | {:.2} | {:.1} | {} |",
+                "| {peer} | {spans} | {:.0} | {:.0} | {:.0} | {}{infos} | {:.2} | {:.1} | {} |",
                 (a1 - a0) as f64 / w,
                 (s1 - s0) as f64 / w,
+                (i1 - i0) as f64 / w,
                 same(report.acked_spans, delivered),
                 (c1 - c0) / ((s1 - s0).max(1) as f64 / 1e6),
                 collector.peak_rss_mib(),

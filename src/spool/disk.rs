@@ -23,6 +23,10 @@ use super::{FsyncPolicy, RecordId, SpoolError, SpoolRecord, Stats};
 
 /// Concurrent appends batched into one write and one fsync.
 const MAX_GROUP: usize = 256;
+/// Records the reader is about to take are also kept in memory, up to this many bytes, and
+/// handed over without reading them back and decoding them (the reader is normally right
+/// behind the writer). Beyond it, and after a restart, records are read from disk.
+const HOT_TAIL_MAX_BYTES: usize = 8 << 20;
 
 struct Segment {
     records: u64,
@@ -34,7 +38,8 @@ struct Segment {
 
 struct Active {
     id: u64,
-    file: File,
+    /// Shared so a group's fsync can run without holding the state lock.
+    file: Arc<File>,
     len: u64,
 }
 
@@ -43,6 +48,9 @@ struct State {
     segments: BTreeMap<u64, Segment>,
     active: Option<Active>,
     unread: VecDeque<(RecordId, u32)>,
+    /// Decoded copies of unread records (`HOT_TAIL_MAX_BYTES`).
+    hot: HashMap<RecordId, (SpoolRecord, usize)>,
+    hot_bytes: usize,
     readers: HashMap<u64, Arc<File>>,
     disk_bytes: u64,
     unacked: u64,
@@ -54,6 +62,8 @@ struct State {
 
 struct WriteRequest {
     frame: Vec<u8>,
+    /// The record itself, handed to the reader from memory if there is room.
+    keep: Option<SpoolRecord>,
     received_ms: u64,
     reply: oneshot::Sender<Result<(), SpoolError>>,
 }
@@ -138,7 +148,11 @@ impl State {
                 first_ms: None,
             },
         );
-        self.active = Some(Active { id, file, len: 0 });
+        self.active = Some(Active {
+            id,
+            file: Arc::new(file),
+            len: 0,
+        });
         Ok(())
     }
 }
@@ -222,6 +236,8 @@ impl SegmentLog {
             segments,
             active: None,
             unread,
+            hot: HashMap::new(),
+            hot_bytes: 0,
             readers: HashMap::new(),
             disk_bytes,
             unacked,
@@ -271,12 +287,18 @@ impl SegmentLog {
         ))
     }
 
-    pub async fn append(&self, payload: Vec<u8>) -> Result<(), SpoolError> {
+    /// Appends an encoded record; `keep` is the record itself, for the hot tail.
+    pub async fn append(
+        &self,
+        payload: Vec<u8>,
+        keep: Option<SpoolRecord>,
+    ) -> Result<(), SpoolError> {
         let (reply, rx) = oneshot::channel();
         let received_ms = crate::feedback::store::now_ms();
         self.writer
             .send(WriteRequest {
                 frame: frame::encode(&payload),
+                keep,
                 received_ms,
                 reply,
             })
@@ -302,6 +324,14 @@ impl SegmentLog {
             }
             notified.await;
         }
+    }
+
+    /// The record at `id` if it is still held in memory (the hot tail).
+    pub fn take_hot(&self, id: RecordId) -> Option<SpoolRecord> {
+        let mut s = State::lock(&self.state);
+        let (record, size) = s.hot.remove(&id)?;
+        s.hot_bytes -= size;
+        Some(record)
     }
 
     /// Reads one record's payload.
@@ -503,10 +533,17 @@ fn write_group(
     let mut sync_error = None;
     if !written.is_empty() {
         s.dirty = true;
-        if fsync == FsyncPolicy::Always
-            && let Some(a) = &s.active
-        {
-            match a.file.sync_data() {
+        let to_sync = match (&s.active, fsync) {
+            (Some(a), FsyncPolicy::Always) => Some(a.file.clone()),
+            _ => None,
+        };
+        if let Some(file) = to_sync {
+            // Without the lock: acks, the reader and metrics must not wait for the disk. This
+            // is the only writer, and nothing reads these records before they are in `unread`.
+            drop(s);
+            let synced = file.sync_data();
+            s = State::lock(state);
+            match synced {
                 Ok(()) => s.dirty = false,
                 Err(e) => sync_error = Some(e.to_string()),
             }
@@ -514,6 +551,15 @@ fn write_group(
     }
     for (i, id, len) in written {
         s.unread.push_back((id, len));
+        if sync_error.is_none()
+            && let Some(record) = group[i].keep.take()
+        {
+            let size = record.encoded_len();
+            if s.hot_bytes + size <= HOT_TAIL_MAX_BYTES {
+                s.hot_bytes += size;
+                s.hot.insert(id, (record, size));
+            }
+        }
         results[i] = Some(match &sync_error {
             // The data may still reach the disk, and will be delivered; but the client must
             // not count on it, so it is told to retry (a duplicate is harmless).
@@ -561,7 +607,7 @@ mod tests {
         {
             let (log, _) = open(dir.path(), 1 << 20, 1 << 30).await;
             for n in 1..=5 {
-                log.append(record(n).encode()).await.unwrap();
+                log.append(record(n).encode(), None).await.unwrap();
             }
             let got = read_all(&log, 2).await;
             log.ack(got[0].0);
@@ -589,7 +635,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (log, _) = open(dir.path(), 600, 1 << 30).await;
         for n in 1..=6 {
-            log.append(record(n).encode()).await.unwrap();
+            log.append(record(n).encode(), None).await.unwrap();
         }
         let files = std::fs::read_dir(dir.path()).unwrap().count();
         assert!(files >= 3, "rotated into {files} segments");
@@ -606,9 +652,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let one = record(1).encode().len() as u64 + frame::HEADER_LEN as u64;
         let (log, _) = open(dir.path(), 1 << 20, one + 10).await;
-        log.append(record(1).encode()).await.unwrap();
+        log.append(record(1).encode(), None).await.unwrap();
         assert!(matches!(
-            log.append(record(2).encode()).await,
+            log.append(record(2).encode(), None).await,
             Err(SpoolError::Full(_))
         ));
         assert!(log.stats().disk_full);
@@ -620,7 +666,7 @@ mod tests {
         {
             let (log, _) = open(dir.path(), 1 << 20, 1 << 30).await;
             for n in 1..=3 {
-                log.append(record(n).encode()).await.unwrap();
+                log.append(record(n).encode(), None).await.unwrap();
             }
             log.close().await;
         }
@@ -642,7 +688,7 @@ mod tests {
             vec![1, 2]
         );
         // New appends go to a new segment, after the damaged one.
-        log.append(record(9).encode()).await.unwrap();
+        log.append(record(9).encode(), None).await.unwrap();
         assert_eq!(read_all(&log, 1).await[0].1.span_count, 9);
     }
 
@@ -650,10 +696,10 @@ mod tests {
     async fn closed_logs_drain_then_end() {
         let dir = tempfile::tempdir().unwrap();
         let (log, _) = open(dir.path(), 1 << 20, 1 << 30).await;
-        log.append(record(1).encode()).await.unwrap();
+        log.append(record(1).encode(), None).await.unwrap();
         log.close().await;
         assert!(matches!(
-            log.append(record(2).encode()).await,
+            log.append(record(2).encode(), None).await,
             Err(SpoolError::Closed)
         ));
         assert!(log.next_position().await.is_some());
