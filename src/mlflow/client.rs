@@ -180,16 +180,6 @@ impl MlflowClient {
         }
     }
 
-    /// Notes a payload call's outcome for the stall gate.
-    fn note_outcome<T>(&self, result: Result<T, MlflowError>) -> Result<T, MlflowError> {
-        if matches!(result, Err(MlflowError::Timeout))
-            && !self.stall.stalled.swap(true, Ordering::AcqRel)
-        {
-            tracing::warn!("an MLflow call timed out; probing /health before sending more data");
-        }
-        result
-    }
-
     pub fn base_url(&self) -> &Url {
         &self.base
     }
@@ -208,39 +198,38 @@ impl MlflowClient {
                 "refusing to send an empty experiment id".into(),
             ));
         }
-        self.pass_stall_gate().await?;
-        let result = async {
-            let reply = self
-                .pooled
-                .post(self.spans_url.clone())
-                .header(CONTENT_TYPE, "application/x-protobuf")
-                .header(EXPERIMENT_HEADER, experiment_id)
-                .body(body)
-                .send()
-                .await
-                .map_err(transport_error)?;
-            check(reply).await.map(drop)
-        }
-        .await;
-        self.note_outcome(result)
+        let request = self
+            .pooled
+            .post(self.spans_url.clone())
+            .header(CONTENT_TYPE, "application/x-protobuf")
+            .header(EXPERIMENT_HEADER, experiment_id)
+            .body(body);
+        self.send_payload(request).await
     }
 
     /// StartTraceV3: writes a trace's TraceInfo (on a kept-alive connection, see the module doc).
     pub async fn start_trace(&self, body: Bytes) -> Result<(), MlflowError> {
+        let request = self
+            .pooled
+            .post(self.start_trace_url.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .body(body);
+        self.send_payload(request).await
+    }
+
+    /// Sends a payload call through the stall gate and notes a timeout for it.
+    async fn send_payload(&self, request: reqwest::RequestBuilder) -> Result<(), MlflowError> {
         self.pass_stall_gate().await?;
-        let result = async {
-            let reply = self
-                .pooled
-                .post(self.start_trace_url.clone())
-                .header(CONTENT_TYPE, "application/json")
-                .body(body)
-                .send()
-                .await
-                .map_err(transport_error)?;
-            check(reply).await.map(drop)
+        let result = match request.send().await {
+            Ok(reply) => check(reply).await.map(drop),
+            Err(e) => Err(transport_error(e)),
+        };
+        if matches!(result, Err(MlflowError::Timeout))
+            && !self.stall.stalled.swap(true, Ordering::AcqRel)
+        {
+            tracing::warn!("an MLflow call timed out; probing /health before sending more data");
         }
-        .await;
-        self.note_outcome(result)
+        result
     }
 
     /// An experiment by id; `None` when MLflow does not know it.
