@@ -16,7 +16,7 @@
 //! at a time (`StallGate`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -75,7 +75,14 @@ pub struct MlflowClient {
 struct StallGate {
     stalled: AtomicBool,
     probe: tokio::sync::Mutex<()>,
+    /// Payload calls that timed out in a row; each doubles the next call's timeout (up to
+    /// `MAX_TIMEOUT_DOUBLINGS`), so a batch MLflow needs longer than the configured timeout for
+    /// (a big batch on a loaded server) is not abandoned and resent forever.
+    timeouts_in_a_row: AtomicU32,
 }
+
+/// A payload call's timeout grows to at most 2^4 = 16 times `mlflow.request_timeout`.
+const MAX_TIMEOUT_DOUBLINGS: u32 = 4;
 
 impl std::fmt::Debug for MlflowClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -220,14 +227,27 @@ impl MlflowClient {
     /// Sends a payload call through the stall gate and notes a timeout for it.
     async fn send_payload(&self, request: reqwest::RequestBuilder) -> Result<(), MlflowError> {
         self.pass_stall_gate().await?;
-        let result = match request.send().await {
+        let doublings = self
+            .stall
+            .timeouts_in_a_row
+            .load(Ordering::Relaxed)
+            .min(MAX_TIMEOUT_DOUBLINGS);
+        let timeout = self.timeout.saturating_mul(1 << doublings);
+        let result = match request.timeout(timeout).send().await {
             Ok(reply) => check(reply).await.map(drop),
             Err(e) => Err(transport_error(e)),
         };
-        if matches!(result, Err(MlflowError::Timeout))
-            && !self.stall.stalled.swap(true, Ordering::AcqRel)
-        {
-            tracing::warn!("an MLflow call timed out; probing /health before sending more data");
+        if matches!(result, Err(MlflowError::Timeout)) {
+            self.stall.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed);
+            if !self.stall.stalled.swap(true, Ordering::AcqRel) {
+                tracing::warn!(
+                    timeout_s = timeout.as_secs_f64(),
+                    "an MLflow call timed out; probing /health before sending more data, \
+                     and giving the next call twice as long"
+                );
+            }
+        } else {
+            self.stall.timeouts_in_a_row.store(0, Ordering::Relaxed);
         }
         result
     }
