@@ -190,7 +190,10 @@ pub async fn start_gateway(opts: &GatewayOptions) -> anyhow::Result<Collector> {
     );
     let config_path = dir.path().join("gateway.toml");
     std::fs::write(&config_path, config)?;
-    let child = Command::new(env!("CARGO_BIN_EXE_mlflow-otlp-gateway"))
+    // BENCH_GATEWAY_BIN: another build of the gateway (an A/B against an older commit).
+    let binary = std::env::var_os("BENCH_GATEWAY_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_mlflow-otlp-gateway").into());
+    let child = Command::new(binary)
         .arg("--config")
         .arg(&config_path)
         .env_remove("MLFLOW_TRACKING_URI")

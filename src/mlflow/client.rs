@@ -234,7 +234,7 @@ impl MlflowClient {
             .min(MAX_TIMEOUT_DOUBLINGS);
         let timeout = self.timeout.saturating_mul(1 << doublings);
         let result = match request.timeout(timeout).send().await {
-            Ok(reply) => check(reply).await.map(drop),
+            Ok(reply) => check_status(reply).await,
             Err(e) => Err(transport_error(e)),
         };
         if matches!(result, Err(MlflowError::Timeout)) {
@@ -389,6 +389,27 @@ fn not_found_as_none(r: Result<Value, MlflowError>) -> Result<Option<Value>, Mlf
 
 /// Turns a reply into its JSON body, or a classified error carrying MLflow's message.
 async fn check(reply: Response) -> Result<Value, MlflowError> {
+    let is_json = reply
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"));
+    let body = reply_body(reply).await?;
+    if !is_json || body.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&body).map_err(|e| MlflowError::BadReply(e.to_string()))
+}
+
+/// A payload call's outcome: success, or a classified error. A successful reply's body is read
+/// (so the connection is reused) but not parsed: StartTraceV3 echoes the whole TraceInfo
+/// (~1-2 KiB of JSON per trace) and nothing reads it.
+async fn check_status(reply: Response) -> Result<(), MlflowError> {
+    reply_body(reply).await.map(drop)
+}
+
+/// The body of a successful reply, or the classified error a failed one carries.
+async fn reply_body(reply: Response) -> Result<Bytes, MlflowError> {
     let status = reply.status();
     let retry_after = reply
         .headers()
@@ -396,17 +417,9 @@ async fn check(reply: Response) -> Result<Value, MlflowError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
-    let is_json = reply
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("json"));
     let body = reply.bytes().await.map_err(transport_error)?;
     if status.is_success() {
-        if !is_json || body.is_empty() {
-            return Ok(Value::Null);
-        }
-        return serde_json::from_slice(&body).map_err(|e| MlflowError::BadReply(e.to_string()));
+        return Ok(body);
     }
     Err(MlflowError::Status {
         status: status.as_u16(),

@@ -9,6 +9,10 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// Batch-size buckets around MLflow's sweet spot of 100-500 spans per request.
 const BATCH_BUCKETS: &[f64] = &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0];
 
+/// Group-commit fsync buckets: a data flush on an SSD is 0.1-1 ms, a journal commit a few ms,
+/// a congested or network disk tens of ms.
+const FSYNC_BUCKETS: &[f64] = &[0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 0.5];
+
 /// Installs the process-wide recorder once and returns its handle.
 pub fn handle() -> PrometheusHandle {
     HANDLE
@@ -18,6 +22,12 @@ pub fn handle() -> PrometheusHandle {
                     Matcher::Full("gateway_export_batch_spans".into()),
                     BATCH_BUCKETS,
                 )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("gateway_spool_fsync_seconds".into()),
+                        FSYNC_BUCKETS,
+                    )
+                })
                 .map(|b| b.build_recorder())
                 .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
             let handle = recorder.handle();
@@ -69,6 +79,10 @@ fn describe() {
         "Retried MLflow calls, by kind and reason."
     );
     describe_histogram!("gateway_export_batch_spans", "Spans per /v1/traces batch.");
+    describe_histogram!(
+        "gateway_spool_fsync_seconds",
+        "Duration of each group commit's fsync (spool.fsync = always)."
+    );
     describe_gauge!(
         "gateway_queue_bytes",
         "Encoded span bytes accepted and not yet delivered."

@@ -541,7 +541,10 @@ fn write_group(
             // Without the lock: acks, the reader and metrics must not wait for the disk. This
             // is the only writer, and nothing reads these records before they are in `unread`.
             drop(s);
+            let started = std::time::Instant::now();
             let synced = file.sync_data();
+            metrics::histogram!("gateway_spool_fsync_seconds")
+                .record(started.elapsed().as_secs_f64());
             s = State::lock(state);
             match synced {
                 Ok(()) => s.dirty = false,
