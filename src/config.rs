@@ -307,7 +307,9 @@ impl Default for BatchConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
-    /// Encoded span bytes accepted but not yet delivered to MLflow.
+    /// Memory mode: encoded span bytes accepted but not yet delivered to MLflow. Durable mode:
+    /// what is read back from the spool ahead of delivery, at most 32 MiB
+    /// (`spool::DURABLE_READ_AHEAD_BYTES`; the rest waits on disk).
     pub max_bytes: usize,
     /// TraceInfo writes waiting for StartTraceV3. Overflow is logged and counted.
     pub max_trace_infos: usize,

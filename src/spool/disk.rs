@@ -309,14 +309,31 @@ impl SegmentLog {
 
     /// The next unread record's position; waits for appends; None once closed and drained.
     pub async fn next_position(&self) -> Option<(RecordId, u32)> {
+        let next = self.peek_position().await?;
+        self.consume_position(next.0);
+        Some(next)
+    }
+
+    /// Marks the position `peek_position` returned as taken (the log has a single reader, so
+    /// it is still the first).
+    pub fn consume_position(&self, id: RecordId) {
+        let mut s = State::lock(&self.state);
+        if s.unread.front().is_some_and(|(first, _)| *first == id) {
+            s.unread.pop_front();
+        }
+    }
+
+    /// The next unread record's position without taking it (cancel-safe: dropping the caller
+    /// loses nothing); waits for appends; None once closed and drained.
+    pub async fn peek_position(&self) -> Option<(RecordId, u32)> {
         loop {
             let notified = self.data.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
-                let mut s = State::lock(&self.state);
-                if let Some(p) = s.unread.pop_front() {
-                    return Some(p);
+                let s = State::lock(&self.state);
+                if let Some(p) = s.unread.front() {
+                    return Some(*p);
                 }
                 if s.closed {
                     return None;

@@ -18,6 +18,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use crate::map::trace_info::TraceInfoJob;
 use crate::pipeline::envelope::ExperimentRef;
 
+/// In durable mode records wait on disk, so the reader keeps at most this much read back
+/// ahead of delivery (or `queue.max_bytes`, if smaller): several full batches for every export
+/// worker, while an overloaded gateway no longer holds `queue.max_bytes` (256 MiB by default)
+/// of records in memory that the disk already holds.
+pub const DURABLE_READ_AHEAD_BYTES: usize = 32 * 1024 * 1024;
+
 /// When appended records are fsynced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -196,8 +202,10 @@ impl Spool {
         }))
     }
 
-    /// A durable spool over a segment log; `max_memory` bounds what is read back at once.
+    /// A durable spool over a segment log; `max_memory` (capped at `DURABLE_READ_AHEAD_BYTES`)
+    /// bounds what is read back at once.
     pub fn disk(log: disk::SegmentLog, max_memory: usize) -> Self {
+        let max_memory = max_memory.min(DURABLE_READ_AHEAD_BYTES);
         Self(Arc::new(Inner::Disk {
             log,
             memory: Arc::new(Semaphore::new(max_memory)),
@@ -263,9 +271,12 @@ impl Spool {
                 memory,
                 max_memory,
             } => loop {
-                let (id, len) = log.next_position().await?;
+                // Peek, then take the position once the memory is granted, so a caller that
+                // gives up while waiting (a timeout, shutdown) loses no record.
+                let (id, len) = log.peek_position().await?;
                 let want = (len as usize).clamp(1, *max_memory) as u32;
                 let permit = memory.clone().acquire_many_owned(want).await.ok()?;
+                log.consume_position(id);
                 if let Some(record) = log.take_hot(id) {
                     let parts = 1 + record.roots.len();
                     return Some(Delivery {
@@ -413,6 +424,41 @@ mod tests {
             let d = spool.next().await.unwrap();
             assert_eq!(d.record, record(n));
         }
+    }
+
+    #[tokio::test]
+    async fn durable_read_ahead_is_capped_whatever_queue_max_bytes_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = disk::SegmentLog::open(
+            dir.path(),
+            FsyncPolicy::Never,
+            std::time::Duration::from_secs(1),
+            1 << 30,
+            1 << 30,
+        )
+        .unwrap()
+        .0;
+        let spool = Spool::disk(log, 1 << 30);
+        let big = |n: u8| SpoolRecord {
+            body: Bytes::from(vec![n; 4 << 20]),
+            ..record(n)
+        };
+        for n in 0..12 {
+            spool.append(big(n)).await.unwrap();
+        }
+        // Undelivered records hold their read-back memory: 32 MiB fits 7 records of 4 MiB
+        // (plus headers), and the 8th waits for a delivery.
+        let mut held = vec![];
+        while let Ok(Some(d)) =
+            tokio::time::timeout(std::time::Duration::from_secs(1), spool.next()).await
+        {
+            held.push(d);
+        }
+        assert_eq!(held.len(), 7);
+        assert!(spool.stats().memory_bytes <= DURABLE_READ_AHEAD_BYTES);
+        held.remove(0);
+        let next = tokio::time::timeout(std::time::Duration::from_secs(2), spool.next()).await;
+        assert_eq!(next.unwrap().unwrap().record.span_count, 7);
     }
 
     #[tokio::test]
