@@ -25,7 +25,7 @@ const SUSTAINED_SHARE: f64 = 0.95;
 /// ...and everything acknowledged was delivered within this long after the load stopped.
 const SUSTAINED_GRACE: Duration = Duration::from_secs(3);
 /// Trials per search (each ~12 s), which bounds scenario 2's run time.
-const SUSTAINED_TRIALS: usize = 5;
+const SUSTAINED_TRIALS: usize = 4;
 /// The gateway's TraceInfo concurrency in the MLflow scenarios, and the client threads used to
 /// find MLflow's own StartTraceV3 ceiling (more did not help on 2 cores).
 const TRACE_INFO_CLIENTS: usize = 8;
@@ -597,7 +597,7 @@ async fn progress(gateway: &Collector, span: Duration) {
 /// Scenario 4: acknowledgement latency at 10k spans/s with the durable spool (fsync always).
 async fn ack_latency(opts: &Options) -> anyhow::Result<String> {
     let mut t = String::from(
-        "### 4. Ack latency at 10k spans/s, 100 spans/request, 4 connections, into the sink\n\n\
+        "### 4. Ack latency at 10k spans/s, 100 spans/request, 4 connections, 15 s each, into the sink\n\n\
          | collector | protocol | requests | ack p50 ms | ack p99 ms | ack max ms | errors |\n\
          |---|---|---|---|---|---|---|\n",
     );
@@ -621,7 +621,7 @@ async fn ack_latency(opts: &Options) -> anyhow::Result<String> {
                     connections: CONNECTIONS,
                     spans_per_request: 100,
                     rate: Some(10_000.0),
-                    duration: opts.secs(20.0),
+                    duration: opts.secs(15.0),
                     headers: vec![],
                 },
                 Arc::new(Live::default()),
