@@ -290,15 +290,7 @@ async fn ceiling(opts: &Options) -> anyhow::Result<String> {
             let collector =
                 start_peer_with(peer, &sink, true, CEILING_TRACE_INFO_CONCURRENCY).await?;
             let live = Arc::new(Live::default());
-            let spec = LoadSpec {
-                protocol: Protocol::Grpc,
-                target: collector.grpc_url.clone(),
-                connections: 8,
-                spans_per_request: spans,
-                rate: None,
-                duration: warmup + window,
-                headers: vec![],
-            };
+            let spec = ceiling_load(&collector, spans, None, warmup + window);
             let load = tokio::spawn(load::run(spec, live.clone()));
             tokio::time::sleep(warmup).await;
             let (s0, a0, c0, i0) = (
@@ -354,6 +346,24 @@ async fn ceiling(opts: &Options) -> anyhow::Result<String> {
     Ok(t)
 }
 
+/// Scenario 2's load: OTLP/gRPC over 8 connections, flat out (`rate` None) or at a fixed rate.
+fn ceiling_load(
+    collector: &Collector,
+    spans: usize,
+    rate: Option<f64>,
+    duration: Duration,
+) -> LoadSpec {
+    LoadSpec {
+        protocol: Protocol::Grpc,
+        target: collector.grpc_url.clone(),
+        connections: 8,
+        spans_per_request: spans,
+        rate,
+        duration,
+        headers: vec![],
+    }
+}
+
 /// One fixed-rate trial: did every span and TraceInfo acknowledged in the window reach the
 /// sink within the window (allowing for the pipeline's lag), and the rest shortly after?
 async fn sustains(
@@ -365,31 +375,22 @@ async fn sustains(
 ) -> anyhow::Result<(bool, f64)> {
     let warmup = Duration::from_secs(2);
     let live = Arc::new(Live::default());
-    let spec = LoadSpec {
-        protocol: Protocol::Grpc,
-        target: collector.grpc_url.clone(),
-        connections: 8,
-        spans_per_request: spans,
-        rate: Some(rate),
-        duration: warmup + window,
-        headers: vec![],
-    };
+    let spec = ceiling_load(collector, spans, Some(rate), warmup + window);
     let (spans0, infos0) = (sink.spans(), sink.trace_infos());
     let load = tokio::spawn(load::run(spec, live.clone()));
     tokio::time::sleep(warmup).await;
-    let (s0, i0, a0, t0) = (
-        sink.spans(),
-        sink.trace_infos(),
-        live.acked_spans.load(std::sync::atomic::Ordering::Relaxed),
-        live.acked_traces.load(std::sync::atomic::Ordering::Relaxed),
-    );
+    // Delivered spans and TraceInfos, acknowledged spans and traces.
+    let counts = || {
+        (
+            sink.spans(),
+            sink.trace_infos(),
+            live.acked_spans.load(std::sync::atomic::Ordering::Relaxed),
+            live.acked_traces.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    };
+    let (s0, i0, a0, t0) = counts();
     tokio::time::sleep(window).await;
-    let (s1, i1, a1, t1) = (
-        sink.spans(),
-        sink.trace_infos(),
-        live.acked_spans.load(std::sync::atomic::Ordering::Relaxed),
-        live.acked_traces.load(std::sync::atomic::Ordering::Relaxed),
-    );
+    let (s1, i1, a1, t1) = counts();
     let report: LoadReport = load.await??;
     let kept_up = (s1 - s0) as f64 >= SUSTAINED_SHARE * (a1 - a0) as f64
         && (i1 - i0) as f64 >= SUSTAINED_SHARE * (t1 - t0) as f64
