@@ -396,17 +396,13 @@ async fn sustains(
         && (i1 - i0) as f64 >= SUSTAINED_SHARE * (t1 - t0) as f64
         && (a1 - a0) as f64 >= SUSTAINED_SHARE * rate * window.as_secs_f64()
         && report.errors.is_empty();
-    let caught_up = wait_until(SUSTAINED_GRACE, || {
+    let all_in = || {
         sink.spans() - spans0 >= report.acked_spans
             && sink.trace_infos() - infos0 >= report.acked_traces
-    })
-    .await;
+    };
+    let caught_up = wait_until(SUSTAINED_GRACE, all_in).await;
     // Let a failed trial's backlog drain before the next one.
-    wait_until(DRAIN_LIMIT, || {
-        sink.spans() - spans0 >= report.acked_spans
-            && sink.trace_infos() - infos0 >= report.acked_traces
-    })
-    .await;
+    wait_until(DRAIN_LIMIT, all_in).await;
     Ok((
         kept_up && caught_up,
         (s1 - s0) as f64 / window.as_secs_f64(),

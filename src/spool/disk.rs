@@ -307,7 +307,9 @@ impl SegmentLog {
         rx.await.map_err(|_| SpoolError::Closed)?
     }
 
-    /// The next unread record's position; waits for appends; None once closed and drained.
+    /// The next unread record's position, taken; waits for appends; None once closed and
+    /// drained. (The spool's reader peeks and takes separately, see `Spool::next`.)
+    #[cfg(test)]
     pub async fn next_position(&self) -> Option<(RecordId, u32)> {
         let next = self.peek_position().await?;
         self.consume_position(next.0);
