@@ -731,3 +731,26 @@ async fn health_readiness_and_metrics() {
         assert!(text.contains(name), "metrics lack {name}:\n{text}");
     }
 }
+
+/// TraceInfo writers keep their MLflow connection open between traces; MLflow (uvicorn) closes
+/// a connection idle for 5 s. The next trace must still get its TraceInfo, on a new connection,
+/// without a failed call or a retry.
+#[tokio::test]
+async fn trace_infos_keep_flowing_after_mlflow_closes_an_idle_connection() {
+    let (mlflow, exp) = setup("idle-close").await;
+    let gw = gateway(&mlflow.url, &exp, |c| c.mlflow.trace_info_concurrency = 1).await;
+    let first = Turn::new();
+    post_protobuf(gw.otlp_http_addr, &first.request()).await;
+    assert_turn_complete(&mlflow, &exp, &first).await;
+    // Past uvicorn's keep-alive timeout (5 s), so MLflow has closed the writer's connection.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let second = Turn::new();
+    post_protobuf(gw.otlp_http_addr, &second.request()).await;
+    assert_turn_complete(&mlflow, &exp, &second).await;
+    let text = metrics_text(gw.api_addr).await;
+    assert!(
+        !text.contains("gateway_export_retries_total{kind=\"trace_info\""),
+        "a TraceInfo call was retried:\n{text}"
+    );
+    assert!(!text.contains("gateway_export_failures_total"), "{text}");
+}

@@ -15,18 +15,22 @@
 //! its database again), so until it answers again payload calls first probe `/health`, one probe
 //! at a time (`StallGate`).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::header::{
+    AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER, USER_AGENT,
+};
 use reqwest::{Client, Response, Url};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::error::MlflowError;
+use super::direct::{self, OwnConnection, Target};
+use super::error::{MlflowError, with_causes};
 use crate::config::MlflowConfig;
 
 /// The header MLflow routes new traces by. Never sent empty: MLflow answers 200 and drops.
@@ -66,6 +70,8 @@ pub struct MlflowClient {
     /// Kept-alive connections: `/v1/traces` and StartTraceV3.
     pooled: Client,
     rest: Client,
+    /// Where TraceInfo writers open connections of their own, if they can (`direct`).
+    start_trace_direct: Option<Target>,
     timeout: Duration,
     stall: Arc<StallGate>,
 }
@@ -83,6 +89,11 @@ struct StallGate {
 
 /// A payload call's timeout grows to at most 2^4 = 16 times `mlflow.request_timeout`.
 const MAX_TIMEOUT_DOUBLINGS: u32 = 4;
+
+/// Connecting takes a round trip; longer than this means the host is not there.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+const USER_AGENT_VALUE: &str = concat!("mlflow-otlp-gateway/", env!("CARGO_PKG_VERSION"));
 
 impl std::fmt::Debug for MlflowClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -131,6 +142,7 @@ impl MlflowClient {
             }
             roots = certs;
         }
+        let connect_timeout = cfg.request_timeout.min(MAX_CONNECT_TIMEOUT);
         let build = |pool_idle: usize| {
             let mut b = Client::builder();
             for cert in &roots {
@@ -139,10 +151,10 @@ impl MlflowClient {
             b.tls_danger_accept_invalid_certs(cfg.insecure_tls)
                 .default_headers(headers.clone())
                 .timeout(cfg.request_timeout)
-                .connect_timeout(cfg.request_timeout.min(Duration::from_secs(10)))
+                .connect_timeout(connect_timeout)
                 .pool_max_idle_per_host(pool_idle)
                 .tcp_nodelay(true)
-                .user_agent(concat!("mlflow-otlp-gateway/", env!("CARGO_PKG_VERSION")))
+                .user_agent(USER_AGENT_VALUE)
                 .build()
                 .map_err(|e| ClientBuildError(e.to_string()))
         };
@@ -150,9 +162,18 @@ impl MlflowClient {
             base.join(path)
                 .map_err(|e| ClientBuildError(format!("{path}: {e}")))
         };
+        let start_trace_url = join("api/3.0/mlflow/traces")?;
+        let mut direct_headers = headers.clone();
+        direct_headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
         Ok(Self {
             spans_url: join("v1/traces")?,
-            start_trace_url: join("api/3.0/mlflow/traces")?,
+            start_trace_direct: Target::for_url(
+                &start_trace_url,
+                direct_headers,
+                connect_timeout,
+                direct::proxy_configured(),
+            ),
+            start_trace_url,
             base,
             pooled: build(usize::MAX)?,
             rest: build(0)?,
@@ -164,9 +185,6 @@ impl MlflowClient {
     /// Lets a payload call through unless MLflow stalled: then `/health` must answer first.
     /// A caller that finds another one probing gets `Stalled` at once and backs off.
     async fn pass_stall_gate(&self) -> Result<(), MlflowError> {
-        if std::env::var_os("NO_GATE").is_some() {
-            return Ok(());
-        }
         if !self.stall.stalled.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -211,7 +229,7 @@ impl MlflowClient {
             .header(CONTENT_TYPE, "application/x-protobuf")
             .header(EXPERIMENT_HEADER, experiment_id)
             .body(body);
-        self.send_payload(request).await
+        self.send_payload("spans", request).await
     }
 
     /// StartTraceV3: writes a trace's TraceInfo (on a kept-alive connection, see the module doc).
@@ -221,11 +239,44 @@ impl MlflowClient {
             .post(self.start_trace_url.clone())
             .header(CONTENT_TYPE, "application/json")
             .body(body);
-        self.send_payload(request).await
+        self.send_payload("trace_info", request).await
     }
 
-    /// Sends a payload call through the stall gate and notes a timeout for it.
-    async fn send_payload(&self, request: reqwest::RequestBuilder) -> Result<(), MlflowError> {
+    /// What one TraceInfo writer sends StartTraceV3 through: a connection of its own where
+    /// that behaves like the shared pool (plain HTTP, no proxy; see `direct`), else the pool.
+    pub fn trace_info_connection(&self) -> TraceInfoConnection {
+        TraceInfoConnection {
+            own: self
+                .start_trace_direct
+                .clone()
+                .map(|t| tokio::sync::Mutex::new(OwnConnection::new(t))),
+            client: self.clone(),
+        }
+    }
+
+    /// Sends a payload call through the shared pool.
+    async fn send_payload(
+        &self,
+        kind: &'static str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(), MlflowError> {
+        self.gated(kind, |timeout| async move {
+            match request.timeout(timeout).send().await {
+                Ok(reply) => check_status(reply).await,
+                Err(e) => Err(transport_error(e)),
+            }
+        })
+        .await
+    }
+
+    /// Runs a payload call of `kind` (a metric label) through the stall gate, with the timeout
+    /// it is due (doubled after each timeout in a row), times it, and notes a timeout for the
+    /// calls after it.
+    async fn gated<F, Fut>(&self, kind: &'static str, call: F) -> Result<(), MlflowError>
+    where
+        F: FnOnce(Duration) -> Fut,
+        Fut: Future<Output = Result<(), MlflowError>>,
+    {
         self.pass_stall_gate().await?;
         let doublings = self
             .stall
@@ -233,10 +284,10 @@ impl MlflowClient {
             .load(Ordering::Relaxed)
             .min(MAX_TIMEOUT_DOUBLINGS);
         let timeout = self.timeout.saturating_mul(1 << doublings);
-        let result = match request.timeout(timeout).send().await {
-            Ok(reply) => check_status(reply).await,
-            Err(e) => Err(transport_error(e)),
-        };
+        let started = std::time::Instant::now();
+        let result = call(timeout).await;
+        metrics::histogram!("gateway_mlflow_request_seconds", "kind" => kind)
+            .record(started.elapsed().as_secs_f64());
         if matches!(result, Err(MlflowError::Timeout)) {
             self.stall.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed);
             if !self.stall.stalled.swap(true, Ordering::AcqRel) {
@@ -363,15 +414,7 @@ fn transport_error(e: reqwest::Error) -> MlflowError {
     if e.is_timeout() {
         MlflowError::Timeout
     } else {
-        // Walk the source chain: reqwest's top-level text hides the cause (refused, reset).
-        let mut msg = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            msg.push_str(": ");
-            msg.push_str(&s.to_string());
-            source = s.source();
-        }
-        MlflowError::Connect(msg)
+        MlflowError::Connect(with_causes(&e))
     }
 }
 
@@ -411,21 +454,63 @@ async fn check_status(reply: Response) -> Result<(), MlflowError> {
 /// The body of a successful reply, or the classified error a failed one carries.
 async fn reply_body(reply: Response) -> Result<Bytes, MlflowError> {
     let status = reply.status();
-    let retry_after = reply
-        .headers()
+    let retry_after = retry_after(reply.headers());
+    let body = reply.bytes().await.map_err(transport_error)?;
+    status_outcome(status.as_u16(), retry_after, body)
+}
+
+/// A reply's `Retry-After`, in the delay-seconds form MLflow and proxies send.
+pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let body = reply.bytes().await.map_err(transport_error)?;
-    if status.is_success() {
+        .map(Duration::from_secs)
+}
+
+/// A reply's body if its status is a success, else the classified error it carries.
+fn status_outcome(
+    status: u16,
+    retry_after: Option<Duration>,
+    body: Bytes,
+) -> Result<Bytes, MlflowError> {
+    if (200..300).contains(&status) {
         return Ok(body);
     }
     Err(MlflowError::Status {
-        status: status.as_u16(),
+        status,
         message: error_message(&body),
         retry_after,
     })
+}
+
+/// A TraceInfo writer's way to StartTraceV3 (`MlflowClient::trace_info_connection`).
+pub struct TraceInfoConnection {
+    client: MlflowClient,
+    /// Used by one writer at a time; the lock is never contended, it only lets a retry loop
+    /// borrow the connection from a shared reference.
+    own: Option<tokio::sync::Mutex<OwnConnection>>,
+}
+
+impl TraceInfoConnection {
+    /// StartTraceV3 with the same stall gate, timeouts and error classes as the shared pool.
+    pub async fn start_trace(&self, body: Bytes) -> Result<(), MlflowError> {
+        let Some(own) = &self.own else {
+            return self.client.start_trace(body).await;
+        };
+        self.client
+            .gated("trace_info", |timeout| async move {
+                let mut own = own.lock().await;
+                match tokio::time::timeout(timeout, own.post_json(body)).await {
+                    Ok(Ok((status, retry_after, body))) => {
+                        status_outcome(status, retry_after, body).map(drop)
+                    }
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(MlflowError::Timeout),
+                }
+            })
+            .await
+    }
 }
 
 /// MLflow's two error shapes: `{"error_code","message"}` and FastAPI's `{"detail"}`.
@@ -498,16 +583,21 @@ mod tests {
         (url, seen)
     }
 
-    #[tokio::test]
-    async fn after_a_timeout_only_health_probes_reach_a_stalled_mlflow() {
-        let wake = Arc::new(AtomicBool::new(false));
-        let (url, seen) = frozen_server(wake.clone()).await;
-        let client = MlflowClient::new(&MlflowConfig {
+    /// A client that gives up on a call after 300 ms.
+    fn impatient_client(url: String) -> MlflowClient {
+        MlflowClient::new(&MlflowConfig {
             tracking_uri: url,
             request_timeout: Duration::from_millis(300),
             ..MlflowConfig::default()
         })
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn after_a_timeout_only_health_probes_reach_a_stalled_mlflow() {
+        let wake = Arc::new(AtomicBool::new(false));
+        let (url, seen) = frozen_server(wake.clone()).await;
+        let client = impatient_client(url);
         let spans = || client.post_spans("1", Bytes::from_static(b"payload"));
         assert!(matches!(spans().await, Err(MlflowError::Timeout)));
         assert!(matches!(spans().await, Err(MlflowError::Stalled)));
@@ -539,6 +629,30 @@ mod tests {
         );
         spans().await.unwrap();
         assert_eq!(lines("GET /health"), 3, "no probe once MLflow answers");
+    }
+
+    #[tokio::test]
+    async fn a_trace_info_writer_s_own_connection_shares_timeouts_and_the_stall_gate() {
+        let wake = Arc::new(AtomicBool::new(false));
+        let (url, seen) = frozen_server(wake.clone()).await;
+        let client = impatient_client(url);
+        let writer = client.trace_info_connection();
+        let start = || writer.start_trace(Bytes::from_static(b"{}"));
+        assert!(matches!(start().await, Err(MlflowError::Timeout)));
+        // The shared pool sees the stall too, and the writer's next call waits for /health.
+        assert!(matches!(
+            client.post_spans("1", Bytes::from_static(b"payload")).await,
+            Err(MlflowError::Stalled)
+        ));
+        assert!(matches!(start().await, Err(MlflowError::Stalled)));
+        wake.store(true, Ordering::SeqCst);
+        start().await.unwrap();
+        let seen = seen.lock().unwrap();
+        let posts: Vec<&String> = seen.iter().filter(|l| l.starts_with("POST")).collect();
+        assert_eq!(
+            posts, ["POST /api/3.0/mlflow/traces HTTP/1.1"; 2],
+            "the timed-out call, then the one after /health answered: {seen:?}"
+        );
     }
 
     #[test]

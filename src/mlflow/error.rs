@@ -5,6 +5,19 @@
 
 use std::time::Duration;
 
+/// An error's text with its causes, `top: cause: cause`: HTTP clients' top-level text hides
+/// what happened underneath (refused, reset, closed).
+pub(super) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
 /// How a failed MLflow call should be treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {

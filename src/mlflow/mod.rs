@@ -1,6 +1,7 @@
 //! Everything that talks to the MLflow tracking server.
 
 pub mod client;
+mod direct;
 pub mod error;
 pub mod experiments;
 pub mod retry;

@@ -16,6 +16,7 @@ use tokio::sync::{Mutex, mpsc};
 use super::batcher::Batch;
 use crate::map::trace_info::{TraceInfoJob, mlflow_trace_id};
 use crate::mlflow::MlflowClient;
+use crate::mlflow::client::TraceInfoConnection;
 use crate::mlflow::error::{ErrorClass, MlflowError};
 use crate::mlflow::experiments::{Experiments, ResolveError};
 use crate::mlflow::retry::RetryPolicy;
@@ -38,11 +39,17 @@ pub struct SpanExporter {
     pub backlog: SpanBacklog,
 }
 
-/// Runs `workers` tasks taking items from one shared queue until it closes and drains.
-async fn worker_pool<T, F, Fut>(queue: mpsc::Receiver<T>, workers: usize, handle: F)
-where
+/// Runs `workers` tasks taking items from one shared queue until it closes and drains. Each
+/// worker gets its own `state` (made once, handed to every item it handles).
+async fn worker_pool<T, S, F, Fut>(
+    queue: mpsc::Receiver<T>,
+    workers: usize,
+    state: impl Fn() -> S,
+    handle: F,
+) where
     T: Send + 'static,
-    F: Fn(T) -> Fut + Clone + Send + 'static,
+    S: Clone + Send + 'static,
+    F: Fn(S, T) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
     let queue = Arc::new(Mutex::new(queue));
@@ -50,11 +57,12 @@ where
     for _ in 0..workers {
         let queue = queue.clone();
         let handle = handle.clone();
+        let state = state();
         tasks.push(tokio::spawn(async move {
             loop {
                 let next = queue.lock().await.recv().await;
                 let Some(item) = next else { break };
-                handle(item).await;
+                handle(state.clone(), item).await;
             }
         }));
     }
@@ -171,14 +179,19 @@ pub async fn run_span_workers(
     workers: usize,
     backlog: SpanBacklog,
 ) {
-    worker_pool(batches, workers, move |batch| {
-        let (exporter, backlog) = (exporter.clone(), backlog.clone());
-        async move {
-            backlog.span_turn().await;
-            exporter.deliver(batch).await;
-            backlog.finished();
-        }
-    })
+    worker_pool(
+        batches,
+        workers,
+        || (),
+        move |(), batch| {
+            let (exporter, backlog) = (exporter.clone(), backlog.clone());
+            async move {
+                backlog.span_turn().await;
+                exporter.deliver(batch).await;
+                backlog.finished();
+            }
+        },
+    )
     .await;
 }
 
@@ -522,13 +535,14 @@ pub async fn run_trace_info_workers(
     worker_pool(
         queue,
         workers,
-        move |(experiment_id, job, ack): TraceInfoItem| {
-            let (client, policy, health) = (client.clone(), policy.clone(), health.clone());
+        || Arc::new(client.trace_info_connection()),
+        move |connection: Arc<TraceInfoConnection>, (experiment_id, job, ack): TraceInfoItem| {
+            let (policy, health) = (policy.clone(), health.clone());
             let spans_first = spans_first.clone();
             async move {
                 let slot = spans_first.trace_info_turn().await;
                 metrics::gauge!("gateway_trace_info_queue").decrement(1.0);
-                write_trace_info(&client, &policy, &health, &experiment_id, &job).await;
+                write_trace_info(&connection, &policy, &health, &experiment_id, &job).await;
                 drop(slot);
                 spans_first.trace_info_done();
                 ack.done();
@@ -540,7 +554,7 @@ pub async fn run_trace_info_workers(
 
 #[tracing::instrument(skip_all, fields(trace_id = %mlflow_trace_id(&job.trace_id)))]
 async fn write_trace_info(
-    client: &MlflowClient,
+    connection: &TraceInfoConnection,
     policy: &RetryPolicy,
     health: &Health,
     experiment_id: &str,
@@ -549,7 +563,7 @@ async fn write_trace_info(
     let body = Bytes::from(job.body_bytes(experiment_id));
     let result = policy
         .run(
-            || client.start_trace(body.clone()),
+            || connection.start_trace(body.clone()),
             |e, attempt| note_retry(health, "trace_info", e, attempt),
         )
         .await;
