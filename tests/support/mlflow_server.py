@@ -7,7 +7,8 @@ and MLflow's default worker count.
 
 The server runs in this process's own process group. When the parent (the Rust test binary)
 closes our stdin -- by exiting, crashing or dropping the handle -- the whole group is killed, so
-no uvicorn worker outlives the test run.
+no uvicorn worker outlives the test run. With GATEWAY_TEST_REMOVE_STATE=1 the state dir goes
+with it (a throwaway dir the parent cannot remove itself: its handle lives until exit).
 """
 
 import os
@@ -41,6 +42,16 @@ def main() -> int:
     )
 
     def stop(*_args):
+        if os.environ.get("GATEWAY_TEST_REMOVE_STATE") == "1":
+            # In a session of its own, so the group kill below does not take it along; it
+            # waits for the server's processes to be gone.
+            subprocess.Popen(
+                ["sh", "-c", 'sleep 3; rm -rf -- "$0"', state],
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         try:
             os.killpg(0, signal.SIGTERM)
             time.sleep(1.5)

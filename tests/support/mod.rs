@@ -52,6 +52,11 @@ pub fn free_port() -> u16 {
 impl MlflowServer {
     /// Starts a server on `port` over the SQLite database in `state_dir` (reused if present).
     pub fn start_at(port: u16, state_dir: &Path) -> Self {
+        Self::launch(port, state_dir, false)
+    }
+
+    /// `remove_state`: the launcher deletes `state_dir` once the server is down.
+    fn launch(port: u16, state_dir: &Path, remove_state: bool) -> Self {
         std::fs::create_dir_all(state_dir).expect("state dir");
         let python = repo_root().join(".venv/bin/python");
         let python = if python.exists() {
@@ -64,6 +69,10 @@ impl MlflowServer {
             .arg(mlflow_executable())
             .arg(port.to_string())
             .arg(state_dir)
+            .env(
+                "GATEWAY_TEST_REMOVE_STATE",
+                if remove_state { "1" } else { "0" },
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(if std::env::var_os("GATEWAY_TEST_MLFLOW_LOGS").is_some() {
@@ -85,13 +94,15 @@ impl MlflowServer {
         server
     }
 
+    /// Starts a server on a throwaway database, removed when the server stops (which for the
+    /// shared server is when the test binary exits).
     pub fn start() -> Self {
         let dir = tempfile::Builder::new()
             .prefix("gw-mlflow-")
             .tempdir()
             .expect("tempdir")
             .keep();
-        Self::start_at(free_port(), &dir)
+        Self::launch(free_port(), &dir, true)
     }
 
     fn wait_healthy(&self, limit: Duration) {
