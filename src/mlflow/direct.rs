@@ -13,9 +13,9 @@
 //! ACK: against a real MLflow, one writer at 2 traces/s, the calls' mean went from 78 ms
 //! (shared pool) to 47 ms (BENCHMARKS.md).
 //!
-//! Used only where it behaves exactly like the shared client: plain `http://` and no proxy
-//! configured in the environment (reqwest honours `HTTP_PROXY`/`ALL_PROXY`). TLS and proxied
-//! set-ups keep the shared client.
+//! Used only where it behaves exactly like the shared client: plain `http://`, no credentials in
+//! the URL, and no proxy configured in the environment (reqwest honours `HTTP_PROXY`/
+//! `ALL_PROXY`). TLS, proxied and URL-credential set-ups keep the shared client.
 
 use std::future::Future;
 use std::io;
@@ -66,15 +66,18 @@ pub(super) struct Target {
 }
 
 impl Target {
-    /// `None` where the shared client must be used: not plain HTTP, or `proxied` (see
-    /// `proxy_configured`).
+    /// `None` where the shared client must be used: not plain HTTP, `proxied` (see
+    /// `proxy_configured`), or credentials in the URL.
     pub(super) fn for_url(
         url: &Url,
         headers: HeaderMap,
         connect_timeout: Duration,
         proxied: bool,
     ) -> Option<Self> {
-        if url.scheme() != "http" || proxied {
+        // Credentials in the URL become a basic-auth header in the shared client; leave those
+        // set-ups to it rather than repeat that.
+        let credentials = !url.username().is_empty() || url.password().is_some();
+        if url.scheme() != "http" || proxied || credentials {
             return None;
         }
         let host = url
@@ -537,5 +540,6 @@ mod tests {
         assert_eq!(t.authority, "[::1]");
         assert!(target("https://mlflow/x", false).is_none());
         assert!(target("http://mlflow/x", true).is_none());
+        assert!(target("http://user:secret@mlflow/x", false).is_none());
     }
 }
