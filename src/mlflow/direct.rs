@@ -139,8 +139,7 @@ impl OwnConnection {
     /// hyper read a pending EOF before a request is written into a dead socket.
     async fn take_usable(&mut self) -> Option<Live> {
         let mut live = self.live.take()?;
-        let ended =
-            std::future::poll_fn(|cx| Poll::Ready(live.conn.as_mut().poll(cx).is_ready())).await;
+        let ended = poll_once(&mut live.conn).await.is_some();
         (!ended && !live.sender.is_closed()).then_some(live)
     }
 
@@ -195,7 +194,7 @@ impl OwnConnection {
                 ended = conn.as_mut() => {
                     // The connection finished first: the reply may still have been handed over
                     // (a server that closes after answering), otherwise it is lost.
-                    match futures_poll_once(&mut reply).await {
+                    match poll_once(&mut reply).await {
                         Some(r) => r.map_err(ExchangeError::Hyper),
                         None => Err(match ended {
                             Ok(()) => ExchangeError::Closed,
@@ -277,7 +276,7 @@ impl AsyncWrite for QuickAckStream {
 }
 
 /// Polls a future once; `None` if it is not ready.
-async fn futures_poll_once<F: Future + Unpin>(f: &mut F) -> Option<F::Output> {
+async fn poll_once<F: Future + Unpin>(f: &mut F) -> Option<F::Output> {
     std::future::poll_fn(|cx| match Pin::new(&mut *f).poll(cx) {
         Poll::Ready(v) => Poll::Ready(Some(v)),
         Poll::Pending => Poll::Ready(None),
