@@ -444,7 +444,7 @@ impl SpanExporter {
                             },
                         })
                 },
-                |e, attempt| self.on_retry("resolve", e, attempt),
+                |e, attempt| note_retry(&self.health, "resolve", e, attempt),
             )
             .await;
         if let Err(e) = &r {
@@ -466,26 +466,13 @@ impl SpanExporter {
             .policy
             .run(
                 || self.client.post_spans(experiment_id, body.clone()),
-                |e, attempt| self.on_retry("spans", e, attempt),
+                |e, attempt| note_retry(&self.health, "spans", e, attempt),
             )
             .await;
         if result.is_ok() {
             self.health.set_export_problem(None);
         }
         result
-    }
-
-    fn on_retry(&self, kind: &'static str, e: &MlflowError, attempt: u32) {
-        metrics::counter!("gateway_export_retries_total", "kind" => kind, "reason" => e.reason())
-            .increment(1);
-        if e.class() == ErrorClass::Auth {
-            self.health.set_export_problem(Some(format!(
-                "MLflow refused the gateway's credentials: {e}"
-            )));
-        }
-        if attempt == 0 || attempt.is_multiple_of(10) {
-            tracing::warn!(kind, attempt, error = %e, "MLflow call failed; retrying");
-        }
     }
 
     fn enqueue_trace_info(&self, experiment_id: String, job: TraceInfoJob, ack: Ack) {
