@@ -97,6 +97,38 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// `sync_data`, timed into `gateway_spool_fsync_seconds`.
+fn timed_sync(file: &File) -> std::io::Result<()> {
+    let started = std::time::Instant::now();
+    let synced = file.sync_data();
+    metrics::histogram!("gateway_spool_fsync_seconds").record(started.elapsed().as_secs_f64());
+    synced
+}
+
+/// `fsync = "interval"`: syncs the active segment if anything was written since the last sync.
+/// The sync runs without the state lock, as a group commit's does: holding it stalled every
+/// append, acknowledgement and read for the length of the fsync once per interval. A write
+/// during the sync marks the log dirty again; a failed sync leaves it dirty, to be retried.
+fn sync_if_dirty(state: &Mutex<State>) {
+    let file = {
+        let mut s = State::lock(state);
+        let Some(file) = s
+            .active
+            .as_ref()
+            .filter(|_| s.dirty)
+            .map(|a| a.file.clone())
+        else {
+            return;
+        };
+        s.dirty = false;
+        file
+    };
+    if let Err(e) = timed_sync(&file) {
+        tracing::error!(error = %e, "spool fsync failed; retrying at the next interval");
+        State::lock(state).dirty = true;
+    }
+}
+
 impl State {
     fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
         m.lock().unwrap_or_else(|p| p.into_inner())
@@ -262,18 +294,7 @@ impl SegmentLog {
                 loop {
                     tokio::time::sleep(fsync_interval).await;
                     let Some(state) = state.upgrade() else { break };
-                    let _ = tokio::task::spawn_blocking(move || {
-                        let mut s = State::lock(&state);
-                        if s.dirty
-                            && let Some(a) = &s.active
-                        {
-                            if let Err(e) = a.file.sync_data() {
-                                tracing::error!(error = %e, "spool fsync failed");
-                            }
-                            s.dirty = false;
-                        }
-                    })
-                    .await;
+                    let _ = tokio::task::spawn_blocking(move || sync_if_dirty(&state)).await;
                 }
             });
         }
@@ -560,10 +581,7 @@ fn write_group(
             // Without the lock: acks, the reader and metrics must not wait for the disk. This
             // is the only writer, and nothing reads these records before they are in `unread`.
             drop(s);
-            let started = std::time::Instant::now();
-            let synced = file.sync_data();
-            metrics::histogram!("gateway_spool_fsync_seconds")
-                .record(started.elapsed().as_secs_f64());
+            let synced = timed_sync(&file);
             s = State::lock(state);
             match synced {
                 Ok(()) => s.dirty = false,
@@ -650,6 +668,34 @@ mod tests {
         assert_eq!(log.stats().records, 0);
         assert_eq!(log.stats().disk_bytes, 0);
         assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+    }
+
+    #[tokio::test]
+    async fn interval_mode_acknowledges_before_the_sync_and_syncs_within_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = SegmentLog::open(
+            dir.path(),
+            FsyncPolicy::Interval,
+            Duration::from_millis(300),
+            1 << 20,
+            1 << 30,
+        )
+        .unwrap();
+        log.append(record(1).encode(), None).await.unwrap();
+        assert!(
+            State::lock(&log.state).dirty,
+            "acknowledged before any sync"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while State::lock(&log.state).dirty {
+            assert!(std::time::Instant::now() < deadline, "never synced");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Nothing new: the next intervals leave it clean; a new append makes it dirty again.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(!State::lock(&log.state).dirty);
+        log.append(record(2).encode(), None).await.unwrap();
+        assert!(State::lock(&log.state).dirty);
     }
 
     #[tokio::test]
