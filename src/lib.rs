@@ -232,10 +232,14 @@ impl Gateway {
         )?);
         let (batches_tx, batches_rx) = mpsc::channel(config.mlflow.export_concurrency);
         let (infos_tx, infos_rx) = mpsc::channel(config.queue.max_trace_infos);
-        let backlog = SpanBacklog::new(
-            config.mlflow.export_concurrency,
-            config.mlflow.max_incomplete_traces,
-        );
+        let backlog = if config.mlflow.trace_info_first {
+            SpanBacklog::trace_info_first(config.mlflow.export_concurrency)
+        } else {
+            SpanBacklog::new(
+                config.mlflow.export_concurrency,
+                config.mlflow.max_incomplete_traces,
+            )
+        };
         let exporter = Arc::new(SpanExporter {
             client: client.clone(),
             experiments,
@@ -244,6 +248,7 @@ impl Gateway {
             health: health.clone(),
             dead_letters,
             backlog: backlog.clone(),
+            trace_info_first: config.mlflow.trace_info_first,
         });
         let reader = {
             let spool = spool.clone();

@@ -163,6 +163,18 @@ async fn http_protobuf_trace_lands_complete() {
     assert_turn_complete(&mlflow, &exp, &turn).await;
 }
 
+/// The MLflow SDK's order (spans, then StartTraceV3) gives the same trace as the default
+/// TraceInfo-first order the other tests run with.
+#[tokio::test]
+async fn spans_first_order_lands_the_same_complete_trace() {
+    let (mlflow, exp) = setup("spans-first").await;
+    let gw = gateway(&mlflow.url, &exp, |c| c.mlflow.trace_info_first = false).await;
+    let turn = Turn::new();
+    let r = post_protobuf(gw.otlp_http_addr, &turn.request()).await;
+    assert_eq!(r.status(), 200);
+    assert_turn_complete(&mlflow, &exp, &turn).await;
+}
+
 #[tokio::test]
 async fn http_json_with_charset_trace_lands_complete() {
     let (mlflow, exp) = setup("http-json").await;
