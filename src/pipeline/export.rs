@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 use prost::Message;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, Notify, mpsc};
 
 use super::batcher::Batch;
 use crate::map::trace_info::{TraceInfoJob, mlflow_trace_id};
@@ -36,9 +36,43 @@ pub struct TraceInfoItem {
     pub job: TraceInfoJob,
     /// The record's acknowledgement, one part of which is this write.
     pub ack: Ack,
-    /// Dropped once the write is over (written or given up); a span batch that waits for its
-    /// TraceInfos (`trace_info_first`) holds the other end.
-    pub written: Option<oneshot::Sender<()>>,
+    /// Dropped once the write is over (written or given up) when a span batch waits for its
+    /// TraceInfos (`trace_info_first`).
+    pub written: Option<Written>,
+}
+
+/// A batch's TraceInfo writes still to finish; its span worker waits for zero.
+struct BatchWrites {
+    remaining: AtomicUsize,
+    all_done: Notify,
+}
+
+impl BatchWrites {
+    fn new(writes: usize) -> Arc<Self> {
+        Arc::new(Self {
+            remaining: AtomicUsize::new(writes),
+            all_done: Notify::new(),
+        })
+    }
+
+    /// Returns once every `Written` of the batch was dropped (at once if that already happened).
+    async fn all_done(&self) {
+        self.all_done.notified().await;
+    }
+}
+
+/// One write of a batch. It reports by being dropped, whether the write went through, was given
+/// up, or never started (a full queue), so a batch cannot be left waiting. One counter and one
+/// wake-up per batch, not one per trace.
+pub struct Written(Arc<BatchWrites>);
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        if self.0.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Stores a permit if the span worker is not waiting yet.
+            self.0.all_done.notify_one();
+        }
+    }
 }
 
 /// Everything the span workers share.
@@ -510,21 +544,20 @@ impl SpanExporter {
     /// Hands the batch's TraceInfos to the writers and waits until each is written or given up
     /// (a TraceInfo MLflow refuses does not keep the spans from going).
     async fn write_trace_infos(&self, experiment_id: &str, batch: &Batch) {
-        let mut written = Vec::with_capacity(batch.roots.len());
+        if batch.roots.is_empty() {
+            return;
+        }
+        let writes = BatchWrites::new(batch.roots.len());
         for (job, ack) in &batch.roots {
-            let (tx, rx) = oneshot::channel();
+            let written = Written(writes.clone());
             self.enqueue_trace_info(
                 experiment_id.to_string(),
                 job.clone(),
                 ack.clone(),
-                Some(tx),
+                Some(written),
             );
-            written.push(rx);
         }
-        for rx in written {
-            // An error is the sender dropped, which is how a finished write reports.
-            let _ = rx.await;
-        }
+        writes.all_done().await;
     }
 
     fn enqueue_trace_info(
@@ -532,7 +565,7 @@ impl SpanExporter {
         experiment_id: String,
         job: TraceInfoJob,
         ack: Ack,
-        written: Option<oneshot::Sender<()>>,
+        written: Option<Written>,
     ) {
         let item = TraceInfoItem {
             experiment_id,
@@ -776,6 +809,34 @@ mod tests {
             );
         }
         out
+    }
+
+    #[tokio::test]
+    async fn a_batch_waits_for_every_trace_info_write_and_is_woken_by_the_last() {
+        let writes = BatchWrites::new(3);
+        let mut pending: Vec<Written> = (0..3).map(|_| Written(writes.clone())).collect();
+        drop(pending.pop());
+        let early = tokio::time::timeout(Duration::from_millis(100), writes.all_done());
+        assert!(early.await.is_err(), "two writes still running");
+        drop(pending.pop());
+        let waiter = tokio::spawn({
+            let writes = writes.clone();
+            async move { writes.all_done().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "one write still running");
+        drop(pending.pop());
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("woken by the last write")
+            .expect("waiter");
+
+        // All over before anyone waits: the wait returns at once.
+        let done_early = BatchWrites::new(1);
+        drop(Written(done_early.clone()));
+        tokio::time::timeout(Duration::from_millis(100), done_early.all_done())
+            .await
+            .expect("the wake-up is kept for a later wait");
     }
 
     #[test]
