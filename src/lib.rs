@@ -248,7 +248,6 @@ impl Gateway {
             health: health.clone(),
             dead_letters,
             backlog: backlog.clone(),
-            trace_info_first: config.mlflow.trace_info_first,
         });
         let reader = {
             let spool = spool.clone();

@@ -84,8 +84,6 @@ pub struct SpanExporter {
     pub health: Arc<Health>,
     pub dead_letters: Arc<DeadLetters>,
     pub backlog: SpanBacklog,
-    /// Write a batch's TraceInfos before its spans (see the module comment).
-    pub trace_info_first: bool,
 }
 
 /// Runs `workers` tasks taking items from one shared queue until it closes and drains. Each
@@ -142,7 +140,8 @@ pub struct SpanBacklog {
     incomplete: Arc<AtomicUsize>,
     /// 0: no bound, spans always first.
     max_incomplete: usize,
-    /// TraceInfos go before their spans: span batches wait for them, so no writer steps aside.
+    /// TraceInfos go before their spans (`mlflow.trace_info_first`): span batches wait for
+    /// them, so no writer steps aside.
     trace_info_first: bool,
 }
 
@@ -332,7 +331,7 @@ impl SpanExporter {
         // `delivered`: None when every span went in, else the root span ids that did.
         let (experiment_id, delivered) = match self.resolve(&batch).await {
             Ok(id) => {
-                if self.trace_info_first {
+                if self.backlog.trace_info_first {
                     self.write_trace_infos(&id, &batch).await;
                 }
                 let delivered = self.deliver_spans(&id, body, spans, &batch).await;
@@ -370,7 +369,7 @@ impl SpanExporter {
         for (job, ack) in roots {
             match &experiment_id {
                 // Written before the spans; the writer acknowledged its part.
-                Some(_) if self.trace_info_first => {}
+                Some(_) if self.backlog.trace_info_first => {}
                 Some(id)
                     if delivered
                         .as_ref()
