@@ -19,6 +19,12 @@ use super::rules::TraceFacts;
 const TRACE_SCHEMA_VERSION: &str = "3";
 /// Trace-name tag.
 pub const TRACE_NAME_TAG: &str = "mlflow.traceName";
+/// Where MLflow's readers look for a trace's spans. MLflow sets it when spans arrive; written
+/// with the TraceInfo too, so a trace whose TraceInfo lands first (`mlflow.trace_info_first`)
+/// reads as "spans not exported yet" (search skips it, GetTrace answers 404) rather than as a
+/// legacy trace with spans in artifacts (the Python client then warns that it failed to
+/// download them, and GetTrace answers 500), until its spans land moments later.
+const SPANS_LOCATION_TAG: (&str, &str) = ("mlflow.trace.spansLocation", "TRACKING_STORE");
 
 /// Terminal state of a trace, from its root span's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -64,22 +70,26 @@ fn duration_string(nanos: u64) -> String {
     format!("{}.{:03}s", millis / 1000, millis % 1000)
 }
 
-/// A string map plus one entry that applies only when the map lacks its key; serialized
-/// without copying the map (the body is built once per trace, ~1000 times a second).
+/// A string map plus entries that apply only when the map lacks their key; serialized without
+/// copying the map (the body is built once per trace, ~1000 times a second).
 struct WithDefault<'a> {
     map: &'a BTreeMap<String, String>,
-    default: Option<(&'static str, &'a str)>,
+    defaults: [Option<(&'static str, &'a str)>; 2],
 }
 
 impl Serialize for WithDefault<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let extra = self.default.filter(|(k, _)| !self.map.contains_key(*k));
-        let mut map =
-            serializer.serialize_map(Some(self.map.len() + usize::from(extra.is_some())))?;
+        let extra = || {
+            self.defaults
+                .iter()
+                .flatten()
+                .filter(|(k, _)| !self.map.contains_key(*k))
+        };
+        let mut map = serializer.serialize_map(Some(self.map.len() + extra().count()))?;
         for (k, v) in self.map {
             map.serialize_entry(k, v)?;
         }
-        if let Some((k, v)) = extra {
+        for (k, v) in extra() {
             map.serialize_entry(k, v)?;
         }
         map.end()
@@ -129,11 +139,17 @@ impl TraceInfoJob {
                     },
                     trace_metadata: WithDefault {
                         map: &self.facts.metadata,
-                        default: Some(("mlflow.trace_schema.version", TRACE_SCHEMA_VERSION)),
+                        defaults: [
+                            Some(("mlflow.trace_schema.version", TRACE_SCHEMA_VERSION)),
+                            None,
+                        ],
                     },
                     tags: WithDefault {
                         map: &self.facts.tags,
-                        default: (!trace_name.is_empty()).then_some((TRACE_NAME_TAG, trace_name)),
+                        defaults: [
+                            (!trace_name.is_empty()).then_some((TRACE_NAME_TAG, trace_name)),
+                            Some(SPANS_LOCATION_TAG),
+                        ],
                     },
                     client_request_id: self.facts.client_request_id.as_deref(),
                 },
@@ -216,6 +232,7 @@ mod tests {
         assert_eq!(info["trace_metadata"]["mlflow.trace_schema.version"], "3");
         assert_eq!(info["tags"]["team"], "a");
         assert_eq!(info["tags"]["mlflow.traceName"], "handle_chat");
+        assert_eq!(info["tags"]["mlflow.trace.spansLocation"], "TRACKING_STORE");
     }
 
     #[test]
