@@ -7,38 +7,57 @@ Usage: MLFLOW_URL=http://127.0.0.1:5077 .venv/bin/python benches/probes/spans_lo
 Without the tag the client warns "Failed to download trace data" and GetTrace answers 500; with
 it search skips the trace and GetTrace answers 404 until the spans land (README, "Forward").
 """
+import datetime
 import os
-import sys, time, json, datetime, requests, logging
+import sys
+import time
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '../../../shared/reference/mlflow-probe'))
-import os
 os.environ.setdefault("MLFLOW_URL", "http://127.0.0.1:5077")
-from common import make_request, make_span, new_span_id, new_trace_id, unique_experiment, URL  # noqa: E402
-import mlflow
+import mlflow  # noqa: E402
+from common import (  # noqa: E402
+    URL, get_trace_full, make_request, make_span, new_span_id, new_trace_id, post_otlp,
+    start_trace_v3, unique_experiment,
+)
+
 mlflow.set_tracking_uri(URL)
 exp = unique_experiment("tagprobe")
+
+
 def start(t, tag):
     tags = {"team": "a"}
-    if tag: tags["mlflow.trace.spansLocation"] = "TRACKING_STORE"
+    if tag:
+        tags["mlflow.trace.spansLocation"] = "TRACKING_STORE"
     base = time.time_ns() - 5_000_000_000
-    body = {"trace": {"trace_info": {"trace_id": "tr-" + t,
-        "trace_location": {"type": "MLFLOW_EXPERIMENT", "mlflow_experiment": {"experiment_id": exp}},
-        "request_time": datetime.datetime.fromtimestamp(base/1e9, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]+"Z",
-        "execution_duration": "4s", "state": "OK", "client_request_id": "r-" + t[:8], "tags": tags}}}
-    r = requests.post(f"{URL}/api/3.0/mlflow/traces", json=body); assert r.status_code == 200, r.text
+    when = datetime.datetime.fromtimestamp(base / 1e9, datetime.timezone.utc)
+    r = start_trace_v3("tr-" + t, exp, request_time=when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+                       execution_duration="4s", client_request_id="r-" + t[:8], tags=tags)
+    assert r.status_code == 200, r.text
     return base
+
+
 def spans(t, base):
     root = new_span_id()
     sp = [make_span(t, root, name="root", start_ns=base, end_ns=base + 4_000_000_000, attrs={"session.id": "s"})]
-    sp += [make_span(t, new_span_id(), parent_hex=root, name=f"c{i}", start_ns=base+1000, end_ns=base+3_000_000_000) for i in range(3)]
-    r = requests.post(f"{URL}/v1/traces", data=make_request(sp).SerializeToString(), headers={"Content-Type": "application/x-protobuf", "x-mlflow-experiment-id": exp}); assert r.status_code == 200
+    sp += [make_span(t, new_span_id(), parent_hex=root, name=f"c{i}", start_ns=base + 1000,
+                     end_ns=base + 3_000_000_000) for i in range(3)]
+    assert post_otlp(make_request(sp), exp).status_code == 200
+
+
+def find(t):
+    return mlflow.search_traces(locations=[exp], filter_string=f"attributes.client_request_id = 'r-{t[:8]}'",
+                                return_type="list")
+
+
 for tag in (False, True):
-    t = new_trace_id(); base = start(t, tag)
+    t = new_trace_id()
+    base = start(t, tag)
     print(f"--- tag={tag}: TraceInfo only", flush=True)
-    df = mlflow.search_traces(locations=[exp], filter_string=f"attributes.client_request_id = 'r-{t[:8]}'", return_type="list")
-    print("search:", [(x.info.trace_id, len(x.data.spans)) for x in df], flush=True)
-    g = requests.get(f"{URL}/api/3.0/mlflow/traces/get", params={"trace_id": "tr-" + t})
+    print("search:", [(x.info.trace_id, len(x.data.spans)) for x in find(t)], flush=True)
+    g = get_trace_full("tr-" + t, allow_partial=False)
     print("REST get:", g.status_code, g.text[:120], flush=True)
     spans(t, base)
-    df = mlflow.search_traces(locations=[exp], filter_string=f"attributes.client_request_id = 'r-{t[:8]}'", return_type="list")
-    x = df[0]
-    print("after spans:", len(x.data.spans), x.info.state, x.info.execution_duration, x.info.tags.get("mlflow.trace.spansLocation"), x.info.tags.get("team"), x.info.trace_metadata.get("mlflow.trace.session"), flush=True)
+    x = find(t)[0]
+    print("after spans:", len(x.data.spans), x.info.state, x.info.execution_duration,
+          x.info.tags.get("mlflow.trace.spansLocation"), x.info.tags.get("team"),
+          x.info.trace_metadata.get("mlflow.trace.session"), flush=True)

@@ -10,7 +10,7 @@ Results (BENCHMARKS.md, fifth round): 33-40 vs 22-25 complete traces/s on SQLite
 import os
 import json, sys, threading, time, datetime
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '../../../shared/reference/mlflow-probe'))
-from common import URL, make_request, make_span, new_span_id, new_trace_id, unique_experiment
+from common import URL, make_request, make_span, new_span_id, new_trace_id, get_trace_full, post_otlp, unique_experiment
 import requests
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 300
@@ -57,9 +57,8 @@ def build(n):
     return traces, batches
 
 def post_spans(batches):
-    s = requests.Session()
     for b in batches:
-        r = s.post(f"{URL}/v1/traces", data=b, headers={"Content-Type": "application/x-protobuf", "x-mlflow-experiment-id": exp})
+        r = post_otlp(b, exp)
         assert r.status_code == 200, r.text[:200]
 
 def post_infos(traces):
@@ -95,7 +94,7 @@ for r in range(ROUNDS):
 for order, traces in last.items():
     bad = 0
     for (t, spans, info) in traces[:10]:
-        g = requests.get(f"{URL}/api/3.0/mlflow/traces/get", params={"trace_id": "tr-" + t}).json()["trace"]
+        g = get_trace_full("tr-" + t, allow_partial=False).json()["trace"]
         ti = g["trace_info"]
         ok = (ti.get("state") == "OK" and ti.get("client_request_id") == info["trace"]["trace_info"]["client_request_id"]
               and ti.get("request_time") == info["trace"]["trace_info"]["request_time"]
