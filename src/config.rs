@@ -41,8 +41,10 @@ pub const DEFAULT_BATCH_MAX_SPANS: usize = 500;
 pub const DEFAULT_BATCH_MAX_BYTES: usize = 4 * 1024 * 1024;
 /// Same as the Collector's batch processor: low latency while still forming useful batches.
 pub const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_millis(200);
-/// SQLite is a single writer: more than two concurrent span posts only add tail latency.
-pub const DEFAULT_EXPORT_CONCURRENCY: usize = 2;
+/// With TraceInfo first a span worker waits for its batch's StartTraceV3 calls before posting,
+/// so four keep about two span posts and two batches' TraceInfos in flight (scenario 5:
+/// PostgreSQL +14 % complete traces/s over two, SQLite the same; BENCHMARKS.md).
+pub const DEFAULT_EXPORT_CONCURRENCY: usize = 4;
 /// StartTraceV3 scales with concurrency on PostgreSQL and does no harm on SQLite (§9).
 pub const DEFAULT_TRACE_INFO_CONCURRENCY: usize = 4;
 /// Spans may run this many traces ahead of their TraceInfo: seconds of StartTraceV3 writes on

@@ -361,3 +361,23 @@ fn varint(buf: &mut &[u8]) -> Option<u64> {
     }
     None
 }
+
+/// StartTraceV3 body as the gateway writes it (client request id, metadata, tags).
+pub fn start_trace_body(experiment_id: &str, trace_id: &[u8; 16]) -> serde_json::Value {
+    let hex = hex(trace_id);
+    serde_json::json!({"trace": {"trace_info": {
+        "trace_id": format!("tr-{hex}"),
+        "client_request_id": hex,
+        "trace_location": {"type": "MLFLOW_EXPERIMENT", "mlflow_experiment": {"experiment_id": experiment_id}},
+        "request_time": "2026-11-26T12:00:00Z",
+        "execution_duration": "1.450s",
+        "state": "OK",
+        "trace_metadata": {
+            "mlflow.trace.session": "session-4f2a9c7e1b3d",
+            "mlflow.trace.user": "user-82731",
+            "mlflow.source.type": "PROD",
+            "mlflow.trace_schema.version": "3"
+        },
+        "tags": {"feature": "support-chat", "mlflow.traceName": "POST /v1/chat"}
+    }}})
+}

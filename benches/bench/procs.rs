@@ -183,13 +183,18 @@ pub async fn start_gateway(opts: &GatewayOptions) -> anyhow::Result<Collector> {
         String::new()
     };
     // BENCH_GATEWAY_TOML: extra settings for experiments, appended inside [mlflow] (its keys
-    // first, then any further tables).
+    // first, then any further tables); a `trace_info_concurrency` there replaces the scenario's.
     let extra = std::env::var("BENCH_GATEWAY_TOML").unwrap_or_default();
+    let writers = if extra.contains("trace_info_concurrency") {
+        String::new()
+    } else {
+        format!("trace_info_concurrency = {}\n", opts.trace_info_concurrency)
+    };
     let config = format!(
         "{data_dir}\n[log]\nlevel = \"warn\"\n\n[server]\notlp_grpc_addr = \"127.0.0.1:{grpc}\"\n\
          otlp_http_addr = \"127.0.0.1:{http}\"\napi_addr = \"127.0.0.1:{api}\"\n\n[mlflow]\n\
-         tracking_uri = {:?}\ntrace_info_concurrency = {}\n{extra}\n",
-        opts.mlflow_url, opts.trace_info_concurrency
+         tracking_uri = {:?}\n{writers}{extra}\n",
+        opts.mlflow_url
     );
     let config_path = dir.path().join("gateway.toml");
     std::fs::write(&config_path, config)?;
@@ -313,9 +318,11 @@ impl Mlflow {
 
     /// Each uvicorn worker spends 7-8 s on its first `/v1/traces` call (measured here: one
     /// 10-span post per fresh connection to a fresh server took 7.1-7.9 s four times, 42-51 ms
-    /// otherwise). A server in production pays that once per worker; left in, it landed in
-    /// whichever measured window first reached a cold worker. So: posts on fresh connections,
-    /// WARM_UP_CLIENTS at a time, until WARM_UP_FAST_ROUNDS rounds in a row were all fast.
+    /// otherwise), and StartTraceV3 is slow at first too (0.7-1.3 s for 6 of the first 12 calls,
+    /// then 80-115 ms). A server in production pays that once; left in, it landed in whichever
+    /// measured window first reached a cold worker. So: a 10-span post and a StartTraceV3 for
+    /// one of its traces on fresh connections, WARM_UP_CLIENTS at a time, until
+    /// WARM_UP_FAST_ROUNDS rounds in a row were all fast.
     async fn warm_up(&self) -> anyhow::Result<()> {
         const WARM_UP_CLIENTS: usize = 2 * MLFLOW_WORKERS;
         const WARM_UP_FAST_ROUNDS: usize = 3;
@@ -335,16 +342,22 @@ impl Mlflow {
             }
             let mut posts = tokio::task::JoinSet::new();
             for _ in 0..WARM_UP_CLIENTS {
-                let body = template.stamp().0;
-                let post = http
+                let (body, ids) = template.stamp();
+                let spans = http
                     .post(format!("{}/v1/traces", self.url))
                     .header("content-type", "application/x-protobuf")
                     .header("x-mlflow-experiment-id", "0")
                     .body(body);
+                let trace_info = http
+                    .post(format!("{}/api/3.0/mlflow/traces", self.url))
+                    .json(&crate::payload::start_trace_body("0", &ids[0]));
                 posts.spawn(async move {
                     let t = Instant::now();
-                    post.send().await?.error_for_status()?;
-                    anyhow::Ok(t.elapsed())
+                    spans.send().await?.error_for_status()?;
+                    let spans_took = t.elapsed();
+                    let t = Instant::now();
+                    trace_info.send().await?.error_for_status()?;
+                    anyhow::Ok(spans_took.max(t.elapsed()))
                 });
             }
             let mut times = Vec::new();
@@ -358,7 +371,7 @@ impl Mlflow {
             };
         }
         println!(
-            "  MLflow warmed up in {:.1} s (first /v1/traces call of each worker)",
+            "  MLflow warmed up in {:.1} s (first /v1/traces and StartTraceV3 calls)",
             started.elapsed().as_secs_f64()
         );
         Ok(())
