@@ -338,7 +338,7 @@ impl Mlflow {
         let mut fast_rounds = 0;
         while fast_rounds < WARM_UP_FAST_ROUNDS {
             if started.elapsed() > LIMIT {
-                bail!("MLflow's workers still slow on /v1/traces after {LIMIT:?} of warm-up");
+                bail!("MLflow still slow to answer after {LIMIT:?} of warm-up");
             }
             let mut posts = tokio::task::JoinSet::new();
             for _ in 0..WARM_UP_CLIENTS {
