@@ -77,7 +77,6 @@ def post_infos(traces):
 def timed(f, *a):
     t0 = time.perf_counter(); f(*a); return time.perf_counter() - t0
 
-results = {"spans_first": [], "info_first": []}
 last = {}
 for r in range(ROUNDS):
     for order in ("spans_first", "info_first"):
@@ -86,14 +85,13 @@ for r in range(ROUNDS):
             a = timed(post_spans, batches); b = timed(post_infos, traces)
         else:
             b = timed(post_infos, traces); a = timed(post_spans, batches)
-        results[order].append((N / (a + b), a, b))
         print(f"{order:12s} round {r}: {N / (a + b):6.1f} complete traces/s  (spans {a:.2f} s = {10 * N / a:.0f} spans/s, StartTraceV3 {b:.2f} s = {N / b:.1f}/s)", flush=True)
         last[order] = traces
 
 # Check what the info-first traces look like in MLflow.
 for order, traces in last.items():
     bad = 0
-    for (t, spans, info) in traces[:10]:
+    for k, (t, spans, info) in enumerate(traces[:10]):
         g = get_trace_full("tr-" + t, allow_partial=False).json()["trace"]
         ti = g["trace_info"]
         ok = (ti.get("state") == "OK" and ti.get("client_request_id") == info["trace"]["trace_info"]["client_request_id"]
@@ -102,7 +100,7 @@ for order, traces in last.items():
               and ti.get("trace_metadata", {}).get("mlflow.source.type") == "PROD"
               and "mlflow.trace.tokenUsage" in ti.get("trace_metadata", {})
               and ti.get("request_preview") and ti.get("trace_metadata", {}).get("mlflow.trace.session"))
-        if traces.index((t, spans, info)) == 0:
+        if k == 0:
             md = ti.get("trace_metadata", {})
             print(order, "sample:", ti.get("request_preview", "")[:40], md.get("mlflow.trace.tokenUsage"), md.get("mlflow.trace.session"), md.get("mlflow.trace.cost"), sorted(ti.get("tags", {}).keys()))
         if not ok:
