@@ -45,7 +45,8 @@ pub const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_millis(200);
 /// so four keep about two span posts and two batches' TraceInfos in flight (scenario 5:
 /// PostgreSQL +14 % complete traces/s over two, SQLite the same; BENCHMARKS.md).
 pub const DEFAULT_EXPORT_CONCURRENCY: usize = 4;
-/// StartTraceV3 scales with concurrency on PostgreSQL and does no harm on SQLite (§9).
+/// Beside four span workers, four writers completed more traces than eight on SQLite (+9 % and
+/// +28 % in two A/Bs: its writers queue on one lock) and as many on PostgreSQL (BENCHMARKS.md).
 pub const DEFAULT_TRACE_INFO_CONCURRENCY: usize = 4;
 /// Spans may run this many traces ahead of their TraceInfo: seconds of StartTraceV3 writes on
 /// SQLite, enough to keep span batches flowing while TraceInfo catches up in between.
