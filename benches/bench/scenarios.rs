@@ -29,7 +29,7 @@ const SUSTAINED_TRIALS: usize = 4;
 /// Client threads used to find MLflow's own StartTraceV3 ceiling: on SQLite, 8 gave more than
 /// 1, 2 or 4 in two series on this machine (39 / 32-38 and 45 / 35-38 per s).
 const TRACE_INFO_CLIENTS: usize = 8;
-/// The gateway's TraceInfo writers wherever it writes into MLflow or stands beside rotel: what it
+/// The gateway's TraceInfo writers in every scenario but scenario 2's ceiling search: what it
 /// ships with. Eight, as many as the ceiling's clients, made fewer complete traces on SQLite
 /// (scenario 5 in BENCHMARKS.md).
 const GATEWAY_TRACE_INFO_CONCURRENCY: usize =
