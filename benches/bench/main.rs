@@ -1,7 +1,8 @@
 //! Benchmarks: the gateway side by side with rotel and with MLflow itself.
 //!
 //! `cargo bench --bench bench` runs every scenario and prints one table row each (see
-//! BENCHMARKS.md); `-- --only 2,3` picks scenarios, `-- --quick` shortens every run.
+//! BENCHMARKS.md); `-- --only 2,3` picks scenarios, `-- --quick` shortens every run;
+//! `-- --ab A,B` measures two gateway builds in interleaved windows instead (`ab.rs`).
 //! Under `cargo test` (no `--bench` argument) the same binary runs a short smoke check instead:
 //! sent == delivered through the gateway into the fast sink, over gRPC and HTTP. It checks
 //! correctness only, never speed.
@@ -9,6 +10,7 @@
 //! The "sink" stands in for MLflow's endpoints to find a collector's own ceiling; it is not an
 //! MLflow and shows nothing about MLflow itself. Scenarios 3 and 5 use a real MLflow 3.17.2.
 
+mod ab;
 mod load;
 mod payload;
 mod procs;
@@ -34,7 +36,11 @@ fn main() {
     let result = if let Some(i) = args.iter().position(|a| a == "--load") {
         runtime.block_on(load_only(&args[i + 1..]))
     } else if args.iter().any(|a| a == "--bench") {
-        runtime.block_on(scenarios::run_all(Options::parse(&args)))
+        let opts = Options::parse(&args);
+        match &opts.ab {
+            Some(builds) => runtime.block_on(ab::run(&opts, builds)),
+            None => runtime.block_on(scenarios::run_all(opts)),
+        }
     } else {
         runtime.block_on(scenarios::smoke())
     };
@@ -94,12 +100,15 @@ pub struct Options {
     pub only: Vec<u32>,
     /// Scale every measured duration by this factor (`--quick`: 0.25).
     pub scale: f64,
+    /// `--ab A,B`: gateway builds to compare in interleaved windows, instead of the scenarios.
+    pub ab: Option<Vec<std::path::PathBuf>>,
 }
 
 impl Options {
     fn parse(args: &[String]) -> Self {
         let mut only = vec![1, 2, 3, 4, 5];
         let mut scale = 1.0;
+        let mut ab = None;
         let mut it = args.iter();
         while let Some(a) = it.next() {
             match a.as_str() {
@@ -112,10 +121,11 @@ impl Options {
                     }
                 }
                 "--quick" => scale = 0.25,
+                "--ab" => ab = it.next().map(|list| ab::builds(list)),
                 _ => {}
             }
         }
-        Self { only, scale }
+        Self { only, scale, ab }
     }
 
     pub fn secs(&self, full: f64) -> Duration {

@@ -169,6 +169,8 @@ pub struct GatewayOptions {
     /// Durable spool on disk (fsync always, the shipped default) instead of memory.
     pub durable: bool,
     pub trace_info_concurrency: usize,
+    /// Another build of the gateway (`--ab`); `None` runs `BENCH_GATEWAY_BIN` or this build.
+    pub binary: Option<PathBuf>,
 }
 
 pub async fn start_gateway(opts: &GatewayOptions) -> anyhow::Result<Collector> {
@@ -199,7 +201,11 @@ pub async fn start_gateway(opts: &GatewayOptions) -> anyhow::Result<Collector> {
     let config_path = dir.path().join("gateway.toml");
     std::fs::write(&config_path, config)?;
     // BENCH_GATEWAY_BIN: another build of the gateway (an A/B against an older commit).
-    let binary = std::env::var_os("BENCH_GATEWAY_BIN")
+    let binary = opts
+        .binary
+        .clone()
+        .map(Into::into)
+        .or_else(|| std::env::var_os("BENCH_GATEWAY_BIN"))
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_mlflow-otlp-gateway").into());
     let child = Command::new(binary)
         .arg("--config")

@@ -18,7 +18,7 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 /// spans is thousands per second there, more than the default 4 (sized for MLflow) carry.
 const CEILING_TRACE_INFO_CONCURRENCY: usize = 16;
 /// Connections of the load generator in the collector scenarios (OTel testbed style).
-const CONNECTIONS: usize = 4;
+pub(crate) const CONNECTIONS: usize = 4;
 /// A fixed-rate trial is sustained when at least this share of what was acknowledged in the
 /// window was delivered in it (the rest is the pipeline's lag)...
 const SUSTAINED_SHARE: f64 = 0.95;
@@ -32,7 +32,7 @@ const TRACE_INFO_CLIENTS: usize = 8;
 /// The gateway's TraceInfo writers in every scenario but scenario 2's ceiling search: what it
 /// ships with. Eight, as many as the ceiling's clients, made fewer complete traces on SQLite
 /// (scenario 5 in BENCHMARKS.md).
-const GATEWAY_TRACE_INFO_CONCURRENCY: usize =
+pub(crate) const GATEWAY_TRACE_INFO_CONCURRENCY: usize =
     mlflow_otlp_gateway::config::DEFAULT_TRACE_INFO_CONCURRENCY;
 /// Each of the two StartTraceV3 ceiling readings in scenario 5 (before and after the gateway).
 const CEILING_WINDOW_SECS: f64 = 8.0;
@@ -44,6 +44,7 @@ pub async fn smoke() -> anyhow::Result<()> {
         mlflow_url: sink.url(),
         durable: true,
         trace_info_concurrency: GATEWAY_TRACE_INFO_CONCURRENCY,
+        binary: None,
     })
     .await?;
     let mut acked = (0, 0);
@@ -214,6 +215,7 @@ async fn start_peer_with(
                 mlflow_url: sink.url(),
                 durable,
                 trace_info_concurrency,
+                binary: None,
             })
             .await
         }
@@ -504,6 +506,7 @@ async fn end_to_end(opts: &Options) -> anyhow::Result<String> {
         mlflow_url: mlflow.url.clone(),
         durable: true,
         trace_info_concurrency: GATEWAY_TRACE_INFO_CONCURRENCY,
+        binary: None,
     })
     .await?;
     let name = format!("through-gateway-{}", fastrand::u32(..));
@@ -789,6 +792,7 @@ async fn gateway_complete_traces(
         mlflow_url: mlflow.url.clone(),
         durable: true,
         trace_info_concurrency: GATEWAY_TRACE_INFO_CONCURRENCY,
+        binary: None,
     })
     .await?;
     let exp = mlflow.create_experiment("through-gateway").await?;
