@@ -92,12 +92,8 @@ pub async fn run(opts: &Options, builds: &[PathBuf]) -> anyhow::Result<()> {
         // faults and first spool segment. Without it, in an A/A run the first build listed
         // came out slower than its twin in both protocols (p50 and CPU ~5 %).
         for s in &subjects {
-            let target = match protocol {
-                Protocol::Grpc => s.gateway.grpc_url.clone(),
-                Protocol::Http => s.gateway.http_url.clone(),
-            };
             load::run(
-                load_spec(protocol, target, WARM_UP),
+                load_spec(protocol, s.gateway.url(protocol), WARM_UP),
                 Arc::new(Live::default()),
             )
             .await?;
@@ -109,29 +105,20 @@ pub async fn run(opts: &Options, builds: &[PathBuf]) -> anyhow::Result<()> {
             }
             for i in order {
                 let s = &mut subjects[i];
-                let target = match protocol {
-                    Protocol::Grpc => s.gateway.grpc_url.clone(),
-                    Protocol::Http => s.gateway.http_url.clone(),
-                };
                 let cpu_before = s.gateway.cpu_seconds();
                 let report = load::run(
-                    load_spec(protocol, target, window),
+                    load_spec(protocol, s.gateway.url(protocol), window),
                     Arc::new(Live::default()),
                 )
                 .await?;
                 s.window_p99s.push(report.percentile_ms(0.99));
                 s.cpu_seconds += s.gateway.cpu_seconds() - cpu_before;
-                s.merged.latencies_us.extend(&report.latencies_us);
-                s.merged.acked_spans += report.acked_spans;
-                for (code, n) in report.errors {
-                    *s.merged.errors.entry(code).or_default() += n;
-                }
+                s.merged.absorb(report);
             }
         }
         let mut rows = Vec::with_capacity(subjects.len());
         for s in &mut subjects {
-            let m = &mut s.merged;
-            m.latencies_us.sort_unstable();
+            let m = &s.merged;
             let fsyncs = s.gateway.metric("gateway_spool_fsync_seconds_count").await;
             let fsync_seconds = s.gateway.metric("gateway_spool_fsync_seconds_sum").await;
             s.window_p99s.sort_unstable_by(f64::total_cmp);
@@ -143,7 +130,7 @@ pub async fn run(opts: &Options, builds: &[PathBuf]) -> anyhow::Result<()> {
             let line = format!(
                 "| {} | {protocol:?} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} | {:.2} | {} |",
                 s.build.display(),
-                m.latencies_us.len(),
+                m.requests,
                 row.p50,
                 m.percentile_ms(0.9),
                 m.percentile_ms(0.99),

@@ -71,6 +71,19 @@ impl LoadReport {
             .map_or(f64::NAN, |&v| v as f64 / 1000.0)
     }
 
+    /// Adds another run's requests to this report (an A/B's windows); latencies stay sorted.
+    pub fn absorb(&mut self, other: LoadReport) {
+        self.elapsed += other.elapsed;
+        self.requests += other.requests;
+        self.acked_spans += other.acked_spans;
+        self.acked_traces += other.acked_traces;
+        self.latencies_us.extend(other.latencies_us);
+        self.latencies_us.sort_unstable();
+        for (code, n) in other.errors {
+            *self.errors.entry(code).or_default() += n;
+        }
+    }
+
     pub fn error_count(&self) -> u64 {
         self.errors.values().sum()
     }

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::load::Protocol;
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -131,6 +133,14 @@ impl Collector {
 
     pub fn peak_rss_mib(&self) -> f64 {
         peak_rss_mib(self.pid())
+    }
+
+    /// The OTLP endpoint the load generator sends `protocol` to.
+    pub fn url(&self, protocol: Protocol) -> String {
+        match protocol {
+            Protocol::Grpc => self.grpc_url.clone(),
+            Protocol::Http => self.http_url.clone(),
+        }
     }
 
     /// A counter or gauge from the gateway's /metrics (summed over labels).

@@ -617,14 +617,10 @@ async fn ack_latency(opts: &Options) -> anyhow::Result<String> {
         for protocol in [Protocol::Grpc, Protocol::Http] {
             let sink = Sink::start().await?;
             let collector = start_peer(peer, &sink, durable).await?;
-            let target = match protocol {
-                Protocol::Grpc => collector.grpc_url.clone(),
-                Protocol::Http => collector.http_url.clone(),
-            };
             let report = load::run(
                 LoadSpec {
                     protocol,
-                    target,
+                    target: collector.url(protocol),
                     connections: CONNECTIONS,
                     spans_per_request: 100,
                     rate: Some(10_000.0),
