@@ -48,10 +48,14 @@ pub struct TraceInfoJob {
 
 /// `tr-` + 32 lowercase hex digits: the id MLflow derives from the OTel trace id.
 pub fn mlflow_trace_id(trace_id: &[u8]) -> String {
-    let mut s = String::with_capacity(3 + 32);
+    // Called a few times per trace (index, TraceInfo, log fields): one allocation, not one
+    // `format!` per byte.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(3 + 2 * trace_id.len());
     s.push_str("tr-");
     for b in trace_id {
-        s.push_str(&format!("{b:02x}"));
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 0xf)]));
     }
     s
 }
@@ -212,6 +216,12 @@ mod tests {
             format!("tr-{}", "ab".repeat(16))
         );
         assert_eq!(mlflow_trace_id(&[0; 16]).len(), 35);
+        let every_nibble: Vec<u8> = (0..16)
+            .map(|i| i * 0x11)
+            .chain([0x01, 0x23, 0xef])
+            .collect();
+        let expected: String = every_nibble.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(mlflow_trace_id(&every_nibble), format!("tr-{expected}"));
     }
 
     #[test]

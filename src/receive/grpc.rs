@@ -108,10 +108,12 @@ impl Service<http::Request<Body>> for GrpcReceiver {
             return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
         }
         let method = ExportMethod(self.ingest.clone());
+        // Replies are never compressed: an export's reply is empty or a short partial-success
+        // message, and tonic would set up a gzip stream for every reply to a client that
+        // accepts gzip (as OTel SDKs with compression on do).
         let mut grpc = Grpc::new(RawRequestCodec)
             .accept_compressed(CompressionEncoding::Gzip)
             .accept_compressed(CompressionEncoding::Zstd)
-            .send_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(self.max_message_bytes);
         Box::pin(async move { Ok(grpc.unary(method, req).await) })
     }
