@@ -346,22 +346,25 @@ impl MappingTable {
         };
 
         // Tags from prefixed attributes: root, then resource, then others; first wins per key.
+        // The value is made only for a key that becomes a new tag: making it for every
+        // attribute of every root was most of this function's cost.
         let mut prefixed: BTreeMap<String, String> = BTreeMap::new();
-        let mut take = |key: &str, value: Option<String>| {
-            let Some(value) = value else { return };
+        let mut take = |key: &str, value: &dyn Fn() -> Option<String>| {
             for prefix in &self.tag_prefixes {
                 if let Some(tag) = key.strip_prefix(prefix.as_str())
                     && limits::is_valid_key(tag)
+                    && !prefixed.contains_key(tag)
+                    && let Some(value) = value()
                 {
-                    prefixed.entry(tag.to_string()).or_insert(value.clone());
+                    prefixed.insert(tag.to_string(), value);
                 }
             }
         };
         for kv in root.iter().chain(resource) {
-            take(&kv.key, kv.value.as_ref().and_then(value_to_string));
+            take(&kv.key, &|| kv.value.as_ref().and_then(value_to_string));
         }
         for (key, value) in others {
-            take(key, Some(value.clone()));
+            take(key, &|| Some(value.clone()));
         }
         facts.tags.extend(prefixed);
 
@@ -577,17 +580,35 @@ mod tests {
 
     #[test]
     fn prefixed_attributes_become_tags() {
+        let others: CollectedAttrs = [
+            (
+                "mlflow.traceTag.stage".to_string(),
+                "from-a-child".to_string(),
+            ),
+            (
+                "mlflow.traceTag.route".to_string(),
+                "child-loses".to_string(),
+            ),
+        ]
+        .into();
         let f = table().evaluate(
             &[
                 kv_str("mlflow.traceTag.team", "alpha"),
                 kv_str("mlflow.trace.tag.route", "chat"),
                 kv_str("mlflow.traceTag.bad!", "skipped"),
+                // A blank value makes no tag and leaves the key to the next source.
+                kv_str("mlflow.traceTag.owner", "  "),
             ],
-            &[kv_str("mlflow.traceTag.team", "resource-loses")],
-            &CollectedAttrs::new(),
+            &[
+                kv_str("mlflow.traceTag.team", "resource-loses"),
+                kv_str("mlflow.traceTag.owner", "resource"),
+            ],
+            &others,
         );
         assert_eq!(f.tags["team"], "alpha");
         assert_eq!(f.tags["route"], "chat");
+        assert_eq!(f.tags["owner"], "resource");
+        assert_eq!(f.tags["stage"], "from-a-child");
         assert!(!f.tags.contains_key("bad!"));
     }
 
