@@ -13,9 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::Options;
-use crate::load::{self, Live, LoadReport, LoadSpec, Protocol};
+use crate::load::{self, Live, LoadReport, Protocol};
 use crate::procs::{self, Collector, GatewayOptions};
-use crate::scenarios::{CONNECTIONS, GATEWAY_TRACE_INFO_CONCURRENCY};
+use crate::scenarios::{
+    CONNECTIONS, GATEWAY_TRACE_INFO_CONCURRENCY, STEADY_SPANS_PER_REQUEST, round_order, steady_load,
+};
 use crate::sink::Sink;
 
 /// Windows per build and protocol (~1000 requests each at full length): one stalled window
@@ -23,8 +25,6 @@ use crate::sink::Sink;
 const ROUNDS: usize = 8;
 /// Length of one window (`--quick` scales it like every scenario's).
 const WINDOW_SECS: f64 = 10.0;
-const RATE_SPANS_PER_SEC: f64 = 10_000.0;
-const SPANS_PER_REQUEST: usize = 100;
 /// One unmeasured window per build first.
 const WARM_UP: Duration = Duration::from_secs(3);
 
@@ -62,7 +62,7 @@ pub async fn run(opts: &Options, builds: &[PathBuf]) -> anyhow::Result<()> {
     let window = opts.secs(WINDOW_SECS);
     let mut table = format!(
         "### Interleaved A/B: {ROUNDS} windows of {:.1} s per build and protocol, order reversed \
-         every round; 10k spans/s, {SPANS_PER_REQUEST} spans/request, {CONNECTIONS} connections, \
+         every round; 10k spans/s, {STEADY_SPANS_PER_REQUEST} spans/request, {CONNECTIONS} connections, \
          spool on disk (fsync always), into the sink\n\n\
          | build | protocol | requests | ack p50 ms | p90 ms | p99 ms | median of window p99s, ms | p99.9 ms | max ms | fsync mean ms | CPU s per 1M spans | errors |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|\n",
@@ -93,21 +93,17 @@ pub async fn run(opts: &Options, builds: &[PathBuf]) -> anyhow::Result<()> {
         // came out slower than its twin in both protocols (p50 and CPU ~5 %).
         for s in &subjects {
             load::run(
-                load_spec(protocol, s.gateway.url(protocol), WARM_UP),
+                steady_load(protocol, s.gateway.url(protocol), WARM_UP),
                 Arc::new(Live::default()),
             )
             .await?;
         }
         for round in 0..ROUNDS {
-            let mut order: Vec<usize> = (0..subjects.len()).collect();
-            if round % 2 == 1 {
-                order.reverse();
-            }
-            for i in order {
+            for i in round_order(round, subjects.len()) {
                 let s = &mut subjects[i];
                 let cpu_before = s.gateway.cpu_seconds();
                 let report = load::run(
-                    load_spec(protocol, s.gateway.url(protocol), window),
+                    steady_load(protocol, s.gateway.url(protocol), window),
                     Arc::new(Live::default()),
                 )
                 .await?;
@@ -168,16 +164,4 @@ struct Row {
     p50: f64,
     window_p99: f64,
     cpu_per_million: f64,
-}
-
-fn load_spec(protocol: Protocol, target: String, duration: Duration) -> LoadSpec {
-    LoadSpec {
-        protocol,
-        target,
-        connections: CONNECTIONS,
-        spans_per_request: SPANS_PER_REQUEST,
-        rate: Some(RATE_SPANS_PER_SEC),
-        duration,
-        headers: vec![],
-    }
 }

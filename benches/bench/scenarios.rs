@@ -20,6 +20,10 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 const CEILING_TRACE_INFO_CONCURRENCY: usize = 16;
 /// Connections of the load generator in the collector scenarios (OTel testbed style).
 pub(crate) const CONNECTIONS: usize = 4;
+/// The steady load of scenarios 1 and 4 and of `--ab` (the OTel Collector testbed's rate)...
+const STEADY_SPANS_PER_SEC: f64 = 10_000.0;
+/// ...in requests of this many spans.
+pub(crate) const STEADY_SPANS_PER_REQUEST: usize = 100;
 /// A fixed-rate trial is sustained when at least this share of what was acknowledged in the
 /// window was delivered in it (the rest is the pipeline's lag)...
 const SUSTAINED_SHARE: f64 = 0.95;
@@ -233,6 +237,29 @@ fn peers() -> Vec<&'static str> {
     }
 }
 
+/// The steady load (10k spans/s, 100 spans/request, 4 connections) to `target` for `duration`.
+pub(crate) fn steady_load(protocol: Protocol, target: String, duration: Duration) -> LoadSpec {
+    LoadSpec {
+        protocol,
+        target,
+        connections: CONNECTIONS,
+        spans_per_request: STEADY_SPANS_PER_REQUEST,
+        rate: Some(STEADY_SPANS_PER_SEC),
+        duration,
+        headers: vec![],
+    }
+}
+
+/// The order in which `subjects` get their windows in `round` of an interleaved measurement:
+/// reversed every other round (A B, B A, ...), so drift on the host lands on each alike.
+pub(crate) fn round_order(round: usize, subjects: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..subjects).collect();
+    if round % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
 /// Scenario 1's load is split into this many rounds of one window per collector...
 const STEADY_ROUNDS: usize = 6;
 /// ...of this length (60 s per collector in all, as in the OTel Collector testbed).
@@ -265,14 +292,8 @@ async fn steady(opts: &Options) -> anyhow::Result<String> {
          |---|---|---|---|---|---|---|---|---|\n",
         window.as_secs_f64()
     );
-    let spec = |collector: &Collector, duration: Duration| LoadSpec {
-        protocol: Protocol::Grpc,
-        target: collector.grpc_url.clone(),
-        connections: CONNECTIONS,
-        spans_per_request: 100,
-        rate: Some(10_000.0),
-        duration,
-        headers: vec![],
+    let spec = |collector: &Collector, duration: Duration| {
+        steady_load(Protocol::Grpc, collector.grpc_url.clone(), duration)
     };
     let mut subjects = Vec::new();
     for peer in peers() {
@@ -294,11 +315,7 @@ async fn steady(opts: &Options) -> anyhow::Result<String> {
         });
     }
     for round in 0..STEADY_ROUNDS {
-        let mut order: Vec<usize> = (0..subjects.len()).collect();
-        if round % 2 == 1 {
-            order.reverse();
-        }
-        for i in order {
+        for i in round_order(round, subjects.len()) {
             let s = &mut subjects[i];
             let cpu_before = s.collector.cpu_seconds();
             let report = load::run(spec(&s.collector, window), Arc::new(Live::default())).await?;
@@ -672,15 +689,7 @@ async fn ack_latency(opts: &Options) -> anyhow::Result<String> {
             let sink = Sink::start().await?;
             let collector = start_peer(peer, &sink, durable).await?;
             let report = load::run(
-                LoadSpec {
-                    protocol,
-                    target: collector.url(protocol),
-                    connections: CONNECTIONS,
-                    spans_per_request: 100,
-                    rate: Some(10_000.0),
-                    duration: opts.secs(15.0),
-                    headers: vec![],
-                },
+                steady_load(protocol, collector.url(protocol), opts.secs(15.0)),
                 Arc::new(Live::default()),
             )
             .await?;

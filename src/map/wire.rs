@@ -271,12 +271,23 @@ static SPAN: Schema = Schema {
 /// Checks a message the way prost's decoder would: known fields have their wire type, strings
 /// are UTF-8, nested messages are well formed; unknown fields are skipped.
 fn validate(buf: &[u8], schema: &Schema, depth: usize) -> Result<(), WireError> {
+    validate_noting(buf, schema, depth, |_| {})
+}
+
+/// `validate`, showing each checked field of the message (not of nested ones) to `note`.
+fn validate_noting(
+    buf: &[u8],
+    schema: &Schema,
+    depth: usize,
+    mut note: impl FnMut(&RawField),
+) -> Result<(), WireError> {
     if depth > MAX_DEPTH {
         return Err(WireError::new("message nested too deeply"));
     }
     for field in Fields::new(buf) {
         let field = field.map_err(|e| WireError::new(format!("{}: {e}", schema.name)))?;
         check_field(buf, schema, &field, depth)?;
+        note(&field);
     }
     Ok(())
 }
@@ -318,17 +329,12 @@ fn check_field(
 /// Checks an encoded `KeyValue` found at `depth` (see `validate`) and returns where its key is
 /// (prost keeps the last of repeated keys; so does this).
 fn validate_key_value(buf: &[u8], depth: usize) -> Result<Range<usize>, WireError> {
-    if depth > MAX_DEPTH {
-        return Err(WireError::new("message nested too deeply"));
-    }
     let mut key = 0..0;
-    for field in Fields::new(buf) {
-        let field = field.map_err(|e| WireError::new(format!("{}: {e}", KEY_VALUE.name)))?;
-        check_field(buf, &KEY_VALUE, &field, depth)?;
+    validate_noting(buf, &KEY_VALUE, depth, |field| {
         if let (1, FieldValue::Len(r)) = (field.number, &field.value) {
             key = r.clone();
         }
-    }
+    })?;
     Ok(key)
 }
 
