@@ -48,6 +48,9 @@ pub const DEFAULT_EXPORT_CONCURRENCY: usize = 4;
 /// Beside four span workers, four writers completed more traces than eight on SQLite (+9 % and
 /// +28 % in two A/Bs: its writers queue on one lock) and as many on PostgreSQL (BENCHMARKS.md).
 pub const DEFAULT_TRACE_INFO_CONCURRENCY: usize = 4;
+/// A 500-span batch of 10-span traces hands four writers ~13 TraceInfos each: 16 lets each
+/// write its share at once (BENCHMARKS.md), and bounds what one lost connection sends again.
+pub const DEFAULT_TRACE_INFO_PIPELINE_DEPTH: usize = 16;
 /// Spans may run this many traces ahead of their TraceInfo: seconds of StartTraceV3 writes on
 /// SQLite, enough to keep span batches flowing while TraceInfo catches up in between.
 pub const DEFAULT_MAX_INCOMPLETE_TRACES: usize = 200;
@@ -254,8 +257,13 @@ pub struct MlflowConfig {
     pub request_timeout: Duration,
     /// Span batches posted to `/v1/traces` concurrently.
     pub export_concurrency: usize,
-    /// StartTraceV3 calls in flight at once.
+    /// TraceInfo writers: StartTraceV3 connections in use at once.
     pub trace_info_concurrency: usize,
+    /// StartTraceV3 calls a writer may write on its connection before reading their replies
+    /// (HTTP/1.1 pipelining); it takes no more than its share of the queue. 1: one call per
+    /// round trip. A server that closes the connection after every reply gets one call at a
+    /// time by itself. Only for plain `http://` without a proxy; otherwise calls go one by one.
+    pub trace_info_pipeline_depth: usize,
     /// Write each batch's TraceInfos (StartTraceV3) before its spans; the batch's spans go
     /// once every TraceInfo is written or given up. false: spans first, as the MLflow SDK
     /// sends them, balanced by `max_incomplete_traces`.
@@ -285,6 +293,7 @@ impl Default for MlflowConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             export_concurrency: DEFAULT_EXPORT_CONCURRENCY,
             trace_info_concurrency: DEFAULT_TRACE_INFO_CONCURRENCY,
+            trace_info_pipeline_depth: DEFAULT_TRACE_INFO_PIPELINE_DEPTH,
             trace_info_first: DEFAULT_TRACE_INFO_FIRST,
             max_incomplete_traces: DEFAULT_MAX_INCOMPLETE_TRACES,
             health_interval: DEFAULT_HEALTH_INTERVAL,
@@ -627,7 +636,7 @@ impl Config {
                     .into(),
             );
         }
-        let positive: [(&str, usize); 12] = [
+        let positive: [(&str, usize); 13] = [
             ("feedback.max_pending", self.feedback.max_pending),
             ("feedback.max_body_bytes", self.feedback.max_body_bytes),
             ("feedback.index_capacity", self.feedback.index_capacity),
@@ -650,6 +659,10 @@ impl Config {
             (
                 "mlflow.trace_info_concurrency",
                 self.mlflow.trace_info_concurrency,
+            ),
+            (
+                "mlflow.trace_info_pipeline_depth",
+                self.mlflow.trace_info_pipeline_depth,
             ),
             ("traces.max_pending", self.traces.max_pending),
         ];

@@ -277,6 +277,7 @@ impl Gateway {
             health.clone(),
             infos_rx,
             config.mlflow.trace_info_concurrency,
+            config.mlflow.trace_info_pipeline_depth,
             backlog,
         ));
         let pipeline = tokio::spawn(async move {

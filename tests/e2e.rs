@@ -766,3 +766,44 @@ async fn trace_infos_keep_flowing_after_mlflow_closes_an_idle_connection() {
     );
     assert!(!text.contains("gateway_export_failures_total"), "{text}");
 }
+
+/// A burst of traces for one TraceInfo writer: it pipelines their StartTraceV3 calls (up to
+/// `mlflow.trace_info_pipeline_depth` written before the replies are read), and each trace
+/// still gets its own complete TraceInfo in a real MLflow, with no call failed or retried.
+#[tokio::test]
+async fn pipelined_trace_infos_each_land_complete() {
+    let (mlflow, exp) = setup("pipelined").await;
+    let gw = gateway(&mlflow.url, &exp, |c| c.mlflow.trace_info_concurrency = 1).await;
+    let turns: Vec<Turn> = (0..40).map(|_| Turn::new()).collect();
+    let mut request = turns[0].request();
+    for turn in &turns[1..] {
+        request.resource_spans.extend(turn.request().resource_spans);
+    }
+    post_protobuf(gw.otlp_http_addr, &request).await;
+    for turn in &turns {
+        let info = mlflow
+            .wait_trace(&turn.tr(), "its client request id", |i| {
+                i["client_request_id"] == turn.request_id.as_str()
+            })
+            .await;
+        let md = &info["trace_metadata"];
+        assert_eq!(
+            md["mlflow.trace.session"],
+            turn.session.as_str(),
+            "{info:#}"
+        );
+        assert_eq!(md["mlflow.trace.user"], turn.user.as_str(), "{info:#}");
+        assert_eq!(md["mlflow.source.name"], turn.service.as_str(), "{info:#}");
+        assert_eq!(info["tags"]["team"], turn.team.as_str(), "{info:#}");
+    }
+    assert_turn_complete(&mlflow, &exp, &turns[0]).await;
+    assert_turn_complete(&mlflow, &exp, &turns[39]).await;
+    // The metrics are the test process's (gateways of tests running beside this one count
+    // there too), so only what none of them should see is checked.
+    let text = metrics_text(gw.api_addr).await;
+    assert!(
+        !text.contains("gateway_export_retries_total{kind=\"trace_info\""),
+        "a TraceInfo call was retried:\n{text}"
+    );
+    assert!(!text.contains("gateway_export_failures_total"), "{text}");
+}

@@ -18,7 +18,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
@@ -242,14 +242,15 @@ impl MlflowClient {
         self.send_payload("trace_info", request).await
     }
 
-    /// What one TraceInfo writer sends StartTraceV3 through: a connection of its own where
-    /// that behaves like the shared pool (plain HTTP, no proxy; see `direct`), else the pool.
-    pub fn trace_info_connection(&self) -> TraceInfoConnection {
+    /// What one TraceInfo writer sends StartTraceV3 through: a connection of its own, with up
+    /// to `pipeline_depth` calls written at once, where that behaves like the shared pool (plain
+    /// HTTP, no proxy; see `direct`), else the pool.
+    pub fn trace_info_connection(&self, pipeline_depth: usize) -> TraceInfoConnection {
         TraceInfoConnection {
             own: self
                 .start_trace_direct
                 .clone()
-                .map(|t| tokio::sync::Mutex::new(OwnConnection::new(t))),
+                .map(|t| tokio::sync::Mutex::new(OwnConnection::new(t, pipeline_depth))),
             client: self.clone(),
         }
     }
@@ -270,25 +271,54 @@ impl MlflowClient {
     }
 
     /// Runs a payload call of `kind` (a metric label) through the stall gate, with the timeout
-    /// it is due (doubled after each timeout in a row), times it, and notes a timeout for the
-    /// calls after it.
+    /// it is due, times it, and notes a timeout for the calls after it.
     async fn gated<F, Fut>(&self, kind: &'static str, call: F) -> Result<(), MlflowError>
     where
         F: FnOnce(Duration) -> Fut,
         Fut: Future<Output = Result<(), MlflowError>>,
     {
         self.pass_stall_gate().await?;
+        let timeout = self.call_timeout();
+        let started = Instant::now();
+        let result = call(timeout).await;
+        self.note_calls(
+            kind,
+            1,
+            started.elapsed(),
+            matches!(result, Err(MlflowError::Timeout)),
+            timeout,
+        );
+        result
+    }
+
+    /// The timeout a payload call is due: the configured one, doubled after each timeout in a
+    /// row.
+    fn call_timeout(&self) -> Duration {
         let doublings = self
             .stall
             .timeouts_in_a_row
             .load(Ordering::Relaxed)
             .min(MAX_TIMEOUT_DOUBLINGS);
-        let timeout = self.timeout.saturating_mul(1 << doublings);
-        let started = std::time::Instant::now();
-        let result = call(timeout).await;
-        metrics::histogram!("gateway_mlflow_request_seconds", "kind" => kind)
-            .record(started.elapsed().as_secs_f64());
-        if matches!(result, Err(MlflowError::Timeout)) {
+        self.timeout.saturating_mul(1 << doublings)
+    }
+
+    /// Records `calls` payload calls of `kind` that took `elapsed` together (each is observed
+    /// as its share), and whether one of them timed out: then MLflow may be frozen, and the
+    /// calls after it wait for `/health` and get twice as long.
+    fn note_calls(
+        &self,
+        kind: &'static str,
+        calls: usize,
+        elapsed: Duration,
+        timed_out: bool,
+        timeout: Duration,
+    ) {
+        let share = elapsed.as_secs_f64() / calls.max(1) as f64;
+        let histogram = metrics::histogram!("gateway_mlflow_request_seconds", "kind" => kind);
+        for _ in 0..calls {
+            histogram.record(share);
+        }
+        if timed_out {
             self.stall.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed);
             if !self.stall.stalled.swap(true, Ordering::AcqRel) {
                 tracing::warn!(
@@ -300,7 +330,6 @@ impl MlflowClient {
         } else {
             self.stall.timeouts_in_a_row.store(0, Ordering::Relaxed);
         }
-        result
     }
 
     /// An experiment by id; `None` when MLflow does not know it.
@@ -463,7 +492,13 @@ async fn reply_body(reply: Response) -> Result<Bytes, MlflowError> {
 pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     headers
         .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v.as_bytes()))
+}
+
+/// A `Retry-After` value in the delay-seconds form.
+pub(super) fn parse_retry_after(value: &[u8]) -> Option<Duration> {
+    std::str::from_utf8(value)
+        .ok()
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs)
 }
@@ -493,23 +528,50 @@ pub struct TraceInfoConnection {
 }
 
 impl TraceInfoConnection {
-    /// StartTraceV3 with the same stall gate, timeouts and error classes as the shared pool.
-    pub async fn start_trace(&self, body: Bytes) -> Result<(), MlflowError> {
+    /// StartTraceV3 once per body, with the same stall gate, timeouts and error classes as the
+    /// shared pool; one outcome per body, in order. On a connection of its own the calls are
+    /// pipelined (`direct`); through the pool they go one after another.
+    pub async fn start_traces(&self, bodies: &[Bytes]) -> Vec<Result<(), MlflowError>> {
         let Some(own) = &self.own else {
-            return self.client.start_trace(body).await;
+            let mut outcomes = Vec::with_capacity(bodies.len());
+            for body in bodies {
+                outcomes.push(self.client.start_trace(body.clone()).await);
+            }
+            return outcomes;
         };
-        self.client
-            .gated("trace_info", |timeout| async move {
-                let mut own = own.lock().await;
-                match tokio::time::timeout(timeout, own.post_json(body)).await {
-                    Ok(Ok((status, retry_after, body))) => {
-                        status_outcome(status, retry_after, body).map(drop)
-                    }
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => Err(MlflowError::Timeout),
-                }
+        if let Err(e) = self.client.pass_stall_gate().await {
+            return vec![Err(e); bodies.len()];
+        }
+        let timeout = self.client.call_timeout();
+        let started = Instant::now();
+        let replies = own.lock().await.post_json_each(bodies, timeout).await;
+        let outcomes: Vec<_> = replies
+            .into_iter()
+            .map(|reply| {
+                reply.and_then(|(status, retry_after, body)| {
+                    status_outcome(status, retry_after, body).map(drop)
+                })
             })
-            .await
+            .collect();
+        let timed_out = outcomes
+            .iter()
+            .any(|o| matches!(o, Err(MlflowError::Timeout)));
+        self.client.note_calls(
+            "trace_info",
+            bodies.len(),
+            started.elapsed(),
+            timed_out,
+            timeout,
+        );
+        outcomes
+    }
+
+    /// StartTraceV3 once.
+    pub async fn start_trace(&self, body: Bytes) -> Result<(), MlflowError> {
+        let mut outcomes = self.start_traces(&[body]).await;
+        outcomes.pop().unwrap_or(Err(MlflowError::BadReply(
+            "no outcome for a StartTraceV3 call".into(),
+        )))
     }
 }
 
@@ -636,7 +698,7 @@ mod tests {
         let wake = Arc::new(AtomicBool::new(false));
         let (url, seen) = frozen_server(wake.clone()).await;
         let client = impatient_client(url);
-        let writer = client.trace_info_connection();
+        let writer = client.trace_info_connection(4);
         let start = || writer.start_trace(Bytes::from_static(b"{}"));
         assert!(matches!(start().await, Err(MlflowError::Timeout)));
         // The shared pool sees the stall too, and the writer's next call waits for /health.

@@ -56,18 +56,29 @@ impl RetryPolicy {
                 Ok(v) => return Ok(v),
                 Err(e) if e.class() == ErrorClass::Permanent => return Err(e),
                 Err(e) => {
-                    if !self.max_elapsed.is_zero() && started.elapsed() >= self.max_elapsed {
+                    if self.out_of_time(started) {
                         return Err(e);
                     }
                     on_retry(&e, attempt);
-                    let mut wait = self.delay(attempt);
-                    if let Some(ra) = e.retry_after() {
-                        wait = wait.max(ra.min(self.max.max(ra)));
-                    }
-                    tokio::time::sleep(wait).await;
+                    tokio::time::sleep(self.wait(attempt, &e)).await;
                     attempt = attempt.saturating_add(1);
                 }
             }
+        }
+    }
+
+    /// Whether retries that began at `started` are past the elapsed limit.
+    pub fn out_of_time(&self, started: Instant) -> bool {
+        !self.max_elapsed.is_zero() && started.elapsed() >= self.max_elapsed
+    }
+
+    /// The wait before retry number `attempt` after the retryable failure `e`: the backoff, or
+    /// the server's `Retry-After` if that is longer.
+    pub fn wait(&self, attempt: u32, e: &MlflowError) -> Duration {
+        let backoff = self.delay(attempt);
+        match e.retry_after() {
+            Some(ra) => backoff.max(ra.min(self.max.max(ra))),
+            None => backoff,
         }
     }
 }

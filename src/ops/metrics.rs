@@ -13,6 +13,9 @@ const BATCH_BUCKETS: &[f64] = &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 50
 /// a congested or network disk tens of ms.
 const FSYNC_BUCKETS: &[f64] = &[0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 0.5];
 
+/// TraceInfos per writer run: 1 (nothing to pipeline) up to the default depth of 16 and past it.
+const RUN_CALLS_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 12.0, 16.0, 32.0, 64.0];
+
 /// MLflow call buckets: StartTraceV3 takes 10-20 ms on an idle server (mlflow-rest.md §9), a
 /// span batch 0.1-1 s; a loaded SQLite server seconds.
 const MLFLOW_CALL_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
@@ -36,6 +39,12 @@ pub fn handle() -> PrometheusHandle {
                     b.set_buckets_for_metric(
                         Matcher::Full("gateway_mlflow_request_seconds".into()),
                         MLFLOW_CALL_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("gateway_trace_info_run_calls".into()),
+                        RUN_CALLS_BUCKETS,
                     )
                 })
                 .map(|b| b.build_recorder())
@@ -92,6 +101,10 @@ fn describe() {
     describe_histogram!(
         "gateway_mlflow_request_seconds",
         "Duration of each payload call to MLflow (attempts, failed ones too), by kind (spans, trace_info)."
+    );
+    describe_histogram!(
+        "gateway_trace_info_run_calls",
+        "TraceInfos a writer takes and sends together (one pipelined run on its own connection)."
     );
     describe_histogram!(
         "gateway_spool_fsync_seconds",

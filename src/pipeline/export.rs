@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -86,30 +86,56 @@ pub struct SpanExporter {
     pub backlog: SpanBacklog,
 }
 
-/// Runs `workers` tasks taking items from one shared queue until it closes and drains. Each
-/// worker gets its own `state` (made once, handed to every item it handles).
+/// Runs `workers` tasks taking items from one shared queue until it closes and drains. A worker
+/// takes up to `max_take` items at a time, but no more than its share of what is queued among
+/// the workers that are idle, so a burst still spreads over every free worker, and in as few
+/// takes as that allows. Each worker gets its own `state` (made once, handed to every group it
+/// handles).
 async fn worker_pool<T, S, F, Fut>(
     queue: mpsc::Receiver<T>,
     workers: usize,
+    max_take: usize,
     state: impl Fn() -> S,
     handle: F,
 ) where
     T: Send + 'static,
     S: Clone + Send + 'static,
-    F: Fn(S, T) -> Fut + Clone + Send + 'static,
+    F: Fn(S, Vec<T>) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
     let queue = Arc::new(Mutex::new(queue));
+    let idle = Arc::new(AtomicUsize::new(workers));
     let mut tasks = Vec::with_capacity(workers);
     for _ in 0..workers {
-        let queue = queue.clone();
+        let (queue, idle) = (queue.clone(), idle.clone());
         let handle = handle.clone();
         let state = state();
         tasks.push(tokio::spawn(async move {
             loop {
-                let next = queue.lock().await.recv().await;
-                let Some(item) = next else { break };
-                handle(state.clone(), item).await;
+                let group = {
+                    let mut queue = queue.lock().await;
+                    let Some(first) = queue.recv().await else {
+                        break;
+                    };
+                    if max_take > 1 {
+                        // The first item of a burst wakes this worker, often on the other
+                        // runtime thread while the producer is still queueing the rest.
+                        tokio::task::yield_now().await;
+                    }
+                    let free = idle.fetch_sub(1, Ordering::AcqRel).max(1);
+                    let share = (queue.len() + 1).div_ceil(free).clamp(1, max_take.max(1));
+                    let mut group = Vec::with_capacity(share);
+                    group.push(first);
+                    while group.len() < share {
+                        match queue.try_recv() {
+                            Ok(item) => group.push(item),
+                            Err(_) => break,
+                        }
+                    }
+                    group
+                };
+                handle(state.clone(), group).await;
+                idle.fetch_add(1, Ordering::AcqRel);
             }
         }));
     }
@@ -242,13 +268,16 @@ pub async fn run_span_workers(
     worker_pool(
         batches,
         workers,
+        1,
         || (),
-        move |(), batch| {
+        move |(), batches| {
             let (exporter, backlog) = (exporter.clone(), backlog.clone());
             async move {
-                backlog.span_turn().await;
-                exporter.deliver(batch).await;
-                backlog.finished();
+                for batch in batches {
+                    backlog.span_turn().await;
+                    exporter.deliver(batch).await;
+                    backlog.finished();
+                }
             }
         },
     )
@@ -509,7 +538,7 @@ impl SpanExporter {
                             },
                         })
                 },
-                |e, attempt| note_retry(&self.health, "resolve", e, attempt),
+                |e, attempt| note_retry(&self.health, "resolve", e, attempt, 1),
             )
             .await;
         if let Err(e) = &r {
@@ -531,7 +560,7 @@ impl SpanExporter {
             .policy
             .run(
                 || self.client.post_spans(experiment_id, body.clone()),
-                |e, attempt| note_retry(&self.health, "spans", e, attempt),
+                |e, attempt| note_retry(&self.health, "spans", e, attempt, 1),
             )
             .await;
         if result.is_ok() {
@@ -591,86 +620,114 @@ impl SpanExporter {
     }
 }
 
-/// Counts a retried MLflow call, fails readiness on refused credentials, and logs the first
-/// and every tenth attempt.
-fn note_retry(health: &Health, kind: &'static str, e: &MlflowError, attempt: u32) {
+/// Counts `calls` retried MLflow calls, fails readiness on refused credentials, and logs the
+/// first and every tenth attempt.
+fn note_retry(health: &Health, kind: &'static str, e: &MlflowError, attempt: u32, calls: usize) {
     metrics::counter!("gateway_export_retries_total", "kind" => kind, "reason" => e.reason())
-        .increment(1);
+        .increment(calls as u64);
     if e.class() == ErrorClass::Auth {
         health.set_export_problem(Some(format!(
             "MLflow refused the gateway's credentials: {e}"
         )));
     }
     if attempt == 0 || attempt.is_multiple_of(10) {
-        tracing::warn!(kind, attempt, error = %e, "MLflow call failed; retrying");
+        tracing::warn!(kind, attempt, calls, error = %e, "MLflow call failed; retrying");
     }
 }
 
-/// Runs `workers` StartTraceV3 loops until the queue closes.
+/// Runs `workers` StartTraceV3 loops until the queue closes. Each takes up to
+/// `pipeline_depth` queued TraceInfos at a time and writes them together (pipelined on its
+/// connection where it has one of its own, `MlflowClient::trace_info_connection`).
 pub async fn run_trace_info_workers(
     client: MlflowClient,
     policy: RetryPolicy,
     health: Arc<Health>,
     queue: mpsc::Receiver<TraceInfoItem>,
     workers: usize,
+    pipeline_depth: usize,
     spans_first: SpanBacklog,
 ) {
     worker_pool(
         queue,
         workers,
-        || Arc::new(client.trace_info_connection()),
-        move |connection: Arc<TraceInfoConnection>, item: TraceInfoItem| {
+        pipeline_depth,
+        || Arc::new(client.trace_info_connection(pipeline_depth)),
+        move |connection: Arc<TraceInfoConnection>, items: Vec<TraceInfoItem>| {
             let (policy, health) = (policy.clone(), health.clone());
             let spans_first = spans_first.clone();
             async move {
                 let slot = spans_first.trace_info_turn().await;
-                metrics::gauge!("gateway_trace_info_queue").decrement(1.0);
-                write_trace_info(
-                    &connection,
-                    &policy,
-                    &health,
-                    &item.experiment_id,
-                    &item.job,
-                )
-                .await;
+                metrics::gauge!("gateway_trace_info_queue").decrement(items.len() as f64);
+                metrics::histogram!("gateway_trace_info_run_calls").record(items.len() as f64);
+                write_trace_infos(&connection, &policy, &health, &items).await;
                 drop(slot);
-                spans_first.trace_info_done();
-                item.ack.done();
-                drop(item.written);
+                for item in items {
+                    spans_first.trace_info_done();
+                    item.ack.done();
+                    drop(item.written);
+                }
             }
         },
     )
     .await;
 }
 
-#[tracing::instrument(skip_all, fields(trace_id = %mlflow_trace_id(&job.trace_id)))]
-async fn write_trace_info(
+/// Writes each item's TraceInfo, all of them at once, then again those that failed retryably,
+/// with the retry policy's backoff between rounds, until each is written or given up.
+async fn write_trace_infos(
     connection: &TraceInfoConnection,
     policy: &RetryPolicy,
     health: &Health,
-    experiment_id: &str,
-    job: &TraceInfoJob,
+    items: &[TraceInfoItem],
 ) {
-    let body = Bytes::from(job.body_bytes(experiment_id));
-    let result = policy
-        .run(
-            || connection.start_trace(body.clone()),
-            |e, attempt| note_retry(health, "trace_info", e, attempt),
-        )
-        .await;
-    match result {
-        Ok(()) => metrics::counter!("gateway_export_traces_total").increment(1),
-        Err(e) => {
-            let reason = if e.is_retryable() {
-                "gave_up"
-            } else {
-                e.reason()
-            };
-            metrics::counter!("gateway_export_failures_total", "kind" => "trace_info", "reason" => reason)
-                .increment(1);
-            tracing::error!(error = %e, "MLflow rejected the TraceInfo; the trace keeps its spans");
+    let started = Instant::now();
+    let mut pending: Vec<(&TraceInfoJob, Bytes)> = items
+        .iter()
+        .map(|item| {
+            (
+                &item.job,
+                Bytes::from(item.job.body_bytes(&item.experiment_id)),
+            )
+        })
+        .collect();
+    let mut attempt = 0u32;
+    loop {
+        let bodies: Vec<Bytes> = pending.iter().map(|(_, body)| body.clone()).collect();
+        let outcomes = connection.start_traces(&bodies).await;
+        let mut again = Vec::new();
+        let mut retryable = None;
+        for ((job, body), outcome) in pending.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => metrics::counter!("gateway_export_traces_total").increment(1),
+                Err(e) if !e.is_retryable() => trace_info_failed(job, &e, e.reason()),
+                Err(e) => {
+                    again.push((job, body));
+                    retryable.get_or_insert(e);
+                }
+            }
         }
+        let Some(e) = retryable else { return };
+        if policy.out_of_time(started) {
+            for (job, _) in &again {
+                trace_info_failed(job, &e, "gave_up");
+            }
+            return;
+        }
+        note_retry(health, "trace_info", &e, attempt, again.len());
+        tokio::time::sleep(policy.wait(attempt, &e)).await;
+        attempt = attempt.saturating_add(1);
+        pending = again;
     }
+}
+
+fn trace_info_failed(job: &TraceInfoJob, e: &MlflowError, reason: &'static str) {
+    metrics::counter!("gateway_export_failures_total", "kind" => "trace_info", "reason" => reason)
+        .increment(1);
+    tracing::error!(
+        trace_id = %mlflow_trace_id(&job.trace_id),
+        error = %e,
+        "MLflow rejected the TraceInfo; the trace keeps its spans"
+    );
 }
 
 #[cfg(test)]
