@@ -17,7 +17,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -252,6 +252,8 @@ impl MlflowClient {
                 .clone()
                 .map(|t| tokio::sync::Mutex::new(OwnConnection::new(t, pipeline_depth))),
             client: self.clone(),
+            pipeline_depth,
+            last_call_micros: AtomicU64::new(0),
         }
     }
 
@@ -522,12 +524,34 @@ fn status_outcome(
 /// A TraceInfo writer's way to StartTraceV3 (`MlflowClient::trace_info_connection`).
 pub struct TraceInfoConnection {
     client: MlflowClient,
+    /// `mlflow.trace_info_pipeline_depth`.
+    pipeline_depth: usize,
+    /// Mean time per call of the last run, in microseconds.
+    last_call_micros: AtomicU64,
     /// Used by one writer at a time; the lock is never contended, it only lets a retry loop
     /// borrow the connection from a shared reference.
     own: Option<tokio::sync::Mutex<OwnConnection>>,
 }
 
+/// Pipelining saves the gateway's own cost of a call, a few tens of microseconds; it is worth a
+/// writer taking a run of TraceInfos only while calls take less than this. Slower calls are the
+/// server's time (StartTraceV3 on a real MLflow: 10-20 ms or more), and a writer holding a run
+/// then makes its batch wait for it while the other writers could have shared it.
+const PIPELINE_WORTHWHILE_CALL: Duration = Duration::from_millis(1);
+
 impl TraceInfoConnection {
+    /// How many TraceInfos this writer should take for its next run: the pipeline depth while
+    /// calls are quick (and on its own connection), else one.
+    pub fn run_limit(&self) -> usize {
+        let quick = self.last_call_micros.load(Ordering::Relaxed)
+            < PIPELINE_WORTHWHILE_CALL.as_micros() as u64;
+        if self.own.is_some() && quick {
+            self.pipeline_depth
+        } else {
+            1
+        }
+    }
+
     /// StartTraceV3 once per body, with the same stall gate, timeouts and error classes as the
     /// shared pool; one outcome per body, in order. On a connection of its own the calls are
     /// pipelined (`direct`); through the pool they go one after another.
@@ -556,13 +580,13 @@ impl TraceInfoConnection {
         let timed_out = outcomes
             .iter()
             .any(|o| matches!(o, Err(MlflowError::Timeout)));
-        self.client.note_calls(
-            "trace_info",
-            bodies.len(),
-            started.elapsed(),
-            timed_out,
-            timeout,
+        let elapsed = started.elapsed();
+        self.last_call_micros.store(
+            (elapsed.as_micros() / bodies.len().max(1) as u128) as u64,
+            Ordering::Relaxed,
         );
+        self.client
+            .note_calls("trace_info", bodies.len(), elapsed, timed_out, timeout);
         outcomes
     }
 

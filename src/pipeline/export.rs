@@ -87,14 +87,14 @@ pub struct SpanExporter {
 }
 
 /// Runs `workers` tasks taking items from one shared queue until it closes and drains. A worker
-/// takes up to `max_take` items at a time, but no more than its share of what is queued among
+/// takes up to `max_take(its state)` items at a time, but no more than its share of what is queued among
 /// the workers that are idle, so a burst still spreads over every free worker, and in as few
 /// takes as that allows. Each worker gets its own `state` (made once, handed to every group it
 /// handles).
 async fn worker_pool<T, S, F, Fut>(
     queue: mpsc::Receiver<T>,
     workers: usize,
-    max_take: usize,
+    max_take: impl Fn(&S) -> usize + Clone + Send + 'static,
     state: impl Fn() -> S,
     handle: F,
 ) where
@@ -108,7 +108,7 @@ async fn worker_pool<T, S, F, Fut>(
     let mut tasks = Vec::with_capacity(workers);
     for _ in 0..workers {
         let (queue, idle) = (queue.clone(), idle.clone());
-        let handle = handle.clone();
+        let (handle, max_take) = (handle.clone(), max_take.clone());
         let state = state();
         tasks.push(tokio::spawn(async move {
             loop {
@@ -117,13 +117,14 @@ async fn worker_pool<T, S, F, Fut>(
                     let Some(first) = queue.recv().await else {
                         break;
                     };
+                    let max_take = max_take(&state).max(1);
                     if max_take > 1 {
                         // The first item of a burst wakes this worker, often on the other
                         // runtime thread while the producer is still queueing the rest.
                         tokio::task::yield_now().await;
                     }
                     let free = idle.fetch_sub(1, Ordering::AcqRel).max(1);
-                    let share = (queue.len() + 1).div_ceil(free).clamp(1, max_take.max(1));
+                    let share = (queue.len() + 1).div_ceil(free).clamp(1, max_take);
                     let mut group = Vec::with_capacity(share);
                     group.push(first);
                     while group.len() < share {
@@ -268,7 +269,7 @@ pub async fn run_span_workers(
     worker_pool(
         batches,
         workers,
-        1,
+        |_: &()| 1,
         || (),
         move |(), batches| {
             let (exporter, backlog) = (exporter.clone(), backlog.clone());
@@ -636,8 +637,9 @@ fn note_retry(health: &Health, kind: &'static str, e: &MlflowError, attempt: u32
 }
 
 /// Runs `workers` StartTraceV3 loops until the queue closes. Each takes up to
-/// `pipeline_depth` queued TraceInfos at a time and writes them together (pipelined on its
-/// connection where it has one of its own, `MlflowClient::trace_info_connection`).
+/// `pipeline_depth` queued TraceInfos at a time while MLflow answers fast enough for
+/// pipelining to matter, and writes them together (pipelined on its connection where it has
+/// one of its own; `TraceInfoConnection::run_limit`).
 pub async fn run_trace_info_workers(
     client: MlflowClient,
     policy: RetryPolicy,
@@ -650,7 +652,7 @@ pub async fn run_trace_info_workers(
     worker_pool(
         queue,
         workers,
-        pipeline_depth,
+        |connection: &Arc<TraceInfoConnection>| connection.run_limit(),
         || Arc::new(client.trace_info_connection(pipeline_depth)),
         move |connection: Arc<TraceInfoConnection>, items: Vec<TraceInfoItem>| {
             let (policy, health) = (policy.clone(), health.clone());
