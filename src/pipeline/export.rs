@@ -87,10 +87,10 @@ pub struct SpanExporter {
 }
 
 /// Runs `workers` tasks taking items from one shared queue until it closes and drains. A worker
-/// takes up to `max_take(its state)` items at a time, but no more than its share of what is queued among
-/// the workers that are idle, so a burst still spreads over every free worker, and in as few
-/// takes as that allows. Each worker gets its own `state` (made once, handed to every group it
-/// handles).
+/// takes up to `max_take(its state)` items at a time, but no more than its share of what is
+/// queued among the workers that are idle, so a burst still spreads over every free worker, in
+/// as few takes as that allows. Each worker gets its own `state` (made once, handed to every
+/// group it handles).
 async fn worker_pool<T, S, F, Fut>(
     queue: mpsc::Receiver<T>,
     workers: usize,
