@@ -108,8 +108,6 @@ struct Live {
     stream: TcpStream,
     /// Bytes read but not yet taken as a reply.
     buf: BytesMut,
-    /// Replies read on this connection.
-    answered: usize,
 }
 
 /// How a round of requests on one connection ended.
@@ -173,7 +171,6 @@ impl OwnConnection {
             let mut replies = Vec::with_capacity(end - start);
             let ended = round(&mut live, &wire, end - start, timeout, &mut replies).await;
             let answered = replies.len();
-            live.answered += answered;
             outcomes.extend(replies.into_iter().map(Ok));
             let failure = match ended {
                 RoundEnd::Open => {
@@ -190,7 +187,7 @@ impl OwnConnection {
             if outcomes.len() == bodies.len() {
                 break;
             }
-            if !kept && end - start > 1 && live.answered <= 1 {
+            if !kept && end - start > 1 && answered <= 1 {
                 // A new connection that ended after one reply, or none, with more requests in
                 // flight: a server that closes after every reply (and may reset the connection
                 // over the requests it did not read, losing even that reply). One at a time
@@ -248,7 +245,6 @@ impl OwnConnection {
         Ok(Live {
             stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
-            answered: 0,
         })
     }
 }
@@ -279,6 +275,8 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Largest reply taken: StartTraceV3 echoes a TraceInfo of a few KiB, so a reply this size is
 /// not MLflow's, and buffering it further would only grow memory.
 const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
+/// What a connection that ended inside a reply is reported as.
+const CUT_SHORT: &str = "MLflow closed the connection in the middle of a reply";
 /// Reply headers parsed; MLflow's server sends about six.
 const MAX_REPLY_HEADERS: usize = 64;
 
@@ -381,7 +379,7 @@ fn take_reply(buf: &[u8], eof: bool) -> Result<Option<(Reply, usize, bool)>, Str
         let head_len = match head.parse(&buf[offset..]) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) if eof && offset < buf.len() => {
-                return Err("MLflow closed the connection in the middle of a reply".into());
+                return Err(CUT_SHORT.into());
             }
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(format!("not an HTTP/1 reply: {e}")),
@@ -426,7 +424,7 @@ fn take_reply(buf: &[u8], eof: bool) -> Result<Option<(Reply, usize, bool)>, Str
         } else if let Some(length) = length {
             if rest.len() < length {
                 if eof {
-                    return Err("MLflow closed the connection in the middle of a reply".into());
+                    return Err(CUT_SHORT.into());
                 }
                 return Ok(None);
             }
@@ -459,7 +457,7 @@ fn has_token(value: &[u8], token: &str) -> bool {
 fn dechunk(buf: &[u8], eof: bool) -> Result<Option<(Bytes, usize)>, String> {
     let incomplete = || {
         if eof {
-            Err("MLflow closed the connection in the middle of a reply".to_string())
+            Err(CUT_SHORT.to_string())
         } else {
             Ok(None)
         }
