@@ -261,8 +261,9 @@ pub struct MlflowConfig {
     pub trace_info_concurrency: usize,
     /// StartTraceV3 calls a writer may write on its connection before reading their replies
     /// (HTTP/1.1 pipelining); it takes no more than its share of the queue, and takes runs only
-    /// while calls take under 1 ms (else one at a time). 1: one call per round trip. A server that closes the connection after every reply gets one call at a
-    /// time by itself. Only for plain `http://` without a proxy; otherwise calls go one by one.
+    /// while calls take under 1 ms (else one at a time). 1: one call per round trip. A server
+    /// that closes the connection after every reply gets one call at a time by itself. Only for
+    /// plain `http://` without a proxy; otherwise calls go one by one.
     pub trace_info_pipeline_depth: usize,
     /// Write each batch's TraceInfos (StartTraceV3) before its spans; the batch's spans go
     /// once every TraceInfo is written or given up. false: spans first, as the MLflow SDK

@@ -279,18 +279,38 @@ impl MlflowClient {
         F: FnOnce(Duration) -> Fut,
         Fut: Future<Output = Result<(), MlflowError>>,
     {
-        self.pass_stall_gate().await?;
+        let mut outcomes = self
+            .gated_each(kind, 1, |timeout| async move { vec![call(timeout).await] })
+            .await;
+        outcomes.pop().unwrap_or(Err(MlflowError::BadReply(format!(
+            "no outcome for a {kind} call"
+        ))))
+    }
+
+    /// `gated` for `calls` payload calls made together (a pipelined run): one gate, one timeout
+    /// per reply, each call observed as its share of the run's time; one outcome per call. A
+    /// closed gate answers every call with its error.
+    async fn gated_each<F, Fut>(
+        &self,
+        kind: &'static str,
+        calls: usize,
+        call: F,
+    ) -> Vec<Result<(), MlflowError>>
+    where
+        F: FnOnce(Duration) -> Fut,
+        Fut: Future<Output = Vec<Result<(), MlflowError>>>,
+    {
+        if let Err(e) = self.pass_stall_gate().await {
+            return vec![Err(e); calls];
+        }
         let timeout = self.call_timeout();
         let started = Instant::now();
-        let result = call(timeout).await;
-        self.note_calls(
-            kind,
-            1,
-            started.elapsed(),
-            matches!(result, Err(MlflowError::Timeout)),
-            timeout,
-        );
-        result
+        let outcomes = call(timeout).await;
+        let timed_out = outcomes
+            .iter()
+            .any(|o| matches!(o, Err(MlflowError::Timeout)));
+        self.note_calls(kind, calls, started.elapsed(), timed_out, timeout);
+        outcomes
     }
 
     /// The timeout a payload call is due: the configured one, doubled after each timeout in a
@@ -563,31 +583,24 @@ impl TraceInfoConnection {
             }
             return outcomes;
         };
-        if let Err(e) = self.client.pass_stall_gate().await {
-            return vec![Err(e); bodies.len()];
-        }
-        let timeout = self.client.call_timeout();
-        let started = Instant::now();
-        let replies = own.lock().await.post_json_each(bodies, timeout).await;
-        let outcomes: Vec<_> = replies
-            .into_iter()
-            .map(|reply| {
-                reply.and_then(|(status, retry_after, body)| {
-                    status_outcome(status, retry_after, body).map(drop)
-                })
-            })
-            .collect();
-        let timed_out = outcomes
-            .iter()
-            .any(|o| matches!(o, Err(MlflowError::Timeout)));
-        let elapsed = started.elapsed();
-        self.last_call_micros.store(
-            (elapsed.as_micros() / bodies.len().max(1) as u128) as u64,
-            Ordering::Relaxed,
-        );
         self.client
-            .note_calls("trace_info", bodies.len(), elapsed, timed_out, timeout);
-        outcomes
+            .gated_each("trace_info", bodies.len(), |timeout| async move {
+                let started = Instant::now();
+                let replies = own.lock().await.post_json_each(bodies, timeout).await;
+                self.last_call_micros.store(
+                    (started.elapsed().as_micros() / bodies.len().max(1) as u128) as u64,
+                    Ordering::Relaxed,
+                );
+                replies
+                    .into_iter()
+                    .map(|reply| {
+                        reply.and_then(|(status, retry_after, body)| {
+                            status_outcome(status, retry_after, body).map(drop)
+                        })
+                    })
+                    .collect()
+            })
+            .await
     }
 
     /// StartTraceV3 once.
