@@ -31,6 +31,20 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_MAX_DECOMPRESSED_BYTES: usize = 64 * 1024 * 1024;
 /// Beyond this many concurrent export requests the gateway is saturated; refuse instead of queueing.
 pub const DEFAULT_MAX_INFLIGHT_REQUESTS: usize = 1024;
+/// CPUs left to delivery when `receiver.ingest_concurrency` is not set: with every CPU checking
+/// and mapping requests under overload, delivery collapsed (scenario 2, 512 spans/request:
+/// 24k spans/s delivered flat out against 207k sustained; BENCHMARKS.md).
+pub const INGEST_RESERVED_CPUS: usize = 1;
+
+/// `receiver.ingest_concurrency` when not set: the CPUs this process may use (cgroup quotas
+/// included) less `INGEST_RESERVED_CPUS`, at least one.
+pub fn default_ingest_concurrency() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .saturating_sub(INGEST_RESERVED_CPUS)
+        .max(1)
+}
 /// 256 MiB of decoded spans waiting for MLflow: minutes of MLflow's ~1.5k spans/s ceiling.
 pub const DEFAULT_MAX_QUEUE_BYTES: usize = 256 * 1024 * 1024;
 /// Seconds a refused client is told to wait; short, since the queue drains at MLflow's pace.
@@ -192,6 +206,10 @@ pub struct ReceiverConfig {
     pub max_decompressed_bytes: usize,
     /// Concurrent OTLP requests being decoded and admitted; more get a retryable refusal.
     pub max_inflight_requests: usize,
+    /// Requests checked, decoded and mapped at once (CPU work); the others admitted wait for a
+    /// turn, so the clients that overload the gateway are slowed down while delivery keeps a
+    /// CPU. Default: the CPUs available less one, at least one.
+    pub ingest_concurrency: Option<usize>,
     /// `Retry-After` sent with retryable refusals.
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
@@ -203,6 +221,7 @@ impl Default for ReceiverConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_decompressed_bytes: DEFAULT_MAX_DECOMPRESSED_BYTES,
             max_inflight_requests: DEFAULT_MAX_INFLIGHT_REQUESTS,
+            ingest_concurrency: None,
             retry_after: DEFAULT_RETRY_AFTER,
         }
     }
@@ -672,6 +691,9 @@ impl Config {
                 errors.push(format!("{key}: must be greater than 0"));
             }
         }
+        if self.receiver.ingest_concurrency == Some(0) {
+            errors.push("receiver.ingest_concurrency: must be greater than 0 (or unset)".into());
+        }
         if self.queue.max_bytes < self.receiver.max_decompressed_bytes {
             errors.push(format!(
                 "queue.max_bytes ({}) must be at least receiver.max_decompressed_bytes ({}), \
@@ -873,6 +895,8 @@ mod tests {
             tracking_uri = "file:///tmp/mlruns"
             experiment_id = "abc"
             username = "u"
+            [receiver]
+            ingest_concurrency = 0
             [batch]
             max_spans = 0
         "#;
@@ -880,7 +904,19 @@ mod tests {
         let ConfigError::Invalid(errors) = cfg.validate().unwrap_err() else {
             panic!("expected Invalid")
         };
-        assert_eq!(errors.len(), 5, "{errors:#?}");
+        assert_eq!(errors.len(), 6, "{errors:#?}");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("receiver.ingest_concurrency")),
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn ingest_concurrency_leaves_a_cpu_to_delivery() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(default_ingest_concurrency(), cpus.saturating_sub(1).max(1));
     }
 
     #[test]

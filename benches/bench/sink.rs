@@ -28,8 +28,15 @@ pub struct SinkCounts {
 pub struct Sink {
     pub addr: SocketAddr,
     pub counts: Arc<SinkCounts>,
-    task: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
+
+/// The sink's own runtime threads. It stands in for a server in another process: sharing the
+/// benchmark's runtime, its replies queued behind the flat-out load generator's tasks, so a
+/// collector that waits for replies (the gateway's StartTraceV3 calls) was slowed by the load
+/// generator rather than by its own work.
+const SINK_THREADS: usize = 2;
 
 impl Sink {
     pub async fn start() -> anyhow::Result<Self> {
@@ -45,12 +52,36 @@ impl Sink {
                 post(|| async { axum::Json(json!({"experiment_id": "1"})) }),
             )
             .with_state(counts.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(Self { addr, counts, task })
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(SINK_THREADS)
+            .thread_name("sink")
+            .enable_all()
+            .build()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("sink".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = axum::serve(listener, app) => {}
+                        _ = stopped => {}
+                    }
+                });
+                // Kept-alive connections from the collector would hold a graceful shutdown.
+                runtime.shutdown_background();
+            })?;
+        Ok(Self {
+            addr,
+            counts,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
     }
 
     pub fn url(&self) -> String {
@@ -72,7 +103,12 @@ impl Sink {
 
 impl Drop for Sink {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

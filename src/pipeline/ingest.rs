@@ -109,8 +109,16 @@ pub struct Ingest {
     routes: Vec<(String, ExperimentRef)>,
     spool: Spool,
     inflight: Arc<Semaphore>,
+    /// Turns for the CPU work of a request (`receiver.ingest_concurrency`).
+    turns: Arc<Semaphore>,
     retry_after: Duration,
     request_ids: Arc<RequestIdIndex>,
+}
+
+/// A turn for a request's CPU work (checking, decoding, mapping), from `Ingest::ingest_turn`;
+/// given back when dropped.
+pub struct IngestTurn {
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 struct Group {
@@ -148,6 +156,11 @@ impl Ingest {
             routes,
             spool,
             inflight: Arc::new(Semaphore::new(cfg.receiver.max_inflight_requests)),
+            turns: Arc::new(Semaphore::new(
+                cfg.receiver
+                    .ingest_concurrency
+                    .unwrap_or_else(crate::config::default_ingest_concurrency),
+            )),
             retry_after: cfg.receiver.retry_after,
             request_ids,
         }
@@ -164,6 +177,16 @@ impl Ingest {
             .increment(1);
             err
         })
+    }
+
+    /// Waits for a turn to do a request's CPU work. Under overload the requests beyond
+    /// `receiver.ingest_concurrency` wait here (their clients with them) instead of taking
+    /// every CPU from delivery, which then fell to a tenth of what the gateway sustains.
+    pub async fn ingest_turn(&self) -> IngestTurn {
+        // The semaphore is never closed, so a permit always comes.
+        IngestTurn {
+            _permit: self.turns.clone().acquire_owned().await.ok(),
+        }
     }
 
     /// Counts spans refused with a whole-request error.
@@ -277,8 +300,11 @@ impl Ingest {
         let received_ms = crate::feedback::store::now_ms();
         let mut accepted = 0;
         for mut g in kept {
+            // Not held over the append: a group commit gathers the appends waiting for it.
+            let turn = self.ingest_turn().await;
             let roots = self.map_group(&mut g.resource_spans, &g.experiment);
             let body = wire::encode_request(&g.resource_spans);
+            drop(turn);
             let record = SpoolRecord {
                 experiment: g.experiment,
                 span_count: g.span_count,
@@ -518,10 +544,13 @@ mod tests {
     use prost::Message;
 
     fn ingest() -> Ingest {
-        let cfg = Config::default();
+        ingest_with(&Config::default())
+    }
+
+    fn ingest_with(cfg: &Config) -> Ingest {
         let client = MlflowClient::new(&cfg.mlflow).expect("client");
         Ingest::new(
-            &cfg,
+            cfg,
             Arc::new(TraceTracker::new(100, Duration::from_secs(60))),
             Experiments::new(client, false),
             Spool::memory(1 << 20),
@@ -610,5 +639,53 @@ mod tests {
             facts(2),
             (Some("resource-user".into()), Some("session-2".into()))
         );
+    }
+    /// With one turn, a request waits while another holds it (nothing reaches the queue), and
+    /// goes in once the turn is given back.
+    #[tokio::test]
+    async fn requests_beyond_the_ingest_concurrency_wait_for_a_turn() {
+        // A port nothing listens on: resolving the experiment fails at once and the spans are
+        // queued to be resolved at delivery, as while MLflow is down.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut cfg = Config::default();
+        cfg.mlflow.tracking_uri = format!("http://127.0.0.1:{port}");
+        cfg.receiver.ingest_concurrency = Some(1);
+        let ingest = Arc::new(ingest_with(&cfg));
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![resource_spans(vec![], vec![span(1, 1, true, vec![])])],
+        };
+        let views = wire::parse_request(&Bytes::from(request.encode_to_vec())).expect("valid");
+        let ctx = RequestContext {
+            transport: Transport::Grpc,
+            experiment_header: None,
+        };
+
+        let held = ingest.ingest_turn().await;
+        let waiting = tokio::spawn({
+            let ingest = ingest.clone();
+            async move { ingest.accept(views, ctx).await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !waiting.is_finished(),
+            "accepted while the only turn was held"
+        );
+        assert_eq!(
+            ingest.spool.stats().memory_bytes,
+            0,
+            "queued without a turn"
+        );
+
+        drop(held);
+        let accepted = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("accepted once the turn was back")
+            .expect("task")
+            .expect("accepted");
+        assert_eq!(accepted.accepted_spans, 1);
+        assert!(ingest.spool.stats().memory_bytes > 0);
     }
 }

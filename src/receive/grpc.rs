@@ -56,12 +56,14 @@ impl GrpcReceiver {
             transport: Transport::Grpc,
             experiment_header,
         };
+        let turn = ingest.ingest_turn().await;
         let resource_spans = wire::parse_request(request.get_ref()).map_err(|e| {
             tracing::debug!(error = %e, "undecodable OTLP/gRPC request");
             grpc_status(&IngestError::InvalidArgument(format!(
                 "not a valid OTLP ExportTraceServiceRequest: {e}"
             )))
         })?;
+        drop(turn);
         let accepted = ingest
             .accept(resource_spans, ctx)
             .await

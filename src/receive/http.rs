@@ -140,7 +140,9 @@ async fn export(State(rx): State<HttpReceiver>, headers: HeaderMap, body: Body) 
     };
     let limit = rx.max_decompressed_bytes;
     let wire_len = bytes.len();
+    let turn = rx.ingest.ingest_turn().await;
     let work = move || -> Result<Vec<ResourceSpansView>, DecodeError> {
+        let _turn = turn;
         let raw = decode::decompress(encoding, &bytes, limit)?;
         decode::decode(format, raw)
     };
