@@ -20,6 +20,12 @@ const RUN_CALLS_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 12.0, 16.0, 32.0, 64.0];
 /// span batch 0.1-1 s; a loaded SQLite server seconds.
 const MLFLOW_CALL_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
+/// Waits for an ingest turn: a fraction of a millisecond while requests only overlap, up to
+/// seconds when clients send more than the gateway can take.
+const INGEST_WAIT_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+];
+
 /// Installs the process-wide recorder once and returns its handle.
 pub fn handle() -> PrometheusHandle {
     HANDLE
@@ -45,6 +51,12 @@ pub fn handle() -> PrometheusHandle {
                     b.set_buckets_for_metric(
                         Matcher::Full("gateway_trace_info_run_calls".into()),
                         RUN_CALLS_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("gateway_receiver_ingest_wait_seconds".into()),
+                        INGEST_WAIT_BUCKETS,
                     )
                 })
                 .map(|b| b.build_recorder())
@@ -96,6 +108,10 @@ fn describe() {
     describe_counter!(
         "gateway_export_retries_total",
         "Retried MLflow calls, by kind and reason."
+    );
+    describe_histogram!(
+        "gateway_receiver_ingest_wait_seconds",
+        "Time a request waited for an ingest turn (receiver.ingest_concurrency); only waits are counted."
     );
     describe_histogram!("gateway_export_batch_spans", "Spans per /v1/traces batch.");
     describe_histogram!(

@@ -182,11 +182,20 @@ impl Ingest {
     /// Waits for a turn to do a request's CPU work. Under overload the requests beyond
     /// `receiver.ingest_concurrency` wait here (their clients with them) instead of taking
     /// every CPU from delivery, which then fell to a tenth of what the gateway sustains.
+    /// Only waits are timed (`gateway_receiver_ingest_wait_seconds`): a free turn costs no
+    /// clock reads or metric updates.
     pub async fn ingest_turn(&self) -> IngestTurn {
-        // The semaphore is never closed, so a permit always comes.
-        IngestTurn {
-            _permit: self.turns.clone().acquire_owned().await.ok(),
+        if let Ok(permit) = self.turns.clone().try_acquire_owned() {
+            return IngestTurn {
+                _permit: Some(permit),
+            };
         }
+        let waited = std::time::Instant::now();
+        // The semaphore is never closed, so a permit always comes.
+        let permit = self.turns.clone().acquire_owned().await.ok();
+        metrics::histogram!("gateway_receiver_ingest_wait_seconds")
+            .record(waited.elapsed().as_secs_f64());
+        IngestTurn { _permit: permit }
     }
 
     /// Counts spans refused with a whole-request error.
