@@ -26,38 +26,23 @@ const INGEST_WAIT_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
 ];
 
+/// Histograms with buckets of their own; the others get the exporter's summary default.
+const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
+    ("gateway_export_batch_spans", BATCH_BUCKETS),
+    ("gateway_spool_fsync_seconds", FSYNC_BUCKETS),
+    ("gateway_mlflow_request_seconds", MLFLOW_CALL_BUCKETS),
+    ("gateway_trace_info_run_calls", RUN_CALLS_BUCKETS),
+    ("gateway_receiver_ingest_wait_seconds", INGEST_WAIT_BUCKETS),
+];
+
 /// Installs the process-wide recorder once and returns its handle.
 pub fn handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Full("gateway_export_batch_spans".into()),
-                    BATCH_BUCKETS,
-                )
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        Matcher::Full("gateway_spool_fsync_seconds".into()),
-                        FSYNC_BUCKETS,
-                    )
-                })
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        Matcher::Full("gateway_mlflow_request_seconds".into()),
-                        MLFLOW_CALL_BUCKETS,
-                    )
-                })
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        Matcher::Full("gateway_trace_info_run_calls".into()),
-                        RUN_CALLS_BUCKETS,
-                    )
-                })
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        Matcher::Full("gateway_receiver_ingest_wait_seconds".into()),
-                        INGEST_WAIT_BUCKETS,
-                    )
+            let recorder = HISTOGRAM_BUCKETS
+                .iter()
+                .try_fold(PrometheusBuilder::new(), |b, (name, buckets)| {
+                    b.set_buckets_for_metric(Matcher::Full((*name).into()), buckets)
                 })
                 .map(|b| b.build_recorder())
                 .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());

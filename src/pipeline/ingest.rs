@@ -649,6 +649,7 @@ mod tests {
             (Some("resource-user".into()), Some("session-2".into()))
         );
     }
+
     /// With one turn, a request waits while another holds it (nothing reaches the queue), and
     /// goes in once the turn is given back.
     #[tokio::test]
