@@ -35,6 +35,8 @@ fn main() {
     };
     let result = if let Some(i) = args.iter().position(|a| a == "--load") {
         runtime.block_on(load_only(&args[i + 1..]))
+    } else if let Some(i) = args.iter().position(|a| a == "--sink") {
+        runtime.block_on(sink_only(&args[i + 1..]))
     } else if args.iter().any(|a| a == "--bench") {
         let opts = Options::parse(&args);
         match &opts.ab {
@@ -91,6 +93,32 @@ async fn load_only(args: &[String]) -> anyhow::Result<()> {
         r.max_ms(),
         r.errors_text()
     );
+    Ok(())
+}
+
+/// `--sink SECONDS`: only the sink, for profiling a collector by hand (point its tracking URI
+/// or exporter at the printed URL, load it with `--load`); prints what arrived each second.
+async fn sink_only(args: &[String]) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let seconds: u64 = args
+        .first()
+        .context("missing --sink SECONDS")?
+        .parse()
+        .context("--sink SECONDS")?;
+    let sink = sink::Sink::start().await?;
+    println!("sink {}", sink.url());
+    let (mut spans, mut infos) = (0, 0);
+    for _ in 0..seconds {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (s, i) = (sink.spans(), sink.trace_infos());
+        println!(
+            "spans {s} (+{}) | trace infos {i} (+{}) | bad requests {}",
+            s - spans,
+            i - infos,
+            sink.bad_requests()
+        );
+        (spans, infos) = (s, i);
+    }
     Ok(())
 }
 

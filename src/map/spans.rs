@@ -2,6 +2,8 @@
 //! must be shortened before MLflow sees it, and what is added to root spans so MLflow lifts
 //! session, user and tags at ingest, before the TraceInfo write lands.
 
+use std::borrow::Cow;
+
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -139,21 +141,30 @@ pub fn fit(span: &mut Span) {
 /// Puts the trace's facts on its root span in the attributes MLflow lifts at ingest, so the
 /// trace is searchable by session, user and tags as soon as its spans land.
 pub fn enrich_root(span: &mut Span, facts: &TraceFacts) {
+    for (key, value) in root_attributes(facts) {
+        set_str(&mut span.attributes, &key, value);
+    }
+}
+
+/// The string attributes `enrich_root` sets, for a root that is not decoded
+/// (`SpanView::set_string_attributes`).
+pub fn root_attributes(facts: &TraceFacts) -> Vec<(Cow<'static, str>, &str)> {
+    let mut out = Vec::with_capacity(2 + facts.tags.len());
     if let Some(session) = facts.session() {
         // The session wins over gen_ai.conversation.id only if that one disagrees; keep both
         // consistent so MLflow's "first attribute wins" picks the mapped value.
-        set_str(&mut span.attributes, SESSION_ATTRS[0], session);
+        out.push((Cow::Borrowed(SESSION_ATTRS[0]), session));
     }
     if let Some(user) = facts.user() {
-        set_str(&mut span.attributes, USER_ATTR, user);
+        out.push((Cow::Borrowed(USER_ATTR), user));
     }
     for (key, value) in &facts.tags {
-        set_str(
-            &mut span.attributes,
-            &format!("{TRACE_TAG_PREFIX}{key}"),
-            value,
-        );
+        out.push((
+            Cow::Owned(format!("{TRACE_TAG_PREFIX}{key}")),
+            value.as_str(),
+        ));
     }
+    out
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::ops::Range;
 
 use bytes::{BufMut, Bytes};
 use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
@@ -46,7 +47,7 @@ struct RawField {
 
 #[derive(Debug, Clone)]
 enum FieldValue {
-    Varint,
+    Varint(u64),
     I64(u64),
     I32,
     Len(Range<usize>),
@@ -55,7 +56,7 @@ enum FieldValue {
 impl FieldValue {
     fn wire_type(&self) -> u8 {
         match self {
-            FieldValue::Varint => WIRE_VARINT,
+            FieldValue::Varint(_) => WIRE_VARINT,
             FieldValue::I64(_) => WIRE_I64,
             FieldValue::Len(_) => WIRE_LEN,
             FieldValue::I32 => WIRE_I32,
@@ -105,10 +106,7 @@ impl<'a> Fields<'a> {
             Ok(bytes)
         };
         let value = match (key & 7) as u8 {
-            WIRE_VARINT => {
-                read_varint(self.buf, &mut self.pos)?;
-                FieldValue::Varint
-            }
+            WIRE_VARINT => FieldValue::Varint(read_varint(self.buf, &mut self.pos)?),
             WIRE_I64 => {
                 let b = fixed(&mut self.pos, 8)?;
                 FieldValue::I64(u64::from_le_bytes(b.try_into().unwrap_or_default()))
@@ -338,13 +336,13 @@ fn validate_key_value(buf: &[u8], depth: usize) -> Result<Range<usize>, WireErro
     Ok(key)
 }
 
-/// Room made for a span's attributes at its first one: GenAI spans carry 10-20, and growing
-/// the list from Rust's default 4 cost two reallocations per span (2 % of the gateway's CPU).
+/// Room made per span in a scope's attribute list: GenAI spans carry 10-20, and growing the
+/// list as it fills cost reallocations (2 % of the gateway's CPU when the list was per span).
 const TYPICAL_ATTRIBUTES: usize = 16;
 
 /// Where one attribute sits in its span's encoding.
 #[derive(Debug, Clone)]
-struct AttributeAt {
+pub struct AttributeAt {
     /// The encoded `KeyValue`.
     key_value: Range<usize>,
     /// Its key (checked as UTF-8).
@@ -362,17 +360,22 @@ pub struct SpanView {
     name: Range<usize>,
     pub start_time_unix_nano: u64,
     pub end_time_unix_nano: u64,
-    /// The attributes, found while the span was checked, so that picking the mapped ones does
-    /// not walk the span again (three walks per span were ~12 % of the gateway's CPU at 10k
-    /// spans/s; BENCHMARKS.md, "Changes").
-    attributes: Vec<AttributeAt>,
+    /// `status.code` (0, unset, when the span has no status).
+    pub status_code: i32,
+    /// Where its attributes are in its scope's `attributes`: found while the span was checked,
+    /// so that picking the mapped ones does not walk the span again (three walks per span were
+    /// ~12 % of the gateway's CPU at 10k spans/s; BENCHMARKS.md, "Changes"). One list per
+    /// scope, not one per span: a list per span was an allocation per span.
+    attributes: Range<usize>,
     /// The span re-encoded after the gateway changed it (root enrichment, fitted values).
     rewritten: Option<Bytes>,
 }
 
 impl SpanView {
-    /// Checks the span as `validate` would and notes what the gateway reads, in one walk.
-    fn parse(body: Bytes) -> Result<Self, WireError> {
+    /// Checks the span as `validate` would and notes what the gateway reads, in one walk; its
+    /// attributes go to the end of `attributes`.
+    fn parse(body: Bytes, attributes: &mut Vec<AttributeAt>) -> Result<Self, WireError> {
+        let first_attribute = attributes.len();
         let mut view = SpanView {
             body: Bytes::new(),
             trace_id: 0..0,
@@ -381,7 +384,8 @@ impl SpanView {
             name: 0..0,
             start_time_unix_nano: 0,
             end_time_unix_nano: 0,
-            attributes: Vec::new(),
+            status_code: 0,
+            attributes: 0..0,
             rewritten: None,
         };
         // On repeats the last value wins, as in prost.
@@ -389,10 +393,7 @@ impl SpanView {
             let field = field.map_err(|e| WireError::new(format!("{}: {e}", SPAN.name)))?;
             if let (9, FieldValue::Len(r)) = (field.number, &field.value) {
                 let key = validate_key_value(&body[r.clone()], 1)?;
-                if view.attributes.is_empty() {
-                    view.attributes.reserve(TYPICAL_ATTRIBUTES);
-                }
-                view.attributes.push(AttributeAt {
+                attributes.push(AttributeAt {
                     key_value: r.clone(),
                     key: r.start + key.start..r.start + key.end,
                 });
@@ -406,10 +407,20 @@ impl SpanView {
                 (5, FieldValue::Len(r)) => view.name = r,
                 (7, FieldValue::I64(v)) => view.start_time_unix_nano = v,
                 (8, FieldValue::I64(v)) => view.end_time_unix_nano = v,
+                (15, FieldValue::Len(r)) => {
+                    // Checked above; prost merges a repeated status, so its last code wins.
+                    for field in Fields::new(&body[r]).flatten() {
+                        if let (3, FieldValue::Varint(code)) = (field.number, field.value) {
+                            // An enum on the wire is an int32 written as a varint.
+                            view.status_code = code as i32;
+                        }
+                    }
+                }
                 _ => {}
             }
         }
         view.body = body;
+        view.attributes = first_attribute..attributes.len();
         Ok(view)
     }
 
@@ -431,9 +442,14 @@ impl SpanView {
     }
 
     /// Attributes whose key passes `wanted`, decoded; the others are never touched.
-    pub fn attributes_where(&self, mut wanted: impl FnMut(&str) -> bool) -> Vec<KeyValue> {
+    /// `attributes` is the list of the span's scope (`ScopeSpansView::attributes`).
+    pub fn attributes_where(
+        &self,
+        attributes: &[AttributeAt],
+        mut wanted: impl FnMut(&str) -> bool,
+    ) -> Vec<KeyValue> {
         let mut out = Vec::new();
-        for at in &self.attributes {
+        for at in attributes.get(self.attributes.clone()).unwrap_or_default() {
             // Checked as UTF-8 by `parse`.
             let key = std::str::from_utf8(&self.body[at.key.clone()]).unwrap_or_default();
             if wanted(key)
@@ -448,6 +464,58 @@ impl SpanView {
     /// The whole span, decoded (for roots and spans the gateway must change).
     pub fn decode(&self) -> Result<Span, WireError> {
         Span::decode(&self.body[..]).map_err(|e| WireError::new(format!("Span: {e}")))
+    }
+
+    /// Sets string attributes without decoding the span: its attributes with these keys are
+    /// left out and the new ones appended (protobuf allows fields in any order). A span that
+    /// already holds every value is forwarded as received. For roots, whose decode and
+    /// re-encode was ~6 % of the gateway's CPU at its ceiling.
+    /// `attributes` is the list of the span's scope (`ScopeSpansView::attributes`).
+    pub fn set_string_attributes(&mut self, attributes: &[AttributeAt], set: &[(&str, &str)]) {
+        let mine = attributes.get(self.attributes.clone()).unwrap_or_default();
+        let key_of = |at: &AttributeAt| {
+            // Checked as UTF-8 by `parse`.
+            std::str::from_utf8(&self.body[at.key.clone()]).unwrap_or_default()
+        };
+        let holds = |key: &str, value: &str| {
+            let mut found = mine.iter().filter(|at| key_of(at) == key);
+            match (found.next(), found.next()) {
+                (Some(at), None) => KeyValue::decode(&self.body[at.key_value.clone()])
+                    .ok()
+                    .and_then(|kv| kv.value?.value)
+                    .is_some_and(|v| matches!(v, Value::StringValue(s) if s == value)),
+                _ => false,
+            }
+        };
+        if set.iter().all(|(k, v)| holds(k, v)) {
+            return;
+        }
+        let extra: usize = set
+            .iter()
+            .map(|(k, v)| framed_len(string_key_value_len(k, v)))
+            .sum();
+        let mut out = Vec::with_capacity(self.body.len() + extra);
+        // `parse` noted every attribute field, in wire order.
+        let mut noted = mine.iter();
+        for field in Fields::new(&self.body).flatten() {
+            if field.number == 9
+                && noted
+                    .next()
+                    .is_some_and(|at| set.iter().any(|(k, _)| *k == key_of(at)))
+            {
+                continue;
+            }
+            out.extend_from_slice(&self.body[field.whole]);
+        }
+        for (key, value) in set {
+            put_framed(&mut out, 9, string_key_value_len(key, value));
+            put_framed(&mut out, 1, key.len());
+            out.extend_from_slice(key.as_bytes());
+            put_framed(&mut out, 2, framed_len(value.len()));
+            put_framed(&mut out, 1, value.len());
+            out.extend_from_slice(value.as_bytes());
+        }
+        self.rewritten = Some(Bytes::from(out));
     }
 
     /// Forward `span` instead of the received bytes.
@@ -487,6 +555,8 @@ impl KeptFields {
 pub struct ScopeSpansView {
     kept: KeptFields,
     pub spans: Vec<SpanView>,
+    /// Where the attributes of all its spans are, span after span (see `SpanView::attributes`).
+    pub attributes: Vec<AttributeAt>,
 }
 
 /// A `ResourceSpans`: its resource (also decoded: small, and every span's mapping reads it),
@@ -570,9 +640,16 @@ fn parse_resource_spans(buf: Bytes) -> Result<ResourceSpansView, WireError> {
 }
 
 fn parse_scope_spans(buf: Bytes) -> Result<ScopeSpansView, WireError> {
+    // Sized before the walk: growing the list of ~170-byte views one doubling at a time moved
+    // each span several times (~2 % of the gateway's CPU at 10k spans/s).
+    let span_count = Fields::new(&buf)
+        .map_while(Result::ok)
+        .filter(|f| f.number == 2)
+        .count();
     let mut view = ScopeSpansView {
         kept: KeptFields::default(),
-        spans: Vec::new(),
+        spans: Vec::with_capacity(span_count),
+        attributes: Vec::with_capacity(span_count * TYPICAL_ATTRIBUTES),
     };
     for field in Fields::new(&buf) {
         let field = field.map_err(|e| WireError::new(format!("ScopeSpans: {e}")))?;
@@ -581,7 +658,10 @@ fn parse_scope_spans(buf: Bytes) -> Result<ScopeSpansView, WireError> {
                 validate(&buf[r.clone()], &SCOPE, 0)?;
                 view.kept.keep(&buf, &field);
             }
-            (2, FieldValue::Len(r)) => view.spans.push(SpanView::parse(buf.slice(r.clone()))?),
+            (2, FieldValue::Len(r)) => {
+                let span = SpanView::parse(buf.slice(r.clone()), &mut view.attributes)?;
+                view.spans.push(span);
+            }
             (3, FieldValue::Len(r)) => {
                 if std::str::from_utf8(&buf[r.clone()]).is_err() {
                     return Err(WireError::new("ScopeSpans: schema_url is not valid UTF-8"));
@@ -607,6 +687,11 @@ fn varint_len(v: usize) -> usize {
 /// Length of a length-delimited field with a one-byte tag (field numbers 1-15).
 fn framed_len(payload: usize) -> usize {
     1 + varint_len(payload) + payload
+}
+
+/// Length of an encoded `KeyValue { key, value: AnyValue { string_value } }`.
+fn string_key_value_len(key: &str, value: &str) -> usize {
+    framed_len(key.len()) + framed_len(framed_len(value.len()))
 }
 
 fn put_framed(out: &mut Vec<u8>, field: u32, payload_len: usize) {
@@ -663,7 +748,6 @@ mod tests {
     use super::*;
     use crate::map::attrs::{find_str, kv_str};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::common::v1::any_value::Value;
     use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, InstrumentationScope};
     use opentelemetry_proto::tonic::trace::v1::span::Event;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status};
@@ -773,7 +857,8 @@ mod tests {
     fn only_wanted_attributes_are_decoded() {
         let body = Bytes::from(request().encode_to_vec());
         let views = parse_request(&body).unwrap();
-        let attrs = views[0].scope_spans[0].spans[0].attributes_where(|k| k == "session.id");
+        let scope = &views[0].scope_spans[0];
+        let attrs = scope.spans[0].attributes_where(&scope.attributes, |k| k == "session.id");
         assert_eq!(attrs, vec![kv_str("session.id", "s")]);
     }
 
@@ -797,9 +882,14 @@ mod tests {
         let expected = Span::decode(&body[..]).unwrap().attributes;
         assert_eq!(expected.last().map(|kv| kv.key.as_str()), Some("second"));
 
-        let view = SpanView::parse(Bytes::from(body)).unwrap();
-        assert_eq!(view.attributes_where(|_| true), expected);
-        let picked = view.attributes_where(|k| k == "second" || k == "a");
+        // After another span's attributes, as in a scope.
+        let mut attributes = vec![AttributeAt {
+            key_value: 0..0,
+            key: 0..0,
+        }];
+        let view = SpanView::parse(Bytes::from(body), &mut attributes).unwrap();
+        assert_eq!(view.attributes_where(&attributes, |_| true), expected);
+        let picked = view.attributes_where(&attributes, |k| k == "second" || k == "a");
         assert_eq!(picked.len(), 2);
         assert_eq!(picked[0], kv_str("a", "1"));
         assert_eq!(picked[1].key, "second");
@@ -833,7 +923,7 @@ mod tests {
         let at = bytes.windows(4).position(|w| w == b"MARK").unwrap();
         bytes[at] = 0xff;
         assert!(Span::decode(&bytes[..]).is_err());
-        let err = SpanView::parse(Bytes::from(bytes)).unwrap_err();
+        let err = SpanView::parse(Bytes::from(bytes), &mut Vec::new()).unwrap_err();
         assert!(
             err.to_string()
                 .contains("KeyValue: field 1 is not valid UTF-8"),
@@ -842,7 +932,7 @@ mod tests {
         let mut bytes = span(1, &[]).encode_to_vec();
         bytes.extend_from_slice(&[9 << 3, 0x01]);
         assert!(Span::decode(&bytes[..]).is_err());
-        let err = SpanView::parse(Bytes::from(bytes)).unwrap_err();
+        let err = SpanView::parse(Bytes::from(bytes), &mut Vec::new()).unwrap_err();
         assert!(
             err.to_string().contains("Span: field 9 has wire type 0"),
             "{err}"
@@ -899,5 +989,60 @@ mod tests {
         body.extend_from_slice(&rs);
         let views = parse_request(&Bytes::from(body.clone())).unwrap();
         assert_eq!(encode_request(&views), body);
+    }
+
+    fn view_of(span: &Span) -> (SpanView, Vec<AttributeAt>) {
+        let mut attributes = Vec::new();
+        let view = SpanView::parse(Bytes::from(span.encode_to_vec()), &mut attributes).unwrap();
+        (view, attributes)
+    }
+
+    /// Set on the wire, a root carries what setting the decoded span gives: values replaced,
+    /// a duplicate key left once, new keys added, every other field and attribute unchanged.
+    #[test]
+    fn string_attributes_set_on_the_wire_match_the_decoded_result() {
+        let mut root = span(1, &[]);
+        root.attributes = vec![
+            kv_str("session.id", "old"),
+            kv_str("keep", "k"),
+            kv_str("user.id", "u1"),
+            kv_str("user.id", "u2"),
+        ];
+        root.status = Some(Status {
+            message: "boom".into(),
+            code: 2,
+        });
+        root.events.push(Event {
+            name: "e".into(),
+            ..Default::default()
+        });
+        let set = [
+            ("session.id", "new"),
+            ("user.id", "u"),
+            ("mlflow.traceTag.t", "v"),
+        ];
+        let (mut view, attributes) = view_of(&root);
+        assert_eq!(view.status_code, 2);
+        view.set_string_attributes(&attributes, &set);
+        let mut on_wire = Span::decode(view.forwarded()).unwrap();
+
+        let mut expected = root.clone();
+        expected.attributes = vec![kv_str("keep", "k")];
+        expected
+            .attributes
+            .extend(set.iter().map(|(k, v)| kv_str(k, v)));
+        assert_eq!(on_wire, expected);
+
+        // Forwarded as received when every value is already there.
+        let (mut again, attributes) = view_of(&on_wire);
+        again.set_string_attributes(&attributes, &set);
+        assert!(again.rewritten.is_none());
+        on_wire.attributes.push(kv_str("user.id", "u"));
+        let (mut duplicated, attributes) = view_of(&on_wire);
+        duplicated.set_string_attributes(&attributes, &set);
+        assert!(
+            duplicated.rewritten.is_some(),
+            "a duplicated key is set once"
+        );
     }
 }

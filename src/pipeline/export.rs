@@ -33,7 +33,7 @@ use crate::spool::deadletter::{DeadLetter, DeadLetters};
 /// A TraceInfo write waiting for StartTraceV3.
 pub struct TraceInfoItem {
     pub experiment_id: String,
-    pub job: TraceInfoJob,
+    pub job: Arc<TraceInfoJob>,
     /// The record's acknowledgement, one part of which is this write.
     pub ack: Ack,
     /// Dropped once the write is over (written or given up) when a span batch waits for its
@@ -592,7 +592,7 @@ impl SpanExporter {
     fn enqueue_trace_info(
         &self,
         experiment_id: String,
-        job: TraceInfoJob,
+        job: Arc<TraceInfoJob>,
         ack: Ack,
         written: Option<Written>,
     ) {
@@ -687,7 +687,7 @@ async fn write_trace_infos(
         .iter()
         .map(|item| {
             (
-                &item.job,
+                &*item.job,
                 Bytes::from(item.job.body_bytes(&item.experiment_id)),
             )
         })

@@ -427,7 +427,7 @@ impl Ingest {
                     if spans::is_root_parent(span.parent_span_id()) {
                         continue;
                     }
-                    let attributes = span.attributes_where(wanted);
+                    let attributes = span.attributes_where(&ss.attributes, wanted);
                     if spans::needs_fit(&attributes)
                         && let Ok(mut decoded) = span.decode()
                     {
@@ -460,21 +460,42 @@ impl Ingest {
                     if !spans::is_root_parent(view.parent_span_id()) {
                         continue;
                     }
-                    let (Ok(trace_id), Ok(root_span_id), Ok(mut span)) = (
+                    let (Ok(trace_id), Ok(root_span_id)) = (
                         <[u8; 16]>::try_from(view.trace_id()),
                         <[u8; 8]>::try_from(view.span_id()),
-                        view.decode(),
                     ) else {
                         continue;
                     };
-                    spans::fit(&mut span);
+                    // Only the attributes the mapping reads are decoded; the root is decoded
+                    // whole only when a session id must be fitted (rare).
+                    let attributes = view.attributes_where(&ss.attributes, wanted);
+                    let mut fitted = None;
+                    if spans::needs_fit(&attributes) {
+                        let Ok(mut span) = view.decode() else {
+                            continue;
+                        };
+                        spans::fit(&mut span);
+                        fitted = Some(span);
+                    }
                     let (others, evicted) = self.tracker.complete(trace_id);
                     forgotten += evicted.without_root;
+                    let root_attributes =
+                        fitted.as_ref().map_or(&attributes[..], |s| &s.attributes);
                     let facts =
                         self.mapping
-                            .evaluate(&span.attributes, resource_attrs(resource), &others);
-                    spans::enrich_root(&mut span, &facts);
-                    view.replace(&span);
+                            .evaluate(root_attributes, resource_attrs(resource), &others);
+                    match fitted {
+                        Some(mut span) => {
+                            spans::enrich_root(&mut span, &facts);
+                            view.replace(&span);
+                        }
+                        None => {
+                            let set = spans::root_attributes(&facts);
+                            let set: Vec<(&str, &str)> =
+                                set.iter().map(|(k, v)| (k.as_ref(), *v)).collect();
+                            view.set_string_attributes(&ss.attributes, &set);
+                        }
+                    }
                     if let Some(crid) = &facts.client_request_id {
                         self.request_ids.insert(
                             crid.clone(),
@@ -484,16 +505,17 @@ impl Ingest {
                             },
                         );
                     }
-                    let state = match span.status.as_ref().map(|s| s.code) {
-                        Some(code) if code == StatusCode::Error as i32 => TraceState::Error,
-                        _ => TraceState::Ok,
+                    let state = if view.status_code == StatusCode::Error as i32 {
+                        TraceState::Error
+                    } else {
+                        TraceState::Ok
                     };
                     jobs.push(TraceInfoJob {
                         trace_id,
                         root_span_id,
-                        root_name: span.name,
-                        start_unix_nano: span.start_time_unix_nano,
-                        end_unix_nano: span.end_time_unix_nano,
+                        root_name: view.name().to_string(),
+                        start_unix_nano: view.start_time_unix_nano,
+                        end_unix_nano: view.end_time_unix_nano,
                         state,
                         facts,
                     });
@@ -522,6 +544,9 @@ impl Ingest {
     }
 }
 
+/// Non-root spans in a typical run (GenAI traces: a handful to a dozen spans).
+const TYPICAL_RUN_SPANS: usize = 8;
+
 /// Consecutive non-root spans of one trace under one resource (SDKs export a trace's spans
 /// together), so the trace table is locked and searched once per run, not once per span: at
 /// 10-span traces that was 3.5 % of the gateway's CPU (BENCHMARKS.md, scenario 1 profile).
@@ -534,10 +559,14 @@ struct ChildRun {
 }
 
 impl ChildRun {
-    fn new(trace_id: [u8; 16], attributes: Vec<KeyValue>) -> Self {
+    fn new(trace_id: [u8; 16], mut attributes: Vec<KeyValue>) -> Self {
+        let first_len = attributes.len();
+        // Room for the run's other spans, which carry about as many: growing the list span by
+        // span was ~2 % of the gateway's CPU at its ceiling.
+        attributes.reserve(first_len * TYPICAL_RUN_SPANS);
         Self {
             trace_id,
-            first_len: attributes.len(),
+            first_len,
             attributes,
         }
     }
@@ -648,6 +677,58 @@ mod tests {
             facts(2),
             (Some("resource-user".into()), Some("session-2".into()))
         );
+    }
+
+    /// A root takes what children said in earlier requests (through the trace table) and in
+    /// its own; the earlier ones come first.
+    #[test]
+    fn roots_take_facts_from_children_in_earlier_requests_and_their_own() {
+        let ingest = ingest();
+        let map = |rs: Vec<ResourceSpans>| {
+            let request = ExportTraceServiceRequest { resource_spans: rs };
+            let body = Bytes::from(request.encode_to_vec());
+            let mut views = wire::parse_request(&body).expect("valid request");
+            ingest.map_group(&mut views, &ExperimentRef::Id("1".into()))
+        };
+        let earlier = map(vec![resource_spans(
+            vec![],
+            vec![span(3, 31, false, vec![kv_str("session.id", "earlier")])],
+        )]);
+        assert!(earlier.is_empty());
+        assert_eq!(ingest.tracker.awaiting(), 1);
+        let jobs = map(vec![resource_spans(
+            vec![kv_str("user.id", "resource-user")],
+            vec![
+                span(
+                    3,
+                    32,
+                    false,
+                    vec![
+                        kv_str("session.id", "nearby"),
+                        kv_str("mlflow.traceTag.team", "search"),
+                    ],
+                ),
+                span(4, 42, false, vec![kv_str("session.id", "session-4")]),
+                span(3, 3, true, vec![]),
+                span(4, 4, true, vec![]),
+            ],
+        )]);
+        assert_eq!(ingest.tracker.awaiting(), 0, "both roots completed");
+        let facts = |trace: u8| {
+            &jobs
+                .iter()
+                .find(|j| j.trace_id == [trace; 16])
+                .expect("job")
+                .facts
+        };
+        assert_eq!(facts(3).session(), Some("earlier"));
+        assert_eq!(facts(3).user(), Some("resource-user"));
+        assert_eq!(
+            facts(3).tags.get("team").map(String::as_str),
+            Some("search")
+        );
+        assert_eq!(facts(4).session(), Some("session-4"));
+        assert_eq!(facts(4).user(), Some("resource-user"));
     }
 
     /// With one turn, a request waits while another holds it (nothing reaches the queue), and

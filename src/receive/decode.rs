@@ -230,12 +230,13 @@ mod tests {
           "name":"root","kind":2,"startTimeUnixNano":"1544712660000000000","endTimeUnixNano":"1544712661000000000",
           "attributes":[{"key":"n","value":{"intValue":"7"}}]}]}]}]}"#;
         let req = decode(Format::Json, Bytes::from_static(json)).unwrap();
-        let span = &req[0].scope_spans[0].spans[0];
+        let scope = &req[0].scope_spans[0];
+        let span = &scope.spans[0];
         assert_eq!(span.trace_id().len(), 16);
         assert_eq!(span.span_id().len(), 8);
         assert_eq!(span.end_time_unix_nano, 1544712661000000000);
         assert_eq!(
-            span.attributes_where(|_| true)[0].value,
+            span.attributes_where(&scope.attributes, |_| true)[0].value,
             Some(opentelemetry_proto::tonic::common::v1::AnyValue {
                 value: Some(opentelemetry_proto::tonic::common::v1::any_value::Value::IntValue(7))
             })

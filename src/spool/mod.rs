@@ -71,16 +71,21 @@ pub enum RecordError {
 impl SpoolRecord {
     /// `header_len (u32 LE) | header JSON | body`.
     pub fn encode(&self) -> Vec<u8> {
-        let header = serde_json::to_vec(&RecordHeader {
-            experiment: Cow::Borrowed(&self.experiment),
-            span_count: self.span_count,
-            roots: Cow::Borrowed(&self.roots),
-            received_ms: self.received_ms,
-        })
-        .unwrap_or_default();
-        let mut out = Vec::with_capacity(4 + header.len() + self.body.len());
-        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
-        out.extend_from_slice(&header);
+        // The header is written in place after room for its length: one buffer per record.
+        let mut out = Vec::with_capacity(self.encoded_len());
+        out.extend_from_slice(&[0; 4]);
+        // Writing plain structs into a Vec cannot fail.
+        let _ = serde_json::to_writer(
+            &mut out,
+            &RecordHeader {
+                experiment: Cow::Borrowed(&self.experiment),
+                span_count: self.span_count,
+                roots: Cow::Borrowed(&self.roots),
+                received_ms: self.received_ms,
+            },
+        );
+        let header_len = (out.len() - 4) as u32;
+        out[..4].copy_from_slice(&header_len.to_le_bytes());
         out.extend_from_slice(&self.body);
         out
     }
