@@ -8,12 +8,32 @@ use clap::{Parser, Subcommand};
 use mlflow_otlp_gateway::Gateway;
 use mlflow_otlp_gateway::config::{Config, LogFormat};
 
-/// Opt-in (`--features mimalloc`): decoding OTLP is allocation-bound, and with mimalloc the
-/// gateway's ceiling was ~45 % higher and its ack latency lower, but its RSS at 10k spans/s was
-/// 56 MiB against 28.5 MiB with glibc malloc (BENCHMARKS.md). Small footprint is the default.
+/// mimalloc (the default feature): mapping and batching allocate per trace, and glibc's malloc
+/// and free were ~23 % of the gateway's CPU at its ceiling (BENCHMARKS.md, "Allocator").
+/// `--no-default-features` builds with the system allocator.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc's `arena_eager_commit` option (its index in `mi_option_t`, v2 and v3 alike; the
+/// sys crate names no constant for it).
+#[cfg(all(feature = "mimalloc", target_os = "linux"))]
+const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+
+/// Arenas committed as they are used, not up front: with mimalloc's Linux default (eager, since
+/// Linux overcommits) the gateway's RSS at 10k spans/s was 56 MiB; committed on demand, 28 MiB,
+/// as with glibc. It must be set before the first allocation reserves the first arena, which
+/// happens before `main`; so it runs as an ELF initializer.
+#[cfg(all(feature = "mimalloc", target_os = "linux"))]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static CONFIGURE_ALLOCATOR: extern "C" fn() = configure_allocator;
+
+#[cfg(all(feature = "mimalloc", target_os = "linux"))]
+extern "C" fn configure_allocator() {
+    // SAFETY: sets a process-wide option; mimalloc allows this at any time, allocates nothing.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };
+}
 
 /// OTLP collector/gateway that turns OpenTelemetry spans into MLflow traces.
 ///
