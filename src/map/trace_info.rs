@@ -137,8 +137,8 @@ struct ExperimentLocation<'a> {
     experiment_id: &'a str,
 }
 
-/// Room for a StartTraceV3 body (~700 bytes with the default mapping), so that writing it
-/// does not grow the buffer several times.
+/// Room for a StartTraceV3 body (765 bytes for the benchmark's traces with the default
+/// mapping), so that writing it does not grow the buffer several times.
 const TYPICAL_BODY_BYTES: usize = 1024;
 
 impl TraceInfoJob {

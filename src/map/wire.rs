@@ -441,6 +441,17 @@ impl SpanView {
         std::str::from_utf8(&self.body[self.name.clone()]).unwrap_or_default()
     }
 
+    /// This span's entries in its scope's list (`ScopeSpansView::attributes`).
+    fn own_attributes<'a>(&self, scope: &'a [AttributeAt]) -> &'a [AttributeAt] {
+        scope.get(self.attributes.clone()).unwrap_or_default()
+    }
+
+    /// The key of one of this span's attributes.
+    fn key(&self, at: &AttributeAt) -> &str {
+        // Checked as UTF-8 by `parse`.
+        std::str::from_utf8(&self.body[at.key.clone()]).unwrap_or_default()
+    }
+
     /// Attributes whose key passes `wanted`, decoded; the others are never touched.
     /// `attributes` is the list of the span's scope (`ScopeSpansView::attributes`).
     pub fn attributes_where(
@@ -449,9 +460,8 @@ impl SpanView {
         mut wanted: impl FnMut(&str) -> bool,
     ) -> Vec<KeyValue> {
         let mut out = Vec::new();
-        for at in attributes.get(self.attributes.clone()).unwrap_or_default() {
-            // Checked as UTF-8 by `parse`.
-            let key = std::str::from_utf8(&self.body[at.key.clone()]).unwrap_or_default();
+        for at in self.own_attributes(attributes) {
+            let key = self.key(at);
             if wanted(key)
                 && let Ok(decoded) = KeyValue::decode(&self.body[at.key_value.clone()])
             {
@@ -471,14 +481,14 @@ impl SpanView {
     /// already holds every value is forwarded as received. For roots, whose decode and
     /// re-encode was ~6 % of the gateway's CPU at its ceiling.
     /// `attributes` is the list of the span's scope (`ScopeSpansView::attributes`).
-    pub fn set_string_attributes(&mut self, attributes: &[AttributeAt], set: &[(&str, &str)]) {
-        let mine = attributes.get(self.attributes.clone()).unwrap_or_default();
-        let key_of = |at: &AttributeAt| {
-            // Checked as UTF-8 by `parse`.
-            std::str::from_utf8(&self.body[at.key.clone()]).unwrap_or_default()
-        };
+    pub fn set_string_attributes(
+        &mut self,
+        attributes: &[AttributeAt],
+        set: &[(impl AsRef<str>, &str)],
+    ) {
+        let mine = self.own_attributes(attributes);
         let holds = |key: &str, value: &str| {
-            let mut found = mine.iter().filter(|at| key_of(at) == key);
+            let mut found = mine.iter().filter(|at| self.key(at) == key);
             match (found.next(), found.next()) {
                 (Some(at), None) => KeyValue::decode(&self.body[at.key_value.clone()])
                     .ok()
@@ -487,12 +497,12 @@ impl SpanView {
                 _ => false,
             }
         };
-        if set.iter().all(|(k, v)| holds(k, v)) {
+        if set.iter().all(|(k, v)| holds(k.as_ref(), v)) {
             return;
         }
         let extra: usize = set
             .iter()
-            .map(|(k, v)| framed_len(string_key_value_len(k, v)))
+            .map(|(k, v)| framed_len(string_key_value_len(k.as_ref(), v)))
             .sum();
         let mut out = Vec::with_capacity(self.body.len() + extra);
         // `parse` noted every attribute field, in wire order.
@@ -501,13 +511,14 @@ impl SpanView {
             if field.number == 9
                 && noted
                     .next()
-                    .is_some_and(|at| set.iter().any(|(k, _)| *k == key_of(at)))
+                    .is_some_and(|at| set.iter().any(|(k, _)| k.as_ref() == self.key(at)))
             {
                 continue;
             }
             out.extend_from_slice(&self.body[field.whole]);
         }
         for (key, value) in set {
+            let key = key.as_ref();
             put_framed(&mut out, 9, string_key_value_len(key, value));
             put_framed(&mut out, 1, key.len());
             out.extend_from_slice(key.as_bytes());

@@ -489,12 +489,8 @@ impl Ingest {
                             spans::enrich_root(&mut span, &facts);
                             view.replace(&span);
                         }
-                        None => {
-                            let set = spans::root_attributes(&facts);
-                            let set: Vec<(&str, &str)> =
-                                set.iter().map(|(k, v)| (k.as_ref(), *v)).collect();
-                            view.set_string_attributes(&ss.attributes, &set);
-                        }
+                        None => view
+                            .set_string_attributes(&ss.attributes, &spans::root_attributes(&facts)),
                     }
                     if let Some(crid) = &facts.client_request_id {
                         self.request_ids.insert(
