@@ -79,10 +79,13 @@ pub fn scan(buf: &[u8]) -> (Vec<Found>, Vec<Damage>) {
         }
     }
     if let Some(start) = bad_start {
-        damage.push(Damage {
-            offset: start,
-            len: buf.len() - start,
-        });
+        // Zeros at the end are room the writer allocated ahead of its appends (see
+        // `spool::disk`), not damage; a torn frame before them still is.
+        let zeros = buf[start..].iter().rev().take_while(|b| **b == 0).count();
+        let len = buf.len() - start - zeros;
+        if len > 0 {
+            damage.push(Damage { offset: start, len });
+        }
     }
     (found, damage)
 }
@@ -120,6 +123,31 @@ mod tests {
         assert_eq!(found.len(), 2);
         assert_eq!(damage.len(), 1);
         assert_eq!(damage[0].offset + damage[0].len, buf.len());
+    }
+
+    #[test]
+    fn zeros_after_the_last_frame_are_unused_room_not_damage() {
+        let mut buf = log(&[b"one", b""]);
+        buf.resize(buf.len() + 4096, 0);
+        let (found, damage) = scan(&buf);
+        assert_eq!(found.len(), 2, "a frame that ends in zeros is still whole");
+        assert!(damage.is_empty(), "{damage:?}");
+
+        // A frame torn by a crash, in front of the zeros, is damage: its bytes, not the zeros.
+        let torn = &encode(b"three-is-long")[..5]; // the magic and a length byte
+        let mut buf = log(&[b"one"]);
+        let start = buf.len();
+        buf.extend_from_slice(torn);
+        buf.resize(buf.len() + 4096, 0);
+        let (found, damage) = scan(&buf);
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            damage,
+            vec![Damage {
+                offset: start,
+                len: 5
+            }]
+        );
     }
 
     #[test]
