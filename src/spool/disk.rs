@@ -123,6 +123,9 @@ pub struct SegmentLog {
     state: Arc<Mutex<State>>,
     writer: mpsc::Sender<WriteRequest>,
     data: Arc<Notify>,
+    /// Held while the writer zero-fills room, so that `close` trims a segment nobody is
+    /// filling.
+    filling: Arc<Mutex<()>>,
 }
 
 fn seg_path(dir: &Path, id: u64) -> PathBuf {
@@ -332,10 +335,12 @@ impl SegmentLog {
         }));
         let (tx, rx) = mpsc::channel(4096);
         let data = Arc::new(Notify::new());
+        let filling = Arc::new(Mutex::new(()));
         tokio::spawn(write_loop(
             rx,
             state.clone(),
             data.clone(),
+            filling.clone(),
             fsync,
             segment_bytes,
             max_disk_bytes,
@@ -355,6 +360,7 @@ impl SegmentLog {
                 state,
                 writer: tx,
                 data,
+                filling,
             },
             report,
         ))
@@ -465,8 +471,9 @@ impl SegmentLog {
 
     /// Stops appends (later ones get `Closed`), fsyncs, and lets the reader drain.
     pub async fn close(&self) {
-        let state = self.state.clone();
+        let (state, filling) = (self.state.clone(), self.filling.clone());
         let _ = tokio::task::spawn_blocking(move || {
+            let _filling = filling.lock().unwrap_or_else(|p| p.into_inner());
             let mut s = State::lock(&state);
             s.closed = true;
             if let Some(a) = &mut s.active {
@@ -521,6 +528,7 @@ async fn write_loop(
     mut rx: mpsc::Receiver<WriteRequest>,
     state: Arc<Mutex<State>>,
     data: Arc<Notify>,
+    filling: Arc<Mutex<()>>,
     fsync: FsyncPolicy,
     segment_bytes: u64,
     max_disk_bytes: u64,
@@ -551,8 +559,12 @@ async fn write_loop(
             && rx.is_empty()
             && State::lock(&state).room_wanted(segment_bytes)
         {
-            let state2 = state.clone();
-            let _ = tokio::task::spawn_blocking(move || fill_room(&state2, segment_bytes)).await;
+            let (state2, filling) = (state.clone(), filling.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                let _filling = filling.lock().unwrap_or_else(|p| p.into_inner());
+                fill_room(&state2, segment_bytes)
+            })
+            .await;
         }
         if State::lock(&state).closed && rx.is_empty() {
             rx.close();
@@ -562,8 +574,9 @@ async fn write_loop(
 
 /// Zero-fills the next stretch of room in the active segment and syncs it
 /// (`ZERO_FILL_FIRST_STEP`). Runs between groups, without the state lock: acks, the reader and
-/// metrics must not wait for it, and only the writer writes to the file. Best effort: on a
-/// failure (a full disk) appends grow the file themselves.
+/// metrics must not wait for it, and only the writer writes to the file (`close` waits for it
+/// through `SegmentLog::filling`). Best effort: on a failure (a full disk) appends grow the
+/// file themselves.
 fn fill_room(state: &Mutex<State>, segment_bytes: u64) {
     let (id, file, (from, to)) = {
         let s = State::lock(state);
