@@ -242,10 +242,12 @@ impl KeySet {
         set
     }
 
-    fn contains(&self, key: &str) -> bool {
+    /// Takes bytes: span attribute keys are compared as they sit on the wire.
+    fn contains(&self, key: impl AsRef<[u8]>) -> bool {
+        let key = key.as_ref();
         self.by_len
             .get(key.len())
-            .is_some_and(|same_len| same_len.iter().any(|k| k == key))
+            .is_some_and(|same_len| same_len.iter().any(|k| k.as_bytes() == key))
     }
 }
 
@@ -310,12 +312,13 @@ impl MappingTable {
     }
 
     /// Whether an attribute key feeds any rule or tag prefix.
-    pub fn is_interesting(&self, key: &str) -> bool {
+    pub fn is_interesting(&self, key: impl AsRef<[u8]>) -> bool {
+        let key = key.as_ref();
         self.rule_keys.contains(key)
             || self
                 .tag_prefixes
                 .iter()
-                .any(|p| key.starts_with(p.as_str()))
+                .any(|p| key.starts_with(p.as_bytes()))
     }
 
     /// Records the values of a non-root span's attributes that the table cares about, first

@@ -92,8 +92,8 @@ pub fn is_root_parent(parent_span_id: &[u8]) -> bool {
 }
 
 /// Whether `fit` may have to change an attribute of this name.
-pub fn may_need_fit(key: &str) -> bool {
-    SESSION_ATTRS.contains(&key)
+pub fn may_need_fit(key: impl AsRef<[u8]>) -> bool {
+    SESSION_ATTRS.iter().any(|a| a.as_bytes() == key.as_ref())
 }
 
 /// Whether `fit` would change any of these attributes (the span's session attributes).

@@ -417,7 +417,7 @@ impl Ingest {
         resource_spans: &mut [ResourceSpansView],
         experiment: &ExperimentRef,
     ) -> Vec<TraceInfoJob> {
-        let wanted = |key: &str| self.mapping.is_interesting(key) || spans::may_need_fit(key);
+        let wanted = |key: &[u8]| self.mapping.is_interesting(key) || spans::may_need_fit(key);
         let mut forgotten = 0;
         for rs in resource_spans.iter_mut() {
             let resource = resource_attrs(rs.resource.as_ref());
