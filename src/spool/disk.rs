@@ -366,18 +366,16 @@ impl SegmentLog {
         ))
     }
 
-    /// Appends an encoded record; `keep` is the record itself, for the hot tail.
-    pub async fn append(
-        &self,
-        payload: Vec<u8>,
-        keep: Option<SpoolRecord>,
-    ) -> Result<(), SpoolError> {
+    /// Appends a record; with `keep_hot` it is also handed to the reader from memory if there
+    /// is room (the hot tail).
+    pub async fn append(&self, record: SpoolRecord, keep_hot: bool) -> Result<(), SpoolError> {
         let (reply, rx) = oneshot::channel();
         let received_ms = crate::feedback::store::now_ms();
+        let frame = frame::encode_with(record.encoded_len(), |out| record.encode_into(out));
         self.writer
             .send(WriteRequest {
-                frame: frame::encode(&payload),
-                keep,
+                frame,
+                keep: keep_hot.then_some(record),
                 received_ms,
                 reply,
             })
@@ -765,7 +763,7 @@ mod tests {
         {
             let (log, _) = open(dir.path(), 1 << 20, 1 << 30).await;
             for n in 1..=5 {
-                log.append(record(n).encode(), None).await.unwrap();
+                log.append(record(n), false).await.unwrap();
             }
             let got = read_all(&log, 2).await;
             log.ack(got[0].0);
@@ -803,7 +801,7 @@ mod tests {
         {
             let (log, _) = open(dir.path(), 1 << 20, 1 << 30).await;
             for n in 1..=3 {
-                log.append(record(n).encode(), None).await.unwrap();
+                log.append(record(n), false).await.unwrap();
             }
             assert_eq!(log.stats().disk_bytes, 3 * one, "the budget counts records");
             // The writer fills room once no append waits.
@@ -820,7 +818,7 @@ mod tests {
         for (id, _) in &got {
             log.ack(*id);
         }
-        log.append(record(4).encode(), None).await.unwrap();
+        log.append(record(4), false).await.unwrap();
         log.close().await;
         let (_, report) = open(dir.path(), 1 << 20, 1 << 30).await;
         assert_eq!(
@@ -841,7 +839,7 @@ mod tests {
             1 << 30,
         )
         .unwrap();
-        log.append(record(1).encode(), None).await.unwrap();
+        log.append(record(1), false).await.unwrap();
         assert!(
             State::lock(&log.state).dirty,
             "acknowledged before any sync"
@@ -854,7 +852,7 @@ mod tests {
         // Nothing new: the next intervals leave it clean; a new append makes it dirty again.
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert!(!State::lock(&log.state).dirty);
-        log.append(record(2).encode(), None).await.unwrap();
+        log.append(record(2), false).await.unwrap();
         assert!(State::lock(&log.state).dirty);
     }
 
@@ -863,7 +861,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (log, _) = open(dir.path(), 600, 1 << 30).await;
         for n in 1..=6 {
-            log.append(record(n).encode(), None).await.unwrap();
+            log.append(record(n), false).await.unwrap();
         }
         let files = std::fs::read_dir(dir.path()).unwrap().count();
         assert!(files >= 3, "rotated into {files} segments");
@@ -880,9 +878,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let one = record(1).encode().len() as u64 + frame::HEADER_LEN as u64;
         let (log, _) = open(dir.path(), 1 << 20, one + 10).await;
-        log.append(record(1).encode(), None).await.unwrap();
+        log.append(record(1), false).await.unwrap();
         assert!(matches!(
-            log.append(record(2).encode(), None).await,
+            log.append(record(2), false).await,
             Err(SpoolError::Full(_))
         ));
         assert!(log.stats().disk_full);
@@ -894,7 +892,7 @@ mod tests {
         {
             let (log, _) = open(dir.path(), 1 << 20, 1 << 30).await;
             for n in 1..=3 {
-                log.append(record(n).encode(), None).await.unwrap();
+                log.append(record(n), false).await.unwrap();
             }
             log.close().await;
         }
@@ -916,7 +914,7 @@ mod tests {
             vec![1, 2]
         );
         // New appends go to a new segment, after the damaged one.
-        log.append(record(9).encode(), None).await.unwrap();
+        log.append(record(9), false).await.unwrap();
         assert_eq!(read_all(&log, 1).await[0].1.span_count, 9);
     }
 
@@ -924,10 +922,10 @@ mod tests {
     async fn closed_logs_drain_then_end() {
         let dir = tempfile::tempdir().unwrap();
         let (log, _) = open(dir.path(), 1 << 20, 1 << 30).await;
-        log.append(record(1).encode(), None).await.unwrap();
+        log.append(record(1), false).await.unwrap();
         log.close().await;
         assert!(matches!(
-            log.append(record(2).encode(), None).await,
+            log.append(record(2), false).await,
             Err(SpoolError::Closed)
         ));
         assert!(log.next_position().await.is_some());

@@ -11,13 +11,25 @@ pub const HEADER_LEN: usize = 12;
 /// decompressed-size limit, far below).
 pub const MAX_PAYLOAD: usize = 1 << 30;
 
-pub fn encode(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+/// A frame whose payload `write` appends after room for the header, which is filled in once
+/// the payload is there: the payload is written once, into the frame's own buffer, not
+/// encoded into one buffer and copied into another. `capacity` is the payload's expected size.
+pub fn encode_with(capacity: usize, write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + capacity);
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    out.extend_from_slice(payload);
+    out.extend_from_slice(&[0; HEADER_LEN - MAGIC.len()]);
+    write(&mut out);
+    let payload = &out[HEADER_LEN..];
+    let (len, crc) = (payload.len() as u32, crc32fast::hash(payload));
+    out[4..8].copy_from_slice(&len.to_le_bytes());
+    out[8..12].copy_from_slice(&crc.to_le_bytes());
     out
+}
+
+/// The frame of an encoded payload.
+#[cfg(test)]
+pub fn encode(payload: &[u8]) -> Vec<u8> {
+    encode_with(payload.len(), |out| out.extend_from_slice(payload))
 }
 
 /// A valid frame found in a buffer.

@@ -69,14 +69,23 @@ pub enum RecordError {
 }
 
 impl SpoolRecord {
-    /// `header_len (u32 LE) | header JSON | body`.
+    /// The record alone (`encode_into`).
+    #[cfg(test)]
     pub fn encode(&self) -> Vec<u8> {
-        // The header is written in place after room for its length: one buffer per record.
         let mut out = Vec::with_capacity(self.encoded_len());
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// `header_len (u32 LE) | header JSON | body`, appended to `out`: the disk spool frames
+    /// the record in the same buffer (`frame::encode_with`).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        // The header is written in place after room for its length.
+        let start = out.len();
         out.extend_from_slice(&[0; 4]);
         // Writing plain structs into a Vec cannot fail.
         let _ = serde_json::to_writer(
-            &mut out,
+            &mut *out,
             &RecordHeader {
                 experiment: Cow::Borrowed(&self.experiment),
                 span_count: self.span_count,
@@ -84,10 +93,9 @@ impl SpoolRecord {
                 received_ms: self.received_ms,
             },
         );
-        let header_len = (out.len() - 4) as u32;
-        out[..4].copy_from_slice(&header_len.to_le_bytes());
+        let header_len = (out.len() - start - 4) as u32;
+        out[start..start + 4].copy_from_slice(&header_len.to_le_bytes());
         out.extend_from_slice(&self.body);
-        out
     }
 
     pub fn decode(bytes: Bytes) -> Result<Self, RecordError> {
@@ -250,10 +258,7 @@ impl Spool {
                 })?;
                 tx.send((record, permit)).map_err(|_| SpoolError::Closed)
             }
-            Inner::Disk { log, .. } => {
-                let payload = record.encode();
-                log.append(payload, Some(record)).await
-            }
+            Inner::Disk { log, .. } => log.append(record, true).await,
         }
     }
 
