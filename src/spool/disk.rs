@@ -192,13 +192,12 @@ impl State {
         Ok(())
     }
 
-    /// Whether the active segment wants more zero-filled room (`ZERO_FILL_FIRST_STEP`).
-    fn room_wanted(&self, segment_bytes: u64) -> bool {
-        !self.closed
-            && self
-                .active
-                .as_ref()
-                .is_some_and(|a| a.room_wanted(segment_bytes).is_some())
+    /// The open active segment's next stretch to zero-fill, if it wants one
+    /// (`ZERO_FILL_FIRST_STEP`): its id, its file, and the stretch.
+    fn room_wanted(&self, segment_bytes: u64) -> Option<(u64, Arc<File>, (u64, u64))> {
+        let active = self.active.as_ref().filter(|_| !self.closed)?;
+        let stretch = active.room_wanted(segment_bytes)?;
+        Some((active.id, active.file.clone(), stretch))
     }
 
     fn remove_if_done(&mut self, id: u64) {
@@ -555,7 +554,7 @@ async fn write_loop(
         }
         if fsync == FsyncPolicy::Always
             && rx.is_empty()
-            && State::lock(&state).room_wanted(segment_bytes)
+            && State::lock(&state).room_wanted(segment_bytes).is_some()
         {
             let (state2, filling) = (state.clone(), filling.clone());
             let _ = tokio::task::spawn_blocking(move || {
@@ -576,15 +575,8 @@ async fn write_loop(
 /// through `SegmentLog::filling`). Best effort: on a failure (a full disk) appends grow the
 /// file themselves.
 fn fill_room(state: &Mutex<State>, segment_bytes: u64) {
-    let (id, file, (from, to)) = {
-        let s = State::lock(state);
-        let Some(active) = s.active.as_ref().filter(|_| !s.closed) else {
-            return;
-        };
-        let Some(stretch) = active.room_wanted(segment_bytes) else {
-            return;
-        };
-        (active.id, active.file.clone(), stretch)
+    let Some((id, file, (from, to))) = State::lock(state).room_wanted(segment_bytes) else {
+        return;
     };
     let mut at = from;
     let mut filled = Ok(());
