@@ -115,7 +115,7 @@ pub const DEFAULT_FEEDBACK_MAX_BODY_BYTES: usize = 64 * 1024;
 pub const DEFAULT_FEEDBACK_RATE_PER_SECOND: f64 = 50.0;
 pub const DEFAULT_FEEDBACK_RATE_BURST: u32 = 100;
 /// client_request_id -> trace entries remembered (~230 bytes each, ~5 MiB in all): minutes of
-/// traffic at typical rates, 20 s at 1000 traces/s; misses fall back to an MLflow search.
+/// traffic at typical rates, 10-20 s at 1000 traces/s; misses fall back to an MLflow search.
 pub const DEFAULT_REQUEST_ID_INDEX_CAPACITY: usize = 20_000;
 
 /// The whole configuration. Unknown keys are errors, so a typo never silently does nothing.
@@ -426,7 +426,8 @@ pub struct TracesConfig {
     /// Forget a trace's collected facts if its root has not come within this time (counted).
     #[serde(with = "humantime_serde")]
     pub root_wait: Duration,
-    /// Most traces awaiting their root; the oldest are forgotten first (counted).
+    /// Most traces awaiting their root; the oldest are forgotten first (counted). Also bounds
+    /// the roots remembered (15-30 s) to recognise late children.
     pub max_pending: usize,
 }
 
@@ -483,7 +484,8 @@ pub struct FeedbackConfig {
     pub rate_limit_per_second: f64,
     /// Burst allowance of the rate limit.
     pub rate_limit_burst: u32,
-    /// client_request_id -> trace entries the pipeline remembers.
+    /// client_request_id -> trace entries the pipeline remembers: the most recent half are
+    /// always held, up to all of them (two generations, dropped whole).
     pub index_capacity: usize,
 }
 

@@ -1,7 +1,7 @@
 //! client_request_id -> trace, recorded by the pipeline for every trace it maps. A bounded
-//! cache (oldest evicted first): MLflow's own search is the source of truth behind it.
+//! cache of the most recent ids: MLflow's own search is the source of truth behind it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::pipeline::envelope::ExperimentRef;
@@ -12,42 +12,60 @@ pub struct IndexedTrace {
     pub experiment: ExperimentRef,
 }
 
+/// Two generations, each of at most half the capacity: ids go into `current`; when it is full
+/// it becomes `previous` and the old `previous` is dropped whole (its allocation reused).
+/// Evicting entry by entry kept an order queue with a second copy of every key and churned the
+/// table (insert, remove, tombstones) on every trace. The most recent `capacity / 2` ids are
+/// always held.
+struct Generations {
+    current: HashMap<String, IndexedTrace>,
+    previous: HashMap<String, IndexedTrace>,
+}
+
 pub struct RequestIdIndex {
-    inner: Mutex<(HashMap<String, IndexedTrace>, VecDeque<String>)>,
-    capacity: usize,
+    inner: Mutex<Generations>,
+    per_generation: usize,
 }
 
 impl RequestIdIndex {
     pub fn new(capacity: usize) -> Self {
         Self {
-            inner: Mutex::new((HashMap::new(), VecDeque::new())),
-            capacity: capacity.max(1),
+            inner: Mutex::new(Generations {
+                current: HashMap::new(),
+                previous: HashMap::new(),
+            }),
+            per_generation: (capacity / 2).max(1),
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Generations> {
+        // A panic while holding the lock leaves the maps consistent enough to keep serving.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn insert(&self, client_request_id: String, trace: IndexedTrace) {
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (map, order) = &mut *guard;
-        if map.insert(client_request_id.clone(), trace).is_none() {
-            order.push_back(client_request_id);
-            while map.len() > self.capacity {
-                match order.pop_front() {
-                    Some(old) => {
-                        map.remove(&old);
-                    }
-                    None => break,
-                }
-            }
+        let mut guard = self.lock();
+        let generations = &mut *guard;
+        generations.current.insert(client_request_id, trace);
+        if generations.current.len() >= self.per_generation {
+            std::mem::swap(&mut generations.current, &mut generations.previous);
+            generations.current.clear();
         }
     }
 
     pub fn get(&self, client_request_id: &str) -> Option<IndexedTrace> {
-        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        guard.0.get(client_request_id).cloned()
+        let guard = self.lock();
+        guard
+            .current
+            .get(client_request_id)
+            .or_else(|| guard.previous.get(client_request_id))
+            .cloned()
     }
 
+    /// Entries held (an id re-sent across a rotation counts twice).
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).0.len()
+        let guard = self.lock();
+        guard.current.len() + guard.previous.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -67,15 +85,30 @@ mod tests {
     }
 
     #[test]
-    fn bounded_with_oldest_evicted() {
-        let idx = RequestIdIndex::new(2);
+    fn bounded_with_the_most_recent_kept() {
+        let idx = RequestIdIndex::new(4);
         idx.insert("a".into(), t("tr-a"));
-        idx.insert("b".into(), t("tr-b"));
+        idx.insert("a".into(), t("tr-a2"));
+        assert_eq!(
+            idx.get("a").unwrap().trace_id,
+            "tr-a2",
+            "a re-sent id updates"
+        );
+        for n in 0..100 {
+            idx.insert(format!("id-{n}"), t(&format!("tr-{n}")));
+            assert!(idx.len() <= 4, "{}", idx.len());
+        }
+        assert!(idx.get("a").is_none(), "the oldest are forgotten");
+        assert_eq!(idx.get("id-99").unwrap().trace_id, "tr-99");
+        assert_eq!(idx.get("id-98").unwrap().trace_id, "tr-98");
+    }
+
+    #[test]
+    fn a_re_sent_id_answers_with_its_latest_trace() {
+        let idx = RequestIdIndex::new(4);
+        idx.insert("a".into(), t("tr-a"));
+        idx.insert("b".into(), t("tr-b")); // rotates: a and b are in the previous generation
         idx.insert("a".into(), t("tr-a2"));
         assert_eq!(idx.get("a").unwrap().trace_id, "tr-a2");
-        idx.insert("c".into(), t("tr-c"));
-        assert_eq!(idx.len(), 2);
-        assert!(idx.get("a").is_none());
-        assert!(idx.get("c").is_some());
     }
 }

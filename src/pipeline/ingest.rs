@@ -477,8 +477,7 @@ impl Ingest {
                         spans::fit(&mut span);
                         fitted = Some(span);
                     }
-                    let (others, evicted) = self.tracker.complete(trace_id);
-                    forgotten += evicted.without_root;
+                    let others = self.tracker.complete(trace_id);
                     let root_attributes =
                         fitted.as_ref().map_or(&attributes[..], |s| &s.attributes);
                     let facts =

@@ -1,32 +1,73 @@
 //! Traces whose root span has not arrived yet: what their other spans said (for the mapping
 //! table's "other spans" scope), bounded in count and time.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque, hash_map::Entry};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::map::rules::CollectedAttrs;
 
-/// Roots already seen are remembered (without data) this long, so late children do not open a
-/// new entry that would later be miscounted as a trace without root. SDKs export a trace's spans
-/// within seconds of each other; at 1000 traces/s each second kept costs ~100 KiB.
-const COMPLETED_MEMORY: Duration = Duration::from_secs(30);
+/// Roots already seen are remembered (as bare trace ids) for one to two of these, so late
+/// children do not open a new entry that would later be miscounted as a trace without root.
+/// SDKs export a trace's spans within seconds of each other. Two generations dropped whole,
+/// rather than per-entry expiry from one table of every trace, keep the memory at 16 bytes
+/// per root and its upkeep off the ingest path (BENCHMARKS.md, "Changes", fourteenth round).
+const SEEN_ROOT_GENERATION: Duration = Duration::from_secs(15);
 
-enum State {
-    Awaiting(CollectedAttrs),
-    Completed,
-}
-
-struct Entry {
-    state: State,
+struct Awaiting {
+    attrs: CollectedAttrs,
     since: Instant,
 }
 
+/// Trace ids whose root was seen recently, in two generations: ids go into `current`; when it
+/// is full or old it becomes `previous` and the old `previous` is forgotten (its allocation is
+/// reused, so a steady load does not keep touching fresh memory).
+struct SeenRoots {
+    current: HashSet<[u8; 16]>,
+    previous: HashSet<[u8; 16]>,
+    started: Instant,
+    generation: Duration,
+    per_generation: usize,
+}
+
+impl SeenRoots {
+    fn contains(&self, trace_id: &[u8; 16]) -> bool {
+        self.current.contains(trace_id) || self.previous.contains(trace_id)
+    }
+
+    fn insert(&mut self, trace_id: [u8; 16], now: Instant) {
+        self.rotate_if_due(now);
+        if !self.previous.contains(&trace_id) {
+            self.current.insert(trace_id);
+        }
+    }
+
+    fn rotate_if_due(&mut self, now: Instant) {
+        let age = now.saturating_duration_since(self.started);
+        if age >= 2 * self.generation {
+            // Idle for a whole memory span: both generations are stale.
+            self.current.clear();
+            self.previous.clear();
+            self.started = now;
+        } else if age >= self.generation || self.current.len() >= self.per_generation {
+            std::mem::swap(&mut self.current, &mut self.previous);
+            self.current.clear();
+            self.started = now;
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
+    }
+}
+
 struct Inner {
-    entries: HashMap<[u8; 16], Entry>,
-    /// Insertion order for eviction and expiry; may hold ids already removed (skipped lazily).
+    awaiting: HashMap<[u8; 16], Awaiting>,
+    /// Arrival order of awaiting traces for eviction and expiry; may hold ids whose root came
+    /// since (skipped lazily).
     order: VecDeque<([u8; 16], Instant)>,
-    awaiting: usize,
+    seen: SeenRoots,
 }
 
 /// Bounded table of traces awaiting their root.
@@ -44,12 +85,25 @@ pub struct Evicted {
 }
 
 impl TraceTracker {
+    /// At most `max_pending` traces await their root, and at most as many seen roots are
+    /// remembered (half per generation).
     pub fn new(max_pending: usize, root_wait: Duration) -> Self {
+        Self::with_seen_generation(max_pending, root_wait, SEEN_ROOT_GENERATION)
+    }
+
+    fn with_seen_generation(max_pending: usize, root_wait: Duration, generation: Duration) -> Self {
+        let max_pending = max_pending.max(1);
         Self {
             inner: Mutex::new(Inner {
-                entries: HashMap::new(),
+                awaiting: HashMap::new(),
                 order: VecDeque::new(),
-                awaiting: 0,
+                seen: SeenRoots {
+                    current: HashSet::new(),
+                    previous: HashSet::new(),
+                    started: Instant::now(),
+                    generation,
+                    per_generation: (max_pending / 2).max(1),
+                },
             }),
             max_pending,
             root_wait,
@@ -63,134 +117,101 @@ impl TraceTracker {
 
     /// Lets `f` add facts of a non-root span of `trace_id`. Returns evictions made for room.
     pub fn record(&self, trace_id: [u8; 16], f: impl FnOnce(&mut CollectedAttrs)) -> Evicted {
-        let mut inner = self.lock();
+        let mut guard = self.lock();
         let mut evicted = Evicted::default();
-        let now = Instant::now();
-        if !inner.entries.contains_key(&trace_id) {
-            evicted.without_root += make_room(&mut inner, self.max_pending);
-            inner.entries.insert(
-                trace_id,
-                Entry {
-                    state: State::Awaiting(CollectedAttrs::new()),
+        if guard.seen.contains(&trace_id) {
+            // A late child: its root has gone out with what the trace had then.
+            return evicted;
+        }
+        if guard.awaiting.len() >= self.max_pending && !guard.awaiting.contains_key(&trace_id) {
+            evicted.without_root += make_room(&mut guard, self.max_pending);
+        }
+        let inner = &mut *guard;
+        match inner.awaiting.entry(trace_id) {
+            Entry::Occupied(entry) => f(&mut entry.into_mut().attrs),
+            Entry::Vacant(entry) => {
+                let now = Instant::now();
+                let awaiting = entry.insert(Awaiting {
+                    attrs: CollectedAttrs::new(),
                     since: now,
-                },
-            );
-            inner.order.push_back((trace_id, now));
-            inner.awaiting += 1;
+                });
+                f(&mut awaiting.attrs);
+                inner.order.push_back((trace_id, now));
+            }
         }
-        if let Some(Entry {
-            state: State::Awaiting(attrs),
-            ..
-        }) = inner.entries.get_mut(&trace_id)
-        {
-            f(attrs);
-        }
-        compact(&mut inner);
+        compact(inner);
         evicted
     }
 
     /// Takes what other spans said about `trace_id` and marks its root as seen.
-    pub fn complete(&self, trace_id: [u8; 16]) -> (CollectedAttrs, Evicted) {
+    pub fn complete(&self, trace_id: [u8; 16]) -> CollectedAttrs {
         let mut inner = self.lock();
-        let now = Instant::now();
-        let mut evicted = Evicted::default();
-        if !inner.entries.contains_key(&trace_id) {
-            evicted.without_root += make_room(&mut inner, self.max_pending);
-        }
-        let previous = inner.entries.insert(
-            trace_id,
-            Entry {
-                state: State::Completed,
-                since: now,
-            },
-        );
-        let attrs = match previous {
-            Some(Entry {
-                state: State::Awaiting(attrs),
-                ..
-            }) => {
-                inner.awaiting -= 1;
-                attrs
-            }
-            _ => CollectedAttrs::new(),
-        };
-        inner.order.push_back((trace_id, now));
-        compact(&mut inner);
-        (attrs, evicted)
+        let attrs = inner
+            .awaiting
+            .remove(&trace_id)
+            .map(|a| a.attrs)
+            .unwrap_or_default();
+        inner.seen.insert(trace_id, Instant::now());
+        attrs
     }
 
     /// Forgets expired entries. Returns how many traces gave up waiting for their root.
     pub fn sweep(&self) -> Evicted {
-        let mut inner = self.lock();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         let mut evicted = Evicted::default();
         let now = Instant::now();
         while let Some(&(id, since)) = inner.order.front() {
-            let Some(entry) = inner.entries.get(&id) else {
-                inner.order.pop_front();
-                continue;
-            };
-            if entry.since != since {
-                // A stale position: the entry was replaced later and sits further back.
-                inner.order.pop_front();
-                continue;
-            }
-            let limit = match entry.state {
-                State::Awaiting(_) => self.root_wait,
-                State::Completed => COMPLETED_MEMORY,
-            };
-            if now.duration_since(since) < limit {
+            let current = inner.awaiting.get(&id).is_some_and(|a| a.since == since);
+            if current && now.saturating_duration_since(since) < self.root_wait {
                 break;
             }
             inner.order.pop_front();
-            if let Some(Entry {
-                state: State::Awaiting(_),
-                ..
-            }) = inner.entries.remove(&id)
-            {
-                inner.awaiting -= 1;
+            if current {
+                inner.awaiting.remove(&id);
                 evicted.without_root += 1;
             }
         }
+        inner.seen.rotate_if_due(now);
         evicted
     }
 
     /// Traces currently awaiting their root.
     pub fn awaiting(&self) -> usize {
-        self.lock().awaiting
+        self.lock().awaiting.len()
+    }
+
+    /// Roots currently remembered.
+    #[cfg(test)]
+    fn seen_roots(&self) -> usize {
+        self.lock().seen.len()
     }
 }
 
-/// Removes the oldest entries until there is room for one more (completed and awaiting entries
-/// share the bound). Returns how many awaiting traces were forgotten.
+/// Removes the oldest awaiting traces until there is room for one more. Returns how many were
+/// forgotten.
 fn make_room(inner: &mut Inner, cap: usize) -> usize {
     let mut forgotten = 0;
-    while inner.entries.len() >= cap {
+    while inner.awaiting.len() >= cap {
         let Some((id, since)) = inner.order.pop_front() else {
             break;
         };
-        let is_current = inner.entries.get(&id).is_some_and(|e| e.since == since);
-        if !is_current {
-            continue;
-        }
-        if let Some(Entry {
-            state: State::Awaiting(_),
-            ..
-        }) = inner.entries.remove(&id)
-        {
-            inner.awaiting -= 1;
+        if inner.awaiting.get(&id).is_some_and(|a| a.since == since) {
+            inner.awaiting.remove(&id);
             forgotten += 1;
         }
     }
     forgotten
 }
 
-/// Keeps the order queue from growing far beyond the live entries.
+/// Keeps the order queue from growing far beyond the awaiting traces (most roots come in the
+/// same request as their children, leaving only stale positions behind).
 fn compact(inner: &mut Inner) {
-    if inner.order.len() > 1024 && inner.order.len() > 2 * inner.entries.len() {
-        let entries = &inner.entries;
+    if inner.order.len() > 1024 && inner.order.len() > 2 * inner.awaiting.len() {
+        let awaiting = &inner.awaiting;
         inner
             .order
-            .retain(|(id, since)| entries.get(id).is_some_and(|e| e.since == *since));
+            .retain(|(id, since)| awaiting.get(id).is_some_and(|a| a.since == *since));
     }
 }
 
@@ -198,8 +219,10 @@ fn compact(inner: &mut Inner) {
 mod tests {
     use super::*;
 
-    fn id(n: u8) -> [u8; 16] {
-        [n; 16]
+    fn id(n: u32) -> [u8; 16] {
+        let mut tid = [0u8; 16];
+        tid[..4].copy_from_slice(&n.to_be_bytes());
+        tid
     }
 
     #[test]
@@ -209,7 +232,7 @@ mod tests {
             a.insert("user.id".into(), "u".into());
         });
         assert_eq!(t.awaiting(), 1);
-        let (attrs, _) = t.complete(id(1));
+        let attrs = t.complete(id(1));
         assert_eq!(attrs.get("user.id").map(String::as_str), Some("u"));
         assert_eq!(t.awaiting(), 0);
         // A late child after the root opens no new awaiting entry.
@@ -226,7 +249,11 @@ mod tests {
         assert_eq!(t.record(id(2), |_| {}).without_root, 0);
         assert_eq!(t.record(id(3), |_| {}).without_root, 1);
         assert_eq!(t.awaiting(), 2);
-        assert!(t.complete(id(1)).0.is_empty(), "trace 1 was evicted");
+        assert!(t.complete(id(1)).is_empty(), "trace 1 was evicted");
+        // A completed trace frees its place: it no longer waits.
+        t.complete(id(2));
+        assert_eq!(t.record(id(4), |_| {}).without_root, 0);
+        assert_eq!(t.awaiting(), 2);
     }
 
     #[test]
@@ -241,15 +268,45 @@ mod tests {
     }
 
     #[test]
+    fn seen_roots_last_one_to_two_generations() {
+        let generation = Duration::from_millis(50);
+        let t = TraceTracker::with_seen_generation(100, Duration::from_secs(60), generation);
+        t.complete(id(1));
+        std::thread::sleep(generation + Duration::from_millis(10));
+        t.sweep(); // rotates: trace 1 is now in the previous generation
+        t.record(id(1), |_| {});
+        assert_eq!(
+            t.awaiting(),
+            0,
+            "a late child within the memory opens nothing"
+        );
+        std::thread::sleep(generation + Duration::from_millis(10));
+        t.sweep(); // rotates again: trace 1 is forgotten
+        t.record(id(1), |_| {});
+        assert_eq!(t.awaiting(), 1, "past the memory a child opens a new entry");
+    }
+
+    #[test]
+    fn seen_roots_are_bounded_by_max_pending() {
+        let t = TraceTracker::new(100, Duration::from_secs(60));
+        for n in 0..1000 {
+            t.complete(id(n));
+        }
+        assert!(t.seen_roots() <= 100, "{}", t.seen_roots());
+        // The most recent half is always remembered.
+        t.record(id(999), |_| {});
+        t.record(id(950), |_| {});
+        assert_eq!(t.awaiting(), 0);
+    }
+
+    #[test]
     fn order_queue_stays_bounded() {
         let t = TraceTracker::new(100_000, Duration::from_secs(60));
         for n in 0..10_000u32 {
-            let mut tid = [0u8; 16];
-            tid[..4].copy_from_slice(&n.to_be_bytes());
-            t.record(tid, |_| {});
-            t.complete(tid);
+            t.record(id(n), |_| {});
+            t.complete(id(n));
         }
         let inner = t.lock();
-        assert!(inner.order.len() <= 2 * inner.entries.len() + 1024);
+        assert!(inner.order.len() <= 2 * inner.awaiting.len() + 1024);
     }
 }
