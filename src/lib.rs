@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod feedback;
+mod generations;
 pub mod map;
 pub mod mlflow;
 pub mod ops;

@@ -1,9 +1,9 @@
 //! client_request_id -> trace, recorded by the pipeline for every trace it maps. A bounded
 //! cache of the most recent ids: MLflow's own search is the source of truth behind it.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
+use crate::generations::Generations;
 use crate::pipeline::envelope::ExperimentRef;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,60 +12,35 @@ pub struct IndexedTrace {
     pub experiment: ExperimentRef,
 }
 
-/// Two generations, each of at most half the capacity: ids go into `current`; when it is full
-/// it becomes `previous` and the old `previous` is dropped whole (its allocation reused).
-/// Evicting entry by entry kept an order queue with a second copy of every key and churned the
-/// table (insert, remove, tombstones) on every trace. The most recent `capacity / 2` ids are
+/// Two generations of at most half the capacity each: the most recent `capacity / 2` ids are
 /// always held.
-struct Generations {
-    current: HashMap<String, IndexedTrace>,
-    previous: HashMap<String, IndexedTrace>,
-}
-
 pub struct RequestIdIndex {
-    inner: Mutex<Generations>,
-    per_generation: usize,
+    inner: Mutex<Generations<String, IndexedTrace>>,
 }
 
 impl RequestIdIndex {
     pub fn new(capacity: usize) -> Self {
         Self {
-            inner: Mutex::new(Generations {
-                current: HashMap::new(),
-                previous: HashMap::new(),
-            }),
-            per_generation: (capacity / 2).max(1),
+            inner: Mutex::new(Generations::new(capacity / 2)),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Generations> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Generations<String, IndexedTrace>> {
         // A panic while holding the lock leaves the maps consistent enough to keep serving.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn insert(&self, client_request_id: String, trace: IndexedTrace) {
-        let mut guard = self.lock();
-        let generations = &mut *guard;
-        generations.current.insert(client_request_id, trace);
-        if generations.current.len() >= self.per_generation {
-            std::mem::swap(&mut generations.current, &mut generations.previous);
-            generations.current.clear();
-        }
+        self.lock().insert(client_request_id, trace);
     }
 
     pub fn get(&self, client_request_id: &str) -> Option<IndexedTrace> {
-        let guard = self.lock();
-        guard
-            .current
-            .get(client_request_id)
-            .or_else(|| guard.previous.get(client_request_id))
-            .cloned()
+        self.lock().get(client_request_id).cloned()
     }
 
     /// Entries held (an id re-sent across a rotation counts twice).
     pub fn len(&self) -> usize {
-        let guard = self.lock();
-        guard.current.len() + guard.previous.len()
+        self.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -1,10 +1,11 @@
 //! Traces whose root span has not arrived yet: what their other spans said (for the mapping
 //! table's "other spans" scope), bounded in count and time.
 
-use std::collections::{HashMap, HashSet, VecDeque, hash_map::Entry};
+use std::collections::{HashMap, VecDeque, hash_map::Entry};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::generations::Generations;
 use crate::map::rules::CollectedAttrs;
 
 /// Roots already seen are remembered (as bare trace ids) for one to two of these, so late
@@ -19,26 +20,23 @@ struct Awaiting {
     since: Instant,
 }
 
-/// Trace ids whose root was seen recently, in two generations: ids go into `current`; when it
-/// is full or old it becomes `previous` and the old `previous` is forgotten (its allocation is
-/// reused, so a steady load does not keep touching fresh memory).
+/// Trace ids whose root was seen recently: a generation ends when it is full or
+/// `SEEN_ROOT_GENERATION` old.
 struct SeenRoots {
-    current: HashSet<[u8; 16]>,
-    previous: HashSet<[u8; 16]>,
+    ids: Generations<[u8; 16], ()>,
     started: Instant,
     generation: Duration,
-    per_generation: usize,
 }
 
 impl SeenRoots {
     fn contains(&self, trace_id: &[u8; 16]) -> bool {
-        self.current.contains(trace_id) || self.previous.contains(trace_id)
+        self.ids.contains_key(trace_id)
     }
 
     fn insert(&mut self, trace_id: [u8; 16], now: Instant) {
         self.rotate_if_due(now);
-        if !self.previous.contains(&trace_id) {
-            self.current.insert(trace_id);
+        if !self.ids.contains_key(&trace_id) && self.ids.insert(trace_id, ()) {
+            self.started = now;
         }
     }
 
@@ -46,19 +44,17 @@ impl SeenRoots {
         let age = now.saturating_duration_since(self.started);
         if age >= 2 * self.generation {
             // Idle for a whole memory span: both generations are stale.
-            self.current.clear();
-            self.previous.clear();
+            self.ids.clear();
             self.started = now;
-        } else if age >= self.generation || self.current.len() >= self.per_generation {
-            std::mem::swap(&mut self.current, &mut self.previous);
-            self.current.clear();
+        } else if age >= self.generation {
+            self.ids.rotate();
             self.started = now;
         }
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.current.len() + self.previous.len()
+        self.ids.len()
     }
 }
 
@@ -98,11 +94,9 @@ impl TraceTracker {
                 awaiting: HashMap::new(),
                 order: VecDeque::new(),
                 seen: SeenRoots {
-                    current: HashSet::new(),
-                    previous: HashSet::new(),
+                    ids: Generations::new(max_pending / 2),
                     started: Instant::now(),
                     generation,
-                    per_generation: (max_pending / 2).max(1),
                 },
             }),
             max_pending,
