@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::map::rules::{MappingConfig, Target};
-pub use crate::spool::FsyncPolicy;
+pub use crate::spool::{FsyncPolicy, SpoolCompression};
 
 /// OTLP/gRPC's registered port, so SDKs work with their defaults.
 pub const DEFAULT_OTLP_GRPC_ADDR: &str = "0.0.0.0:4317";
@@ -97,6 +97,9 @@ pub const DEFAULT_CREATE_MISSING_EXPERIMENTS: bool = true;
 pub const DEFAULT_FSYNC: FsyncPolicy = FsyncPolicy::Always;
 /// With `fsync = "interval"`: at most this much acknowledged data is at risk on power loss.
 pub const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Spooled OTLP shrinks about tenfold (repeated keys, resources and scopes): less to write and
+/// sync per request, and more spans held in `max_disk_bytes` while MLflow is away.
+pub const DEFAULT_SPOOL_COMPRESSION: SpoolCompression = SpoolCompression::Zstd;
 /// Big enough that rotation is rare, small enough that a delivered segment frees space soon.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// About 20 minutes of MLflow's ~1.5k spans/s ceiling at ~1 KiB per span (see README sizing).
@@ -381,6 +384,10 @@ pub struct SpoolConfig {
     pub segment_bytes: u64,
     /// Disk the spool may use; at the limit receivers refuse with retryable codes.
     pub max_disk_bytes: u64,
+    /// How records are stored: `zstd` (each record compressed, level 1; one that would not
+    /// shrink is stored as is) or `none`. A spool written with either setting is read back
+    /// with either.
+    pub compression: SpoolCompression,
 }
 
 impl Default for SpoolConfig {
@@ -390,6 +397,7 @@ impl Default for SpoolConfig {
             fsync_interval: DEFAULT_FSYNC_INTERVAL,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             max_disk_bytes: DEFAULT_MAX_DISK_BYTES,
+            compression: DEFAULT_SPOOL_COMPRESSION,
         }
     }
 }
@@ -880,6 +888,17 @@ mod tests {
         assert_eq!(cfg.batch.max_spans, DEFAULT_BATCH_MAX_SPANS);
         assert_eq!(cfg.queue.max_bytes, DEFAULT_MAX_QUEUE_BYTES);
         assert_eq!(cfg.mapping.rules.len(), 0);
+        assert_eq!(cfg.spool.compression, DEFAULT_SPOOL_COMPRESSION);
+    }
+
+    #[test]
+    fn spool_compression_takes_zstd_or_none_and_names_the_choices_otherwise() {
+        let cfg = Config::from_toml("[spool]\ncompression = \"none\"\n", Path::new("x.toml"));
+        assert_eq!(cfg.unwrap().spool.compression, SpoolCompression::None);
+        let err = Config::from_toml("[spool]\ncompression = \"lz4\"\n", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("zstd") && err.contains("none"), "{err}");
     }
 
     #[test]

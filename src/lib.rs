@@ -43,7 +43,7 @@ use crate::pipeline::ingest::Ingest;
 use crate::pipeline::traces::TraceTracker;
 use crate::spool::Spool;
 use crate::spool::deadletter::DeadLetters;
-use crate::spool::disk::SegmentLog;
+use crate::spool::disk::{LogOptions, SegmentLog};
 
 /// How often expired traces-awaiting-root are swept, gauges and spool readiness refreshed.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
@@ -97,10 +97,13 @@ fn open_spool(config: &Config) -> Result<Spool, StartError> {
     let spool_dir = dir.join("spool");
     let (log, report) = SegmentLog::open(
         &spool_dir,
-        config.spool.fsync,
-        config.spool.fsync_interval,
-        config.spool.segment_bytes,
-        config.spool.max_disk_bytes,
+        LogOptions {
+            fsync: config.spool.fsync,
+            fsync_interval: config.spool.fsync_interval,
+            segment_bytes: config.spool.segment_bytes,
+            max_disk_bytes: config.spool.max_disk_bytes,
+            compression: config.spool.compression,
+        },
     )
     .map_err(|source| StartError::DataDir {
         path: spool_dir.clone(),

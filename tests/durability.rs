@@ -384,6 +384,11 @@ async fn a_torn_spool_tail_is_survived_reported_and_counted() {
         .collect();
     segs.sort();
     let last = segs.last().unwrap();
+    assert_eq!(
+        &std::fs::read(last).unwrap()[..4],
+        b"GWSZ",
+        "records are spooled compressed by default, so the replay below reads zstd frames"
+    );
     let len = std::fs::metadata(last).unwrap().len();
     std::fs::OpenOptions::new()
         .write(true)

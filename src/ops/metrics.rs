@@ -123,6 +123,14 @@ fn describe() {
         "gateway_spool_disk_bytes",
         "Bytes of spool segment files on disk."
     );
+    describe_counter!(
+        "gateway_spool_record_bytes_total",
+        "Bytes of records appended to the spool, before compression."
+    );
+    describe_counter!(
+        "gateway_spool_written_bytes_total",
+        "Bytes appended to spool segments (frames as stored, compressed or not)."
+    );
     describe_gauge!(
         "gateway_spool_oldest_record_age_seconds",
         "Age of the oldest undelivered spool segment's first record."

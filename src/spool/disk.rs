@@ -18,7 +18,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::frame;
-use super::{FsyncPolicy, RecordId, SpoolError, SpoolRecord, Stats};
+use super::{FsyncPolicy, RecordId, SpoolCompression, SpoolError, SpoolRecord, Stats};
 
 /// Concurrent appends batched into one write and one fsync.
 const MAX_GROUP: usize = 256;
@@ -83,11 +83,21 @@ impl Active {
     }
 }
 
+/// An unread record's place in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub id: RecordId,
+    /// The frame's bytes on disk.
+    pub len: u32,
+    /// The record's bytes once read back (decompressed).
+    pub record_len: u32,
+}
+
 struct State {
     dir: PathBuf,
     segments: BTreeMap<u64, Segment>,
     active: Option<Active>,
-    unread: VecDeque<(RecordId, u32)>,
+    unread: VecDeque<Position>,
     /// Decoded copies of unread records (`HOT_TAIL_MAX_BYTES`).
     hot: HashMap<RecordId, (SpoolRecord, usize)>,
     hot_bytes: usize,
@@ -102,10 +112,22 @@ struct State {
 
 struct WriteRequest {
     frame: Vec<u8>,
+    /// The record's size before compression.
+    record_len: u32,
     /// The record itself, handed to the reader from memory if there is room.
     keep: Option<SpoolRecord>,
     received_ms: u64,
     reply: oneshot::Sender<Result<(), SpoolError>>,
+}
+
+/// How a log writes (the `[spool]` settings).
+#[derive(Debug, Clone, Copy)]
+pub struct LogOptions {
+    pub fsync: FsyncPolicy,
+    pub fsync_interval: Duration,
+    pub segment_bytes: u64,
+    pub max_disk_bytes: u64,
+    pub compression: SpoolCompression,
 }
 
 /// What opening found.
@@ -122,6 +144,7 @@ pub struct OpenReport {
 pub struct SegmentLog {
     state: Arc<Mutex<State>>,
     writer: mpsc::Sender<WriteRequest>,
+    compression: SpoolCompression,
     data: Arc<Notify>,
     /// Held while the writer zero-fills room, so that `close` trims a segment nobody is
     /// filling.
@@ -246,15 +269,16 @@ impl State {
 impl SegmentLog {
     /// Opens (or creates) the spool under `dir`, validating what an earlier run left, and
     /// starts the writer.
-    pub fn open(
-        dir: &Path,
-        fsync: FsyncPolicy,
-        fsync_interval: Duration,
-        segment_bytes: u64,
-        max_disk_bytes: u64,
-    ) -> std::io::Result<(Self, OpenReport)> {
+    pub fn open(dir: &Path, options: LogOptions) -> std::io::Result<(Self, OpenReport)> {
         std::fs::create_dir_all(dir)?;
         let mut report = OpenReport::default();
+        let compression = options.compression;
+        let (fsync, fsync_interval, segment_bytes, max_disk_bytes) = (
+            options.fsync,
+            options.fsync_interval,
+            options.segment_bytes,
+            options.max_disk_bytes,
+        );
         let mut ids: Vec<u64> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| {
@@ -282,19 +306,21 @@ impl SegmentLog {
                 continue;
             }
             let first_ms = found.first().and_then(|f| {
-                let payload = frame::payload(&buf[f.offset..f.offset + f.len]);
-                SpoolRecord::decode(Bytes::copy_from_slice(payload))
-                    .ok()
-                    .map(|r| r.received_ms)
+                let frame = buf[f.offset..f.offset + f.len].to_vec();
+                let record = frame::into_record(frame).ok()?;
+                SpoolRecord::decode(record).ok().map(|r| r.received_ms)
             });
             for f in &found {
-                unread.push_back((
-                    RecordId {
+                let frame = &buf[f.offset..f.offset + f.len];
+                unread.push_back(Position {
+                    id: RecordId {
                         segment: *id,
                         offset: f.offset as u64,
                     },
-                    f.len as u32,
-                ));
+                    len: f.len as u32,
+                    // Unknown only for a damaged compressed frame, which fails when read.
+                    record_len: frame::record_len(frame).unwrap_or(f.len) as u32,
+                });
             }
             report.segments += 1;
             report.records += found.len() as u64;
@@ -358,6 +384,7 @@ impl SegmentLog {
             Self {
                 state,
                 writer: tx,
+                compression,
                 data,
                 filling,
             },
@@ -370,10 +397,11 @@ impl SegmentLog {
     pub async fn append(&self, record: SpoolRecord, keep_hot: bool) -> Result<(), SpoolError> {
         let (reply, rx) = oneshot::channel();
         let received_ms = crate::feedback::store::now_ms();
-        let frame = frame::encode_with(record.encoded_len(), |out| record.encode_into(out));
+        let (frame, record_len) = frame_of(&record, self.compression);
         self.writer
             .send(WriteRequest {
                 frame,
+                record_len: record_len as u32,
                 keep: keep_hot.then_some(record),
                 received_ms,
                 reply,
@@ -386,9 +414,9 @@ impl SegmentLog {
     /// The next unread record's position, taken; waits for appends; None once closed and
     /// drained. (The spool's reader peeks and takes separately, see `Spool::next`.)
     #[cfg(test)]
-    pub async fn next_position(&self) -> Option<(RecordId, u32)> {
+    pub async fn next_position(&self) -> Option<Position> {
         let next = self.peek_position().await?;
-        self.consume_position(next.0);
+        self.consume_position(next.id);
         Some(next)
     }
 
@@ -396,14 +424,14 @@ impl SegmentLog {
     /// it is still the first).
     pub fn consume_position(&self, id: RecordId) {
         let mut s = State::lock(&self.state);
-        if s.unread.front().is_some_and(|(first, _)| *first == id) {
+        if s.unread.front().is_some_and(|first| first.id == id) {
             s.unread.pop_front();
         }
     }
 
     /// The next unread record's position without taking it (cancel-safe: dropping the caller
     /// loses nothing); waits for appends; None once closed and drained.
-    pub async fn peek_position(&self) -> Option<(RecordId, u32)> {
+    pub async fn peek_position(&self) -> Option<Position> {
         loop {
             let notified = self.data.notified();
             tokio::pin!(notified);
@@ -429,7 +457,7 @@ impl SegmentLog {
         Some(record)
     }
 
-    /// Reads one record's payload.
+    /// Reads one record (decompressed) from its frame of `len` bytes at `id`.
     pub async fn read(&self, id: RecordId, len: u32) -> std::io::Result<Bytes> {
         let file = {
             let mut s = State::lock(&self.state);
@@ -447,9 +475,7 @@ impl SegmentLog {
             file.read_exact_at(&mut buf, id.offset)?;
             let (found, _) = frame::scan(&buf);
             match found.first() {
-                Some(f) if f.offset == 0 && f.len == buf.len() => {
-                    Ok(Bytes::from(buf).slice(frame::HEADER_LEN..))
-                }
+                Some(f) if f.offset == 0 && f.len == buf.len() => frame::into_record(buf),
                 _ => Err(std::io::Error::other("record failed its checksum on read")),
             }
         })
@@ -519,6 +545,23 @@ impl SegmentLog {
             disk_full: s.disk_full,
         }
     }
+}
+
+/// A record's frame as `compression` has it, and the record's size before compression.
+/// Built on the appending task, so concurrent requests compress in parallel, not one after
+/// another on the writer.
+fn frame_of(record: &SpoolRecord, compression: SpoolCompression) -> (Vec<u8>, usize) {
+    if compression == SpoolCompression::Zstd {
+        // The header is small; the body, the encoded spans, is compressed where it lies.
+        let mut header = Vec::with_capacity(256 + record.roots.len() * 512);
+        record.encode_header_into(&mut header);
+        if let Some(frame) = frame::encode_compressed([&header, &record.body]) {
+            return (frame, header.len() + record.body.len());
+        }
+    }
+    let frame = frame::encode_with(record.encoded_len(), |out| record.encode_into(out));
+    let record_len = frame.len() - frame::HEADER_LEN;
+    (frame, record_len)
 }
 
 async fn write_loop(
@@ -609,7 +652,7 @@ fn write_group(
     max_disk_bytes: u64,
 ) {
     let mut s = State::lock(state);
-    let mut written: Vec<(usize, RecordId, u32)> = Vec::new();
+    let mut written: Vec<(usize, Position)> = Vec::new();
     let mut results: Vec<Option<Result<(), SpoolError>>> = (0..group.len()).map(|_| None).collect();
     for (i, req) in group.iter().enumerate() {
         if s.closed {
@@ -671,12 +714,22 @@ fn write_group(
         }
         written.push((
             i,
-            RecordId {
-                segment: id,
-                offset,
+            Position {
+                id: RecordId {
+                    segment: id,
+                    offset,
+                },
+                len: len as u32,
+                record_len: req.record_len,
             },
-            len as u32,
         ));
+    }
+    if !written.is_empty() {
+        let (stored, record): (u64, u64) = written.iter().fold((0, 0), |(s, r), (_, p)| {
+            (s + p.len as u64, r + p.record_len as u64)
+        });
+        metrics::counter!("gateway_spool_written_bytes_total").increment(stored);
+        metrics::counter!("gateway_spool_record_bytes_total").increment(record);
     }
     let mut sync_error = None;
     if !written.is_empty() {
@@ -697,8 +750,9 @@ fn write_group(
             }
         }
     }
-    for (i, id, len) in written {
-        s.unread.push_back((id, len));
+    for (i, position) in written {
+        s.unread.push_back(position);
+        let id = position.id;
         if sync_error.is_none()
             && let Some(record) = group[i].keep.take()
         {
@@ -726,27 +780,111 @@ mod tests {
     use super::*;
     use crate::spool::tests::record;
 
-    async fn open(dir: &Path, segment_bytes: u64, max_disk: u64) -> (SegmentLog, OpenReport) {
-        SegmentLog::open(
-            dir,
-            FsyncPolicy::Always,
-            Duration::from_secs(1),
+    fn options(segment_bytes: u64, max_disk_bytes: u64) -> LogOptions {
+        LogOptions {
+            fsync: FsyncPolicy::Always,
+            fsync_interval: Duration::from_secs(1),
             segment_bytes,
-            max_disk,
-        )
-        .unwrap()
+            max_disk_bytes,
+            compression: SpoolCompression::Zstd,
+        }
+    }
+
+    /// A log as the gateway opens it by default (`fsync = "always"`, zstd).
+    async fn open(dir: &Path, segment_bytes: u64, max_disk: u64) -> (SegmentLog, OpenReport) {
+        SegmentLog::open(dir, options(segment_bytes, max_disk)).unwrap()
+    }
+
+    async fn open_plain(dir: &Path) -> (SegmentLog, OpenReport) {
+        let options = LogOptions {
+            compression: SpoolCompression::None,
+            ..options(1 << 20, 1 << 30)
+        };
+        SegmentLog::open(dir, options).unwrap()
+    }
+
+    /// The bytes a record takes in a log by default.
+    fn stored_len(n: u8) -> u64 {
+        frame_of(&record(n), SpoolCompression::Zstd).0.len() as u64
     }
 
     async fn read_all(log: &SegmentLog, n: usize) -> Vec<(RecordId, SpoolRecord)> {
         let mut out = vec![];
         for _ in 0..n {
-            let (id, len) = log.next_position().await.unwrap();
-            out.push((
-                id,
-                SpoolRecord::decode(log.read(id, len).await.unwrap()).unwrap(),
-            ));
+            let next = log.next_position().await.unwrap();
+            let bytes = log.read(next.id, next.len).await.unwrap();
+            assert_eq!(
+                bytes.len(),
+                next.record_len as usize,
+                "record_len is the record's"
+            );
+            out.push((next.id, SpoolRecord::decode(bytes).unwrap()));
         }
         out
+    }
+
+    fn segment_files(dir: &Path) -> Vec<Vec<u8>> {
+        let mut paths: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        paths.sort();
+        paths.iter().map(|p| std::fs::read(p).unwrap()).collect()
+    }
+
+    #[tokio::test]
+    async fn records_are_stored_compressed_and_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open(dir.path(), 1 << 20, 1 << 30).await;
+        log.append(record(1), false).await.unwrap();
+        let plain = record(1).encode().len() as u64 + frame::HEADER_LEN as u64;
+        assert!(
+            log.stats().disk_bytes < plain,
+            "the budget counts the compressed frame"
+        );
+        let files = segment_files(dir.path());
+        assert_eq!(files[0][..4], frame::MAGIC_ZSTD);
+        assert_eq!(read_all(&log, 1).await[0].1, record(1));
+
+        // A record that zstd cannot shrink is stored as is.
+        let mut noise = record(2);
+        noise.body = frame::noise(4096).into();
+        log.append(noise.clone(), false).await.unwrap();
+        assert_eq!(read_all(&log, 1).await[0].1, noise);
+        let files = segment_files(dir.path());
+        let second = stored_len(1) as usize;
+        assert_eq!(files[0][second..second + 4], frame::MAGIC);
+    }
+
+    #[tokio::test]
+    async fn a_log_written_plain_reads_back_after_compression_is_turned_on_and_off() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (log, _) = open_plain(dir.path()).await;
+            log.append(record(1), false).await.unwrap();
+            log.close().await;
+        }
+        {
+            let (log, report) = open(dir.path(), 1 << 20, 1 << 30).await;
+            assert_eq!(report.records, 1);
+            log.append(record(2), false).await.unwrap();
+            log.close().await;
+        }
+        let kinds: Vec<_> = segment_files(dir.path())
+            .iter()
+            .map(|f| f[..4].to_vec())
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![frame::MAGIC.to_vec(), frame::MAGIC_ZSTD.to_vec()]
+        );
+        let (log, report) = open_plain(dir.path()).await;
+        assert_eq!((report.records, report.damaged_regions), (2, 0));
+        let got = read_all(&log, 2).await;
+        assert_eq!(
+            got.into_iter().map(|(_, r)| r).collect::<Vec<_>>(),
+            vec![record(1), record(2)]
+        );
     }
 
     #[tokio::test]
@@ -789,13 +927,16 @@ mod tests {
                 .unwrap()
                 .path()
         };
-        let one = record(1).encode().len() as u64 + frame::HEADER_LEN as u64;
         {
             let (log, _) = open(dir.path(), 1 << 20, 1 << 30).await;
             for n in 1..=3 {
                 log.append(record(n), false).await.unwrap();
             }
-            assert_eq!(log.stats().disk_bytes, 3 * one, "the budget counts records");
+            assert_eq!(
+                log.stats().disk_bytes,
+                (1..=3).map(stored_len).sum::<u64>(),
+                "the budget counts records"
+            );
             // The writer fills room once no append waits.
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
             while std::fs::metadata(seg()).unwrap().len() < ZERO_FILL_FIRST_STEP {
@@ -815,7 +956,7 @@ mod tests {
         let (_, report) = open(dir.path(), 1 << 20, 1 << 30).await;
         assert_eq!(
             (report.records, report.bytes),
-            (1, one),
+            (1, stored_len(4)),
             "closed at its last record"
         );
     }
@@ -823,14 +964,12 @@ mod tests {
     #[tokio::test]
     async fn interval_mode_acknowledges_before_the_sync_and_syncs_within_the_interval() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, _) = SegmentLog::open(
-            dir.path(),
-            FsyncPolicy::Interval,
-            Duration::from_millis(300),
-            1 << 20,
-            1 << 30,
-        )
-        .unwrap();
+        let options = LogOptions {
+            fsync: FsyncPolicy::Interval,
+            fsync_interval: Duration::from_millis(300),
+            ..options(1 << 20, 1 << 30)
+        };
+        let (log, _) = SegmentLog::open(dir.path(), options).unwrap();
         log.append(record(1), false).await.unwrap();
         assert!(
             State::lock(&log.state).dirty,
@@ -851,7 +990,7 @@ mod tests {
     #[tokio::test]
     async fn segments_rotate_and_are_removed_once_delivered() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, _) = open(dir.path(), 600, 1 << 30).await;
+        let (log, _) = open(dir.path(), 2 * stored_len(1), 1 << 30).await;
         for n in 1..=6 {
             log.append(record(n), false).await.unwrap();
         }
@@ -868,8 +1007,7 @@ mod tests {
     #[tokio::test]
     async fn the_disk_budget_refuses_appends() {
         let dir = tempfile::tempdir().unwrap();
-        let one = record(1).encode().len() as u64 + frame::HEADER_LEN as u64;
-        let (log, _) = open(dir.path(), 1 << 20, one + 10).await;
+        let (log, _) = open(dir.path(), 1 << 20, stored_len(1) + 10).await;
         log.append(record(1), false).await.unwrap();
         assert!(matches!(
             log.append(record(2), false).await,

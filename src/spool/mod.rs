@@ -38,6 +38,18 @@ pub enum FsyncPolicy {
     Never,
 }
 
+/// How the durable spool stores records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpoolCompression {
+    /// zstd, level 1, per record: a tenth of the bytes to write, sync and keep on disk for
+    /// typical OTLP, so the same `max_disk_bytes` rides out a longer MLflow outage; a record
+    /// that would not shrink is stored as is.
+    Zstd,
+    /// As encoded.
+    None,
+}
+
 /// What one accepted request (for one experiment) leaves in the spool.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpoolRecord {
@@ -80,6 +92,13 @@ impl SpoolRecord {
     /// `header_len (u32 LE) | header JSON | body`, appended to `out`: the disk spool frames
     /// the record in the same buffer (`frame::encode_with`).
     pub fn encode_into(&self, out: &mut Vec<u8>) {
+        self.encode_header_into(out);
+        out.extend_from_slice(&self.body);
+    }
+
+    /// What precedes the body in `encode_into`: the disk spool compresses it and the body
+    /// without joining them.
+    pub fn encode_header_into(&self, out: &mut Vec<u8>) {
         // The header is written in place after room for its length.
         let start = out.len();
         out.extend_from_slice(&[0; 4]);
@@ -95,7 +114,6 @@ impl SpoolRecord {
         );
         let header_len = (out.len() - start - 4) as u32;
         out[start..start + 4].copy_from_slice(&header_len.to_le_bytes());
-        out.extend_from_slice(&self.body);
     }
 
     pub fn decode(bytes: Bytes) -> Result<Self, RecordError> {
@@ -287,8 +305,10 @@ impl Spool {
             } => loop {
                 // Peek, then take the position once the memory is granted, so a caller that
                 // gives up while waiting (a timeout, shutdown) loses no record.
-                let (id, len) = log.peek_position().await?;
-                let want = (len as usize).clamp(1, *max_memory) as u32;
+                let next = log.peek_position().await?;
+                let id = next.id;
+                // What the record takes in memory once read, not on disk (compressed).
+                let want = (next.record_len as usize).clamp(1, *max_memory) as u32;
                 let permit = memory.clone().acquire_many_owned(want).await.ok()?;
                 log.consume_position(id);
                 if let Some(record) = log.take_hot(id) {
@@ -299,7 +319,7 @@ impl Spool {
                         permit,
                     });
                 }
-                match log.read(id, len).await {
+                match log.read(id, next.len).await {
                     Ok(bytes) => match SpoolRecord::decode(bytes) {
                         Ok(record) => {
                             let parts = 1 + record.roots.len();
@@ -409,10 +429,13 @@ mod tests {
         let open = || {
             disk::SegmentLog::open(
                 dir.path(),
-                FsyncPolicy::Always,
-                std::time::Duration::from_secs(1),
-                1 << 20,
-                1 << 30,
+                disk::LogOptions {
+                    fsync: FsyncPolicy::Always,
+                    fsync_interval: std::time::Duration::from_secs(1),
+                    segment_bytes: 1 << 20,
+                    max_disk_bytes: 1 << 30,
+                    compression: SpoolCompression::Zstd,
+                },
             )
             .unwrap()
             .0
@@ -445,10 +468,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = disk::SegmentLog::open(
             dir.path(),
-            FsyncPolicy::Never,
-            std::time::Duration::from_secs(1),
-            1 << 30,
-            1 << 30,
+            disk::LogOptions {
+                fsync: FsyncPolicy::Never,
+                fsync_interval: std::time::Duration::from_secs(1),
+                segment_bytes: 1 << 30,
+                max_disk_bytes: 1 << 30,
+                compression: SpoolCompression::Zstd,
+            },
         )
         .unwrap()
         .0;
