@@ -209,9 +209,9 @@ pub struct ReceiverConfig {
     pub max_decompressed_bytes: usize,
     /// Concurrent OTLP requests being decoded and admitted; more get a retryable refusal.
     pub max_inflight_requests: usize,
-    /// Requests checked, decoded and mapped at once (CPU work); the others admitted wait for a
-    /// turn, so the clients that overload the gateway are slowed down while delivery keeps a
-    /// CPU. Default: the CPUs available less one, at least one.
+    /// Requests checked, decoded, mapped and framed for the spool at once (CPU work); the
+    /// others admitted wait for a turn, so the clients that overload the gateway are slowed
+    /// down while delivery keeps a CPU. Default: the CPUs available less one, at least one.
     pub ingest_concurrency: Option<usize>,
     /// `Retry-After` sent with retryable refusals.
     #[serde(with = "humantime_serde")]

@@ -313,15 +313,15 @@ impl Ingest {
             let turn = self.ingest_turn().await;
             let roots = self.map_group(&mut g.resource_spans, &g.experiment);
             let body = wire::encode_request(&g.resource_spans);
-            drop(turn);
-            let record = SpoolRecord {
+            let record = self.spool.prepare(SpoolRecord {
                 experiment: g.experiment,
                 span_count: g.span_count,
                 roots,
                 received_ms,
                 body: Bytes::from(body),
-            };
-            if let Err(e) = self.spool.append(record).await {
+            });
+            drop(turn);
+            if let Err(e) = self.spool.append_prepared(record).await {
                 let err = match e {
                     SpoolError::Full(detail) => IngestError::QueueFull {
                         detail,

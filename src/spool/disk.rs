@@ -394,14 +394,31 @@ impl SegmentLog {
 
     /// Appends a record; with `keep_hot` it is also handed to the reader from memory if there
     /// is room (the hot tail).
+    #[cfg(test)]
     pub async fn append(&self, record: SpoolRecord, keep_hot: bool) -> Result<(), SpoolError> {
+        let frame = self.frame(&record);
+        self.append_framed(record, frame, keep_hot).await
+    }
+
+    /// The record's frame as this log stores it (compressed or not). The caller builds it
+    /// before `append_framed`, where its CPU work is accounted for (an ingest turn).
+    pub fn frame(&self, record: &SpoolRecord) -> Frame {
+        frame_of(record, self.compression)
+    }
+
+    /// Appends a record in the frame `frame` built for it; see `append`.
+    pub async fn append_framed(
+        &self,
+        record: SpoolRecord,
+        frame: Frame,
+        keep_hot: bool,
+    ) -> Result<(), SpoolError> {
         let (reply, rx) = oneshot::channel();
         let received_ms = crate::feedback::store::now_ms();
-        let (frame, record_len) = frame_of(&record, self.compression);
         self.writer
             .send(WriteRequest {
-                frame,
-                record_len: record_len as u32,
+                frame: frame.bytes,
+                record_len: frame.record_len as u32,
                 keep: keep_hot.then_some(record),
                 received_ms,
                 reply,
@@ -547,21 +564,28 @@ impl SegmentLog {
     }
 }
 
-/// A record's frame as `compression` has it, and the record's size before compression.
-/// Built on the appending task, so concurrent requests compress in parallel, not one after
-/// another on the writer.
-fn frame_of(record: &SpoolRecord, compression: SpoolCompression) -> (Vec<u8>, usize) {
+/// A record framed for the log.
+pub struct Frame {
+    bytes: Vec<u8>,
+    /// The record's size before compression.
+    record_len: usize,
+}
+
+/// A record's frame as `compression` has it. Built by the appending task, not the writer, so
+/// concurrent requests compress in parallel rather than one after another.
+fn frame_of(record: &SpoolRecord, compression: SpoolCompression) -> Frame {
     if compression == SpoolCompression::Zstd {
         // The header is small; the body, the encoded spans, is compressed where it lies.
         let mut header = Vec::with_capacity(256 + record.roots.len() * 512);
         record.encode_header_into(&mut header);
-        if let Some(frame) = frame::encode_compressed([&header, &record.body]) {
-            return (frame, header.len() + record.body.len());
+        if let Some(bytes) = frame::encode_compressed([&header, &record.body]) {
+            let record_len = header.len() + record.body.len();
+            return Frame { bytes, record_len };
         }
     }
-    let frame = frame::encode_with(record.encoded_len(), |out| record.encode_into(out));
-    let record_len = frame.len() - frame::HEADER_LEN;
-    (frame, record_len)
+    let bytes = frame::encode_with(record.encoded_len(), |out| record.encode_into(out));
+    let record_len = bytes.len() - frame::HEADER_LEN;
+    Frame { bytes, record_len }
 }
 
 async fn write_loop(
@@ -805,7 +829,7 @@ mod tests {
 
     /// The bytes a record takes in a log by default.
     fn stored_len(n: u8) -> u64 {
-        frame_of(&record(n), SpoolCompression::Zstd).0.len() as u64
+        frame_of(&record(n), SpoolCompression::Zstd).bytes.len() as u64
     }
 
     async fn read_all(log: &SegmentLog, n: usize) -> Vec<(RecordId, SpoolRecord)> {

@@ -50,6 +50,13 @@ pub enum SpoolCompression {
     None,
 }
 
+/// A record `Spool::prepare` made ready to append.
+pub struct Prepared {
+    record: SpoolRecord,
+    /// Its frame, for the disk spool.
+    frame: Option<disk::Frame>,
+}
+
 /// What one accepted request (for one experiment) leaves in the spool.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpoolRecord {
@@ -253,7 +260,25 @@ impl Spool {
     }
 
     /// Appends a record; Ok means it is safe (durable per the fsync policy, or queued).
+    #[cfg(test)]
     pub async fn append(&self, record: SpoolRecord) -> Result<(), SpoolError> {
+        self.append_prepared(self.prepare(record)).await
+    }
+
+    /// Readies a record for `append_prepared`: on disk, frames (and compresses) it. Kept apart
+    /// so that callers do this CPU work where they account for it (the receivers' ingest turns)
+    /// and not while waiting for the group commit.
+    pub fn prepare(&self, record: SpoolRecord) -> Prepared {
+        let frame = match &*self.0 {
+            Inner::Disk { log, .. } => Some(log.frame(&record)),
+            Inner::Memory { .. } => None,
+        };
+        Prepared { record, frame }
+    }
+
+    /// Appends a prepared record; Ok means it is safe (durable per the fsync policy, or queued).
+    pub async fn append_prepared(&self, prepared: Prepared) -> Result<(), SpoolError> {
+        let Prepared { record, frame } = prepared;
         match &*self.0 {
             Inner::Memory {
                 tx,
@@ -276,7 +301,10 @@ impl Spool {
                 })?;
                 tx.send((record, permit)).map_err(|_| SpoolError::Closed)
             }
-            Inner::Disk { log, .. } => log.append(record, true).await,
+            Inner::Disk { log, .. } => {
+                let frame = frame.unwrap_or_else(|| log.frame(&record));
+                log.append_framed(record, frame, true).await
+            }
         }
     }
 
