@@ -272,13 +272,13 @@ impl SegmentLog {
     pub fn open(dir: &Path, options: LogOptions) -> std::io::Result<(Self, OpenReport)> {
         std::fs::create_dir_all(dir)?;
         let mut report = OpenReport::default();
-        let compression = options.compression;
-        let (fsync, fsync_interval, segment_bytes, max_disk_bytes) = (
-            options.fsync,
-            options.fsync_interval,
-            options.segment_bytes,
-            options.max_disk_bytes,
-        );
+        let LogOptions {
+            fsync,
+            fsync_interval,
+            segment_bytes,
+            max_disk_bytes,
+            compression,
+        } = options;
         let mut ids: Vec<u64> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| {
@@ -574,17 +574,22 @@ pub struct Frame {
 /// A record's frame as `compression` has it. Built by the appending task, not the writer, so
 /// concurrent requests compress in parallel rather than one after another.
 fn frame_of(record: &SpoolRecord, compression: SpoolCompression) -> Frame {
-    if compression == SpoolCompression::Zstd {
-        // The header is small; the body, the encoded spans, is compressed where it lies.
-        let mut header = Vec::with_capacity(256 + record.roots.len() * 512);
-        record.encode_header_into(&mut header);
-        if let Some(bytes) = frame::encode_compressed([&header, &record.body]) {
-            let record_len = header.len() + record.body.len();
-            return Frame { bytes, record_len };
-        }
+    if compression == SpoolCompression::None {
+        let bytes = frame::encode_with(record.encoded_len(), |out| record.encode_into(out));
+        let record_len = bytes.len() - frame::HEADER_LEN;
+        return Frame { bytes, record_len };
     }
-    let bytes = frame::encode_with(record.encoded_len(), |out| record.encode_into(out));
-    let record_len = bytes.len() - frame::HEADER_LEN;
+    // The header is small; the body, the encoded spans, is compressed where it lies.
+    let mut header = Vec::with_capacity(256 + record.roots.len() * 512);
+    record.encode_header_into(&mut header);
+    let record_len = header.len() + record.body.len();
+    // A record that would not shrink is framed as is, from the header already encoded.
+    let bytes = frame::encode_compressed([&header, &record.body]).unwrap_or_else(|| {
+        frame::encode_with(record_len, |out| {
+            out.extend_from_slice(&header);
+            out.extend_from_slice(&record.body);
+        })
+    });
     Frame { bytes, record_len }
 }
 
@@ -748,15 +753,13 @@ fn write_group(
             },
         ));
     }
+    let mut sync_error = None;
     if !written.is_empty() {
         let (stored, record): (u64, u64) = written.iter().fold((0, 0), |(s, r), (_, p)| {
             (s + p.len as u64, r + p.record_len as u64)
         });
         metrics::counter!("gateway_spool_written_bytes_total").increment(stored);
         metrics::counter!("gateway_spool_record_bytes_total").increment(record);
-    }
-    let mut sync_error = None;
-    if !written.is_empty() {
         s.dirty = true;
         let to_sync = match (&s.active, fsync) {
             (Some(a), FsyncPolicy::Always) => Some(a.file.clone()),
