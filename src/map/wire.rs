@@ -327,6 +327,9 @@ fn check_field(
 /// Checks an encoded `KeyValue` found at `depth` (see `validate`) and returns where its key is
 /// (prost keeps the last of repeated keys; so does this).
 fn validate_key_value(buf: &[u8], depth: usize) -> Result<Range<usize>, WireError> {
+    if let Some(key) = plain_key_value(buf) {
+        return Ok(key);
+    }
     let mut key = 0..0;
     validate_noting(buf, &KEY_VALUE, depth, |field| {
         if let (1, FieldValue::Len(r)) = (field.number, &field.value) {
@@ -334,6 +337,67 @@ fn validate_key_value(buf: &[u8], depth: usize) -> Result<Range<usize>, WireErro
         }
     })?;
     Ok(key)
+}
+
+/// The key of an attribute in the shape SDKs write: the key, then (if any) a value holding one
+/// string, bool, int or double, each field once and in that order. `None` for anything else,
+/// valid or not, which `validate_key_value` then walks by the schema: this shortcut accepts only
+/// what that walk accepts, and leaves every error to it. Attributes are most of a span's
+/// fields; walking each by the schema took ~17 % of the gateway's CPU at 200k spans/s.
+fn plain_key_value(buf: &[u8]) -> Option<Range<usize>> {
+    /// A length-delimited field's contents at `*pos`, after its tag.
+    fn delimited(buf: &[u8], pos: &mut usize) -> Option<Range<usize>> {
+        let len = usize::try_from(read_varint(buf, pos).ok()?).ok()?;
+        let end = pos.checked_add(len).filter(|end| *end <= buf.len())?;
+        let range = *pos..end;
+        *pos = end;
+        Some(range)
+    }
+    fn utf8(bytes: &[u8]) -> bool {
+        bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
+    }
+    // Tags with field numbers below 16 are one byte: (number << 3) | wire type.
+    const KEY: u8 = 1 << 3 | WIRE_LEN;
+    const VALUE: u8 = 2 << 3 | WIRE_LEN;
+    const STRING: u8 = 1 << 3 | WIRE_LEN;
+    const BOOL: u8 = 2 << 3 | WIRE_VARINT;
+    const INT: u8 = 3 << 3 | WIRE_VARINT;
+    const DOUBLE: u8 = 4 << 3 | WIRE_I64;
+
+    let mut pos = 1;
+    if buf.first() != Some(&KEY) {
+        return None;
+    }
+    let key = delimited(buf, &mut pos)?;
+    if !utf8(&buf[key.clone()]) {
+        return None;
+    }
+    if pos == buf.len() {
+        return Some(key);
+    }
+    if buf[pos] != VALUE {
+        return None;
+    }
+    pos += 1;
+    let value = delimited(buf, &mut pos)?;
+    if pos != buf.len() {
+        return None;
+    }
+    let value = &buf[value];
+    let Some((&tag, rest)) = value.split_first() else {
+        return Some(key);
+    };
+    let mut at = 0;
+    let whole = match tag {
+        STRING => delimited(rest, &mut at).is_some_and(|s| utf8(&rest[s])),
+        BOOL | INT => read_varint(rest, &mut at).is_ok(),
+        DOUBLE => {
+            at = 8;
+            rest.len() >= 8
+        }
+        _ => false,
+    };
+    (whole && at == rest.len()).then_some(key)
 }
 
 /// Room made per span in a scope's attribute list: GenAI spans carry 10-20, and growing the
@@ -905,6 +969,84 @@ mod tests {
         assert_eq!(picked.len(), 2);
         assert_eq!(picked[0], kv_str("a", "1"));
         assert_eq!(picked[1].key, "second");
+    }
+
+    /// The shortcut for plain attributes takes the shapes SDKs send, and on every input gives
+    /// what the schema walk gives (and prost agrees on which are valid).
+    #[test]
+    fn the_attribute_shortcut_agrees_with_the_schema_walk() {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        let kv = |key: &str, value: Option<Value>| {
+            KeyValue {
+                key: key.into(),
+                value: value.map(|v| AnyValue { value: Some(v) }),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        let plain = [
+            kv(
+                "gen_ai.request.model",
+                Some(Value::StringValue("gpt-4o".into())),
+            ),
+            kv("llm.streaming", Some(Value::BoolValue(true))),
+            kv("gen_ai.usage.input_tokens", Some(Value::IntValue(-1234))),
+            kv("gen_ai.request.temperature", Some(Value::DoubleValue(0.7))),
+            kv("kein_wert", None),
+            kv(
+                "プロンプト",
+                Some(Value::StringValue("こんにちは".repeat(40))),
+            ),
+            kv(&"k".repeat(200), Some(Value::StringValue("v".repeat(300)))),
+            [0x0a, 0x01, b'e', 0x12, 0x00].to_vec(), // an empty AnyValue
+        ];
+        let mut walked_only = vec![
+            kv(
+                "list",
+                Some(Value::ArrayValue(ArrayValue { values: vec![] })),
+            ),
+            kv("bytes", Some(Value::BytesValue(vec![0xff, 0x00]))),
+            [0x12, 0x02, 0x10, 0x01, 0x0a, 0x01, b'k'].to_vec(), // value before key
+            [0x0a, 0x01, b'a', 0x0a, 0x01, b'b'].to_vec(),       // a repeated key: the last wins
+            [0x0a, 0x01, b'a', 0x18, 0x07].to_vec(),             // key_strindex beside the key
+            [0x0a, 0x01, b'a', 0x78, 0x01].to_vec(),             // an unknown field
+            Vec::new(),
+        ];
+        let invalid = [
+            [0x0a, 0x01, 0xff].to_vec(), // key not UTF-8
+            [0x0a, 0x01, b'k', 0x12, 0x03, 0x0a, 0x01, 0xff].to_vec(), // value not UTF-8
+            [0x0a, 0x05, b'k'].to_vec(), // truncated key
+            [0x0a, 0x01, b'k', 0x12, 0x05, 0x10].to_vec(), // truncated value
+            [0x0a, 0x01, b'k', 0x12, 0x02, 0x21, 0x00].to_vec(), // truncated double
+            [0x0a, 0x01, b'k', 0x12, 0x02, 0x0a, 0x05].to_vec(), // string past its value
+            [0x0a, 0x01, b'k', 0x10, 0x01].to_vec(), // value as a varint
+            [0x0a, 0x01, b'k', 0x12, 0x01, 0x11].to_vec(), // bool as a double
+        ];
+        for buf in &plain {
+            let key = plain_key_value(buf).expect("a plain attribute takes the shortcut");
+            let decoded = KeyValue::decode(&buf[..]).expect("prost takes it");
+            assert_eq!(&buf[key.clone()], decoded.key.as_bytes());
+            walked_only.push(buf.clone());
+        }
+        for buf in &walked_only {
+            let mut walked = 0..0;
+            validate_noting(buf, &KEY_VALUE, 1, |field| {
+                if let (1, FieldValue::Len(r)) = (field.number, &field.value) {
+                    walked = r.clone();
+                }
+            })
+            .expect("the schema walk takes it");
+            assert!(KeyValue::decode(&buf[..]).is_ok(), "{buf:?}");
+            assert_eq!(validate_key_value(buf, 1).unwrap(), walked, "{buf:?}");
+            if let Some(key) = plain_key_value(buf) {
+                assert_eq!(key, walked, "{buf:?}");
+            }
+        }
+        for buf in &invalid {
+            assert_eq!(plain_key_value(buf), None, "{buf:?}");
+            assert!(validate_key_value(buf, 1).is_err(), "{buf:?}");
+            assert!(KeyValue::decode(&buf[..]).is_err(), "{buf:?}");
+        }
     }
 
     #[test]
