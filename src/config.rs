@@ -384,7 +384,7 @@ pub struct SpoolConfig {
     pub segment_bytes: u64,
     /// Disk the spool may use; at the limit receivers refuse with retryable codes.
     pub max_disk_bytes: u64,
-    /// How records are stored: `zstd` (each record compressed, level 1; one that would not
+    /// How records are stored: `zstd` (each record compressed, fast level -3; one that would not
     /// shrink is stored as is) or `none`. A spool written with either setting is read back
     /// with either.
     pub compression: SpoolCompression,

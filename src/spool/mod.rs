@@ -42,9 +42,9 @@ pub enum FsyncPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SpoolCompression {
-    /// zstd, level 1, per record: a tenth of the bytes to write, sync and keep on disk for
-    /// typical OTLP, so the same `max_disk_bytes` rides out a longer MLflow outage; a record
-    /// that would not shrink is stored as is.
+    /// zstd, fast level -3, per record: a fifth to a tenth of the bytes to write, sync and
+    /// keep on disk for typical OTLP, so the same `max_disk_bytes` rides out a longer MLflow
+    /// outage; a record that would not shrink is stored as is.
     Zstd,
     /// As encoded.
     None,
