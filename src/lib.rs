@@ -35,7 +35,7 @@ use crate::mlflow::MlflowClient;
 use crate::mlflow::experiments::Experiments;
 use crate::mlflow::retry::RetryPolicy;
 use crate::ops::health::Health;
-use crate::pipeline::envelope::{Envelope, ExperimentRef};
+use crate::pipeline::envelope::ExperimentRef;
 use crate::pipeline::export::{
     SpanBacklog, SpanExporter, run_span_workers, run_trace_info_workers,
 };
@@ -217,7 +217,6 @@ impl Gateway {
             config.traces.root_wait,
         ));
         let spool = open_spool(&config)?;
-        let (envelopes_tx, envelopes_rx) = mpsc::unbounded_channel();
         let request_ids = Arc::new(RequestIdIndex::new(config.feedback.index_capacity));
         let ingest = Arc::new(Ingest::new(
             &config,
@@ -228,7 +227,7 @@ impl Gateway {
         ));
         let feedback = Arc::new(build_feedback(&config, request_ids, client.clone())?);
 
-        // Pipeline: spool reader -> batcher -> span workers -> TraceInfo workers. Each stage
+        // Pipeline: batcher (the spool's reader) -> span workers -> TraceInfo workers. Each stage
         // ends when the one before it has ended and dropped its sender, so shutdown (closing the
         // spool) drains front to back.
         let dead_letters = Arc::new(DeadLetters::new(config.data_dir.as_deref()).map_err(
@@ -256,18 +255,8 @@ impl Gateway {
             dead_letters,
             backlog: backlog.clone(),
         });
-        let reader = {
-            let spool = spool.clone();
-            tokio::spawn(async move {
-                while let Some(d) = spool.next().await {
-                    if envelopes_tx.send(Envelope::from(d)).is_err() {
-                        break;
-                    }
-                }
-            })
-        };
         let batcher = tokio::spawn(pipeline::batcher::run(
-            envelopes_rx,
+            spool.clone(),
             batches_tx,
             config.batch.clone(),
             backlog.clone(),
@@ -288,7 +277,6 @@ impl Gateway {
             backlog,
         ));
         let pipeline = tokio::spawn(async move {
-            let _ = reader.await;
             let _ = batcher.await;
             let _ = spans.await;
             let _ = infos.await;
