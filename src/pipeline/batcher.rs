@@ -78,8 +78,8 @@ pub async fn run(
         output.send(batch)
     };
     let mut pending: HashMap<ExperimentRef, Batch> = HashMap::new();
-    // Kept across the loop and replaced only once it yields: a read cut off halfway (by the
-    // age timer) would lose the record it had taken from the spool.
+    // Kept across the loop and replaced only once it yields: cut off by the age timer, a read
+    // from disk would be given back and done again.
     let next = spool.next();
     tokio::pin!(next);
     loop {
@@ -229,9 +229,7 @@ mod tests {
     }
 
     /// Records read back from disk (after a restart), batched by age every millisecond: each
-    /// record delivered once, none left behind. (The read a timer could cut off is rarely in
-    /// flight when it fires, so this does not reliably catch a batcher that drops its read on
-    /// a timeout; the pinned read in `run` is what rules that out.)
+    /// record delivered once, none left behind.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_from_disk_are_all_batched_under_a_firing_age_timer() {
         let dir = tempfile::tempdir().unwrap();

@@ -446,6 +446,12 @@ impl SegmentLog {
         }
     }
 
+    /// Gives back a position taken by `consume_position` whose record was not handed out (its
+    /// read was abandoned): it is the first unread again.
+    pub fn restore_position(&self, position: Position) {
+        State::lock(&self.state).unread.push_front(position);
+    }
+
     /// The next unread record's position without taking it (cancel-safe: dropping the caller
     /// loses nothing); waits for appends; None once closed and drained.
     pub async fn peek_position(&self) -> Option<Position> {

@@ -162,6 +162,21 @@ pub enum SpoolError {
     Io(String),
 }
 
+/// A position `Spool::next` took from the log while its record is read back: given back if
+/// the read is abandoned.
+struct Taken<'a> {
+    log: &'a disk::SegmentLog,
+    position: Option<disk::Position>,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if let Some(position) = self.position.take() {
+            self.log.restore_position(position);
+        }
+    }
+}
+
 /// A record taken from the spool, with the memory it occupies.
 pub struct Delivery {
     pub record: SpoolRecord,
@@ -309,6 +324,7 @@ impl Spool {
     }
 
     /// The next record to deliver, waiting for memory and data; None once closed and drained.
+    /// Cancel-safe: a call dropped before it returns leaves its record for the next call.
     pub async fn next(&self) -> Option<Delivery> {
         match &*self.0 {
             Inner::Memory { rx, closed, .. } => {
@@ -347,7 +363,15 @@ impl Spool {
                         permit,
                     });
                 }
-                match log.read(id, next.len).await {
+                // Dropped during the read (a caller's timeout), the position goes back: the
+                // record is read again by the next call instead of waiting for a restart.
+                let mut taken = Taken {
+                    log,
+                    position: Some(next),
+                };
+                let read = log.read(id, next.len).await;
+                taken.position = None;
+                match read {
                     Ok(bytes) => match SpoolRecord::decode(bytes) {
                         Ok(record) => {
                             let parts = 1 + record.roots.len();
@@ -485,6 +509,47 @@ mod tests {
         // After a restart the hot tail is gone: records are read back from disk and decoded
         // (the first again too: its segment was not finished, delivery is at least once).
         let spool = Spool::disk(open(), 1 << 20);
+        for n in 1..=3 {
+            let d = spool.next().await.unwrap();
+            assert_eq!(d.record, record(n));
+        }
+    }
+
+    /// A read from disk abandoned halfway (a caller's timeout) gives its record back: the next
+    /// call returns it, then the rest in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_from_disk_cut_off_leaves_its_record_for_the_next_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            disk::SegmentLog::open(
+                dir.path(),
+                disk::LogOptions {
+                    fsync: FsyncPolicy::Never,
+                    fsync_interval: std::time::Duration::from_secs(1),
+                    segment_bytes: 1 << 20,
+                    max_disk_bytes: 1 << 30,
+                    compression: SpoolCompression::Zstd,
+                },
+            )
+            .unwrap()
+            .0
+        };
+        {
+            let spool = Spool::disk(open(), 1 << 20);
+            for n in 1..=3 {
+                spool.append(record(n)).await.unwrap();
+            }
+        }
+        // After a restart every record is read back from disk, on the blocking pool: one poll
+        // takes the first position and starts its read; then the call is dropped.
+        let spool = Spool::disk(open(), 1 << 20);
+        let mut call = Box::pin(spool.next());
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
+        assert!(
+            first.is_pending(),
+            "the read finished within its first poll"
+        );
+        drop(call);
         for n in 1..=3 {
             let d = spool.next().await.unwrap();
             assert_eq!(d.record, record(n));
