@@ -79,6 +79,20 @@ fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, WireError> {
     Err(WireError::new("varint longer than 10 bytes"))
 }
 
+/// A length-delimited field's contents: its length at `*pos` (after the tag), then that many
+/// bytes, which must lie within `buf`; `*pos` moves past them.
+fn read_delimited(buf: &[u8], pos: &mut usize) -> Result<Range<usize>, WireError> {
+    let len = read_varint(buf, pos)?;
+    let end = usize::try_from(len)
+        .ok()
+        .and_then(|l| pos.checked_add(l))
+        .filter(|end| *end <= buf.len())
+        .ok_or_else(|| WireError::new("length-delimited field runs past its message"))?;
+    let range = *pos..end;
+    *pos = end;
+    Ok(range)
+}
+
 /// The fields of one message, in wire order. Groups (deprecated, never in OTLP) are refused.
 struct Fields<'a> {
     buf: &'a [u8],
@@ -115,19 +129,7 @@ impl<'a> Fields<'a> {
                 fixed(&mut self.pos, 4)?;
                 FieldValue::I32
             }
-            WIRE_LEN => {
-                let len = read_varint(self.buf, &mut self.pos)?;
-                let end = usize::try_from(len)
-                    .ok()
-                    .and_then(|l| self.pos.checked_add(l))
-                    .filter(|end| *end <= self.buf.len())
-                    .ok_or_else(|| {
-                        WireError::new("length-delimited field runs past its message")
-                    })?;
-                let range = self.pos..end;
-                self.pos = end;
-                FieldValue::Len(range)
-            }
+            WIRE_LEN => FieldValue::Len(read_delimited(self.buf, &mut self.pos)?),
             other => return Err(WireError::new(format!("unsupported wire type {other}"))),
         };
         Ok(RawField {
@@ -346,14 +348,7 @@ fn validate_key_value(buf: &[u8], depth: usize) -> Result<Range<usize>, WireErro
 /// fields: the walk was ~17 % of the gateway's CPU at 200k spans/s, mostly in them, and about
 /// half that with this shortcut (BENCHMARKS.md, "Changes").
 fn plain_key_value(buf: &[u8]) -> Option<Range<usize>> {
-    /// A length-delimited field's contents at `*pos`, after its tag.
-    fn delimited(buf: &[u8], pos: &mut usize) -> Option<Range<usize>> {
-        let len = usize::try_from(read_varint(buf, pos).ok()?).ok()?;
-        let end = pos.checked_add(len).filter(|end| *end <= buf.len())?;
-        let range = *pos..end;
-        *pos = end;
-        Some(range)
-    }
+    let delimited = |buf: &[u8], pos: &mut usize| read_delimited(buf, pos).ok();
     fn utf8(bytes: &[u8]) -> bool {
         bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
     }
