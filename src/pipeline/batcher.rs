@@ -147,8 +147,9 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::disk::{LogOptions, SegmentLog};
-    use crate::spool::{FsyncPolicy, SpoolCompression, SpoolRecord};
+    use crate::spool::disk::SegmentLog;
+    use crate::spool::tests::log_options;
+    use crate::spool::{FsyncPolicy, SpoolRecord};
 
     fn record(exp: &str, spans: usize) -> SpoolRecord {
         SpoolRecord {
@@ -234,18 +235,9 @@ mod tests {
     async fn reads_from_disk_are_all_batched_under_a_firing_age_timer() {
         let dir = tempfile::tempdir().unwrap();
         let open = || {
-            SegmentLog::open(
-                dir.path(),
-                LogOptions {
-                    fsync: FsyncPolicy::Never,
-                    fsync_interval: Duration::from_secs(1),
-                    segment_bytes: 1 << 20,
-                    max_disk_bytes: 1 << 30,
-                    compression: SpoolCompression::Zstd,
-                },
-            )
-            .unwrap()
-            .0
+            SegmentLog::open(dir.path(), log_options(FsyncPolicy::Never))
+                .unwrap()
+                .0
         };
         const RECORDS: usize = 300;
         {

@@ -811,15 +811,13 @@ fn write_group(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::tests::record;
+    use crate::spool::tests::{log_options, record};
 
     fn options(segment_bytes: u64, max_disk_bytes: u64) -> LogOptions {
         LogOptions {
-            fsync: FsyncPolicy::Always,
-            fsync_interval: Duration::from_secs(1),
             segment_bytes,
             max_disk_bytes,
-            compression: SpoolCompression::Zstd,
+            ..log_options(FsyncPolicy::Always)
         }
     }
 

@@ -445,10 +445,22 @@ impl Spool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::map::rules::TraceFacts;
     use crate::map::trace_info::TraceState;
+
+    /// A disk log's options as the gateway's defaults have them, with `fsync`: 1 MiB segments,
+    /// room enough on disk for any test.
+    pub fn log_options(fsync: FsyncPolicy) -> disk::LogOptions {
+        disk::LogOptions {
+            fsync,
+            fsync_interval: std::time::Duration::from_secs(1),
+            segment_bytes: 1 << 20,
+            max_disk_bytes: 1 << 30,
+            compression: SpoolCompression::Zstd,
+        }
+    }
 
     pub fn record(n: u8) -> SpoolRecord {
         SpoolRecord {
@@ -479,18 +491,9 @@ mod tests {
     async fn disk_records_come_back_from_memory_and_after_a_restart_from_disk() {
         let dir = tempfile::tempdir().unwrap();
         let open = || {
-            disk::SegmentLog::open(
-                dir.path(),
-                disk::LogOptions {
-                    fsync: FsyncPolicy::Always,
-                    fsync_interval: std::time::Duration::from_secs(1),
-                    segment_bytes: 1 << 20,
-                    max_disk_bytes: 1 << 30,
-                    compression: SpoolCompression::Zstd,
-                },
-            )
-            .unwrap()
-            .0
+            disk::SegmentLog::open(dir.path(), log_options(FsyncPolicy::Always))
+                .unwrap()
+                .0
         };
         let log = open();
         let spool = Spool::disk(log.clone(), 1 << 20);
@@ -521,18 +524,9 @@ mod tests {
     async fn a_read_from_disk_cut_off_leaves_its_record_for_the_next_call() {
         let dir = tempfile::tempdir().unwrap();
         let open = || {
-            disk::SegmentLog::open(
-                dir.path(),
-                disk::LogOptions {
-                    fsync: FsyncPolicy::Never,
-                    fsync_interval: std::time::Duration::from_secs(1),
-                    segment_bytes: 1 << 20,
-                    max_disk_bytes: 1 << 30,
-                    compression: SpoolCompression::Zstd,
-                },
-            )
-            .unwrap()
-            .0
+            disk::SegmentLog::open(dir.path(), log_options(FsyncPolicy::Never))
+                .unwrap()
+                .0
         };
         {
             let spool = Spool::disk(open(), 1 << 20);
@@ -562,11 +556,8 @@ mod tests {
         let log = disk::SegmentLog::open(
             dir.path(),
             disk::LogOptions {
-                fsync: FsyncPolicy::Never,
-                fsync_interval: std::time::Duration::from_secs(1),
                 segment_bytes: 1 << 30,
-                max_disk_bytes: 1 << 30,
-                compression: SpoolCompression::Zstd,
+                ..log_options(FsyncPolicy::Never)
             },
         )
         .unwrap()
