@@ -1,7 +1,8 @@
 //! The durable segment log: `<data_dir>/spool/<id>.seg` files of framed records.
 //!
 //! Appends go through one writer task that batches concurrent requests into one write and, with
-//! `fsync = "always"`, one fsync (group commit) before any of them is acknowledged. Records are
+//! `fsync = "always"`, one fsync (group commit) before any of them is acknowledged; an append
+//! that finds the writer idle makes its own commit (`SegmentLog::write_in_place`). Records are
 //! read back in order by a single reader; a segment file is removed once it is sealed and every
 //! record in it has been acknowledged end to end. On open, every segment is scanned and
 //! validated; damaged stretches (a torn tail after a crash, corruption) are reported, counted and
@@ -37,6 +38,13 @@ const HOT_TAIL_MAX_BYTES: usize = 8 << 20;
 /// zeros; each step doubles the last, up to the largest.
 const ZERO_FILL_FIRST_STEP: u64 = 64 << 10;
 const ZERO_FILL_MAX_STEP: u64 = 1 << 20;
+/// An append makes its own group commit (`SegmentLog::write_in_place`) only if the last one
+/// ended at least this long ago. A request that comes sooner is likely one of a stream: it
+/// joins the writer's next group, which commits all that came during the last fsync with one
+/// more. Committing in place regardless cut the ceiling at 100 spans per request by 28 %
+/// (192k against 265k spans/s, 2600 requests/s): one fsync per request, a worker waiting on
+/// each. At 10k spans/s a request comes every 10 ms on average.
+const IN_PLACE_AFTER_QUIET: Duration = Duration::from_millis(2);
 /// Zeros are written from this buffer, a chunk per call.
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
@@ -108,6 +116,9 @@ struct State {
     closed: bool,
     dirty: bool,
     disk_full: bool,
+    /// Group commits made by appending tasks themselves (`SegmentLog::write_in_place`).
+    #[cfg(test)]
+    commits_in_place: u64,
 }
 
 struct WriteRequest {
@@ -146,9 +157,55 @@ pub struct SegmentLog {
     writer: mpsc::Sender<WriteRequest>,
     compression: SpoolCompression,
     data: Arc<Notify>,
-    /// Held while the writer zero-fills room, so that `close` trims a segment nobody is
-    /// filling.
-    filling: Arc<Mutex<()>>,
+    /// Held by whoever writes to the active segment: a group commit (the writer's, or one made
+    /// by the appending task itself, see `write_in_place`), a zero-fill, and `close` (which
+    /// then trims a segment nobody is writing).
+    write_token: Arc<Mutex<Writes>>,
+    /// Asks the writer to zero-fill room after a group commit made in place.
+    fill_wanted: Arc<Notify>,
+    /// Whether an append finding the writer idle makes its own group commit (see
+    /// `write_in_place`).
+    write_in_place: bool,
+    fsync: FsyncPolicy,
+    segment_bytes: u64,
+    max_disk_bytes: u64,
+}
+
+/// What the write token holds: when the last group commit ended (`IN_PLACE_AFTER_QUIET`).
+#[derive(Default)]
+struct Writes {
+    last_commit: Option<std::time::Instant>,
+}
+
+impl Writes {
+    fn quiet(&self) -> bool {
+        self.last_commit
+            .is_none_or(|at| at.elapsed() >= IN_PLACE_AFTER_QUIET)
+    }
+}
+
+/// Takes the write token if nobody holds it. A panic while it was held (poisoning) leaves
+/// nothing half done in it.
+fn try_take(token: &Mutex<Writes>) -> Option<std::sync::MutexGuard<'_, Writes>> {
+    match token.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
+/// Takes the write token, waiting for it (on a blocking thread only).
+fn take(token: &Mutex<Writes>) -> std::sync::MutexGuard<'_, Writes> {
+    token.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether appends may make their own group commit on the runtime's worker: only where another
+/// worker keeps serving the other connections while this one waits for the disk.
+fn can_write_in_place() -> bool {
+    tokio::runtime::Handle::try_current().is_ok_and(|h| {
+        h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+            && h.metrics().num_workers() >= 2
+    })
 }
 
 fn seg_path(dir: &Path, id: u64) -> PathBuf {
@@ -357,15 +414,19 @@ impl SegmentLog {
             closed: false,
             dirty: false,
             disk_full: false,
+            #[cfg(test)]
+            commits_in_place: 0,
         }));
         let (tx, rx) = mpsc::channel(4096);
         let data = Arc::new(Notify::new());
-        let filling = Arc::new(Mutex::new(()));
+        let write_token = Arc::new(Mutex::new(Writes::default()));
+        let fill_wanted = Arc::new(Notify::new());
         tokio::spawn(write_loop(
             rx,
             state.clone(),
             data.clone(),
-            filling.clone(),
+            write_token.clone(),
+            fill_wanted.clone(),
             fsync,
             segment_bytes,
             max_disk_bytes,
@@ -386,7 +447,12 @@ impl SegmentLog {
                 writer: tx,
                 compression,
                 data,
-                filling,
+                write_token,
+                fill_wanted,
+                write_in_place: can_write_in_place(),
+                fsync,
+                segment_bytes,
+                max_disk_bytes,
             },
             report,
         ))
@@ -414,18 +480,62 @@ impl SegmentLog {
         keep_hot: bool,
     ) -> Result<(), SpoolError> {
         let (reply, rx) = oneshot::channel();
-        let received_ms = crate::feedback::store::now_ms();
-        self.writer
-            .send(WriteRequest {
-                frame: frame.bytes,
-                record_len: frame.record_len as u32,
-                keep: keep_hot.then_some(record),
-                received_ms,
-                reply,
-            })
-            .await
-            .map_err(|_| SpoolError::Closed)?;
+        let request = WriteRequest {
+            frame: frame.bytes,
+            record_len: frame.record_len as u32,
+            keep: keep_hot.then_some(record),
+            received_ms: crate::feedback::store::now_ms(),
+            reply,
+        };
+        if let Some(request) = self.write_in_place(request) {
+            self.writer
+                .send(request)
+                .await
+                .map_err(|_| SpoolError::Closed)?;
+        }
         rx.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// Makes the request's group commit here, on the appending task's worker, when the writer
+    /// is idle (nothing queued, nobody writing, no commit in the last `IN_PLACE_AFTER_QUIET`);
+    /// hands the request back otherwise. A request
+    /// that finds the writer idle would wait for nobody else, so the hand-over to the writer
+    /// and back (a blocking thread woken for the write, a worker woken for the answer) only
+    /// cost: at 10k spans/s, 3 of the 7-8 thread switches a request made. This worker waits
+    /// for the disk meanwhile, which is why it needs another worker for the other connections
+    /// (`can_write_in_place`); at most one does at a time (the write token), and while it does,
+    /// later requests queue for the writer and are committed together as before.
+    fn write_in_place(&self, request: WriteRequest) -> Option<WriteRequest> {
+        if !self.write_in_place || self.writer.capacity() < self.writer.max_capacity() {
+            return Some(request);
+        }
+        let Some(mut token) = try_take(&self.write_token).filter(|t| t.quiet()) else {
+            return Some(request);
+        };
+        #[cfg(test)]
+        {
+            State::lock(&self.state).commits_in_place += 1;
+        }
+        let mut group = vec![request];
+        write_group(
+            &self.state,
+            &mut group,
+            self.fsync,
+            self.segment_bytes,
+            self.max_disk_bytes,
+        );
+        token.last_commit = Some(std::time::Instant::now());
+        drop(token);
+        self.data.notify_waiters();
+        self.data.notify_one();
+        if self.fsync == FsyncPolicy::Always
+            && State::lock(&self.state)
+                .room_wanted(self.segment_bytes)
+                .is_some()
+        {
+            self.fill_wanted.notify_one();
+        }
+        None
     }
 
     /// The next unread record's position, taken; waits for appends; None once closed and
@@ -517,9 +627,9 @@ impl SegmentLog {
 
     /// Stops appends (later ones get `Closed`), fsyncs, and lets the reader drain.
     pub async fn close(&self) {
-        let (state, filling) = (self.state.clone(), self.filling.clone());
+        let (state, token) = (self.state.clone(), self.write_token.clone());
         let _ = tokio::task::spawn_blocking(move || {
-            let _filling = filling.lock().unwrap_or_else(|p| p.into_inner());
+            let _token = take(&token);
             let mut s = State::lock(&state);
             s.closed = true;
             if let Some(a) = &mut s.active {
@@ -599,16 +709,31 @@ fn frame_of(record: &SpoolRecord, compression: SpoolCompression) -> Frame {
     Frame { bytes, record_len }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn write_loop(
     mut rx: mpsc::Receiver<WriteRequest>,
     state: Arc<Mutex<State>>,
     data: Arc<Notify>,
-    filling: Arc<Mutex<()>>,
+    token: Arc<Mutex<Writes>>,
+    fill_wanted: Arc<Notify>,
     fsync: FsyncPolicy,
     segment_bytes: u64,
     max_disk_bytes: u64,
 ) {
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            biased;
+            request = rx.recv() => match request {
+                Some(request) => request,
+                None => break,
+            },
+            () = fill_wanted.notified() => {
+                if rx.is_empty() {
+                    fill_room_off_runtime(&state, &token, segment_bytes).await;
+                }
+                continue;
+            }
+        };
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -616,9 +741,11 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        let state2 = state.clone();
+        let (state2, token2) = (state.clone(), token.clone());
         let outcome = tokio::task::spawn_blocking(move || {
+            let mut token = take(&token2);
             write_group(&state2, &mut group, fsync, segment_bytes, max_disk_bytes);
+            token.last_commit = Some(std::time::Instant::now());
             group
         })
         .await;
@@ -630,16 +757,8 @@ async fn write_loop(
             }
             Err(e) => tracing::error!(error = %e, "spool writer failed"),
         }
-        if fsync == FsyncPolicy::Always
-            && rx.is_empty()
-            && State::lock(&state).room_wanted(segment_bytes).is_some()
-        {
-            let (state2, filling) = (state.clone(), filling.clone());
-            let _ = tokio::task::spawn_blocking(move || {
-                let _filling = filling.lock().unwrap_or_else(|p| p.into_inner());
-                fill_room(&state2, segment_bytes)
-            })
-            .await;
+        if fsync == FsyncPolicy::Always && rx.is_empty() {
+            fill_room_off_runtime(&state, &token, segment_bytes).await;
         }
         if State::lock(&state).closed && rx.is_empty() {
             rx.close();
@@ -647,10 +766,27 @@ async fn write_loop(
     }
 }
 
+/// `fill_room` on a blocking thread, holding the write token, if the active segment wants room.
+async fn fill_room_off_runtime(
+    state: &Arc<Mutex<State>>,
+    token: &Arc<Mutex<Writes>>,
+    segment_bytes: u64,
+) {
+    if State::lock(state).room_wanted(segment_bytes).is_none() {
+        return;
+    }
+    let (state, token) = (state.clone(), token.clone());
+    let _ = tokio::task::spawn_blocking(move || {
+        let _token = take(&token);
+        fill_room(&state, segment_bytes)
+    })
+    .await;
+}
+
 /// Zero-fills the next stretch of room in the active segment and syncs it
 /// (`ZERO_FILL_FIRST_STEP`). Runs between groups, without the state lock: acks, the reader and
-/// metrics must not wait for it, and only the writer writes to the file (`close` waits for it
-/// through `SegmentLog::filling`). Best effort: on a failure (a full disk) appends grow the
+/// metrics must not wait for it, and only the write token's holder writes to the file (`close`
+/// waits for it through `SegmentLog::write_token`). Best effort: on a failure (a full disk) appends grow the
 /// file themselves.
 fn fill_room(state: &Mutex<State>, segment_bytes: u64) {
     let Some((id, file, (from, to))) = State::lock(state).room_wanted(segment_bytes) else {
@@ -678,7 +814,8 @@ fn fill_room(state: &Mutex<State>, segment_bytes: u64) {
     }
 }
 
-/// Writes a group of frames, fsyncs once, then answers every request.
+/// Writes a group of frames, fsyncs once, then answers every request. The caller holds the
+/// write token.
 fn write_group(
     state: &Mutex<State>,
     group: &mut Vec<WriteRequest>,
@@ -772,8 +909,9 @@ fn write_group(
             _ => None,
         };
         if let Some(file) = to_sync {
-            // Without the lock: acks, the reader and metrics must not wait for the disk. This
-            // is the only writer, and nothing reads these records before they are in `unread`.
+            // Without the lock: acks, the reader and metrics must not wait for the disk. The
+            // caller holds the write token, and nothing reads these records before they are
+            // in `unread`.
             drop(s);
             let synced = timed_sync(&file);
             s = State::lock(state);
@@ -852,6 +990,25 @@ mod tests {
             out.push((next.id, SpoolRecord::decode(bytes).unwrap()));
         }
         out
+    }
+
+    /// The path of the one segment file in `dir`.
+    fn only_segment(dir: &Path) -> PathBuf {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+    }
+
+    /// Waits (up to 5 s) until the writer has zero-filled `seg` to at least `len` bytes.
+    async fn wait_for_room(seg: &Path, len: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::fs::metadata(seg).unwrap().len() < len {
+            assert!(std::time::Instant::now() < deadline, "no room filled");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     fn segment_files(dir: &Path) -> Vec<Vec<u8>> {
@@ -950,14 +1107,7 @@ mod tests {
     #[tokio::test]
     async fn appends_go_into_zero_filled_room_that_a_crash_leaves_and_a_close_trims() {
         let dir = tempfile::tempdir().unwrap();
-        let seg = || {
-            std::fs::read_dir(dir.path())
-                .unwrap()
-                .next()
-                .unwrap()
-                .unwrap()
-                .path()
-        };
+        let seg = || only_segment(dir.path());
         {
             let (log, _) = open(dir.path(), 1 << 20, 1 << 30).await;
             for n in 1..=3 {
@@ -969,11 +1119,7 @@ mod tests {
                 "the budget counts records"
             );
             // The writer fills room once no append waits.
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while std::fs::metadata(seg()).unwrap().len() < ZERO_FILL_FIRST_STEP {
-                assert!(std::time::Instant::now() < deadline, "no room filled");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            wait_for_room(&seg(), ZERO_FILL_FIRST_STEP).await;
         }
         // Dropped without a close, as a crash would leave it: the room is no damage.
         let (log, report) = open(dir.path(), 1 << 20, 1 << 30).await;
@@ -990,6 +1136,55 @@ mod tests {
             (1, stored_len(4)),
             "closed at its last record"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_that_find_the_writer_idle_commit_in_place_and_the_rest_queue_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open(dir.path(), 1 << 20, 1 << 30).await;
+        assert!(
+            log.write_in_place,
+            "two workers: another one serves meanwhile"
+        );
+        log.append(record(1), false).await.unwrap();
+        assert_eq!(
+            State::lock(&log.state).commits_in_place,
+            1,
+            "the writer was idle"
+        );
+
+        // A commit made in place still gets room zero-filled after it, by the writer.
+        let seg = only_segment(dir.path());
+        wait_for_room(&seg, log.stats().disk_bytes + 1).await;
+
+        // Many at once: whoever finds the token taken queues for the writer's group commit.
+        let appends: Vec<_> = (0..200u32)
+            .map(|n| {
+                let log = log.clone();
+                tokio::spawn(async move { log.append(record((n % 250) as u8), false).await })
+            })
+            .collect();
+        for append in appends {
+            append.await.unwrap().unwrap();
+        }
+        let got = read_all(&log, 201).await;
+        let mut ids: Vec<_> = got.iter().map(|(id, _)| *id).collect();
+        ids.dedup();
+        assert_eq!(ids.len(), 201, "every record once, in file order");
+        assert!(ids.windows(2).all(|w| w[0].offset < w[1].offset));
+
+        log.close().await;
+        let (_, report) = open(dir.path(), 1 << 20, 1 << 30).await;
+        assert_eq!((report.records, report.damaged_regions), (201, 0));
+    }
+
+    #[tokio::test]
+    async fn a_single_worker_runtime_leaves_every_commit_to_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open(dir.path(), 1 << 20, 1 << 30).await;
+        log.append(record(1), false).await.unwrap();
+        assert!(!log.write_in_place);
+        assert_eq!(State::lock(&log.state).commits_in_place, 0);
     }
 
     #[tokio::test]
@@ -1057,12 +1252,7 @@ mod tests {
             }
             log.close().await;
         }
-        let seg = std::fs::read_dir(dir.path())
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
+        let seg = only_segment(dir.path());
         let len = std::fs::metadata(&seg).unwrap().len();
         let f = OpenOptions::new().write(true).open(&seg).unwrap();
         f.set_len(len - 7).unwrap();
