@@ -545,11 +545,10 @@ pub(crate) mod tests {
             let mut call = Box::pin(spool.next());
             let first =
                 std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
+            drop(call);
             if first.is_pending() {
-                drop(call);
                 break spool;
             }
-            drop(call);
             tries += 1;
             assert!(
                 tries < 50,
