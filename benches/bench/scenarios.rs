@@ -39,6 +39,18 @@ const TRACE_INFO_CLIENTS: usize = 8;
 /// (scenario 5 in BENCHMARKS.md).
 pub(crate) const GATEWAY_TRACE_INFO_CONCURRENCY: usize =
     mlflow_otlp_gateway::config::DEFAULT_TRACE_INFO_CONCURRENCY;
+/// Connections that post the ceiling's traces beforehand. One at a time took 24-44 traces/s,
+/// half of scenario 5's run time (52-54 s per reading on PostgreSQL, where the other three of
+/// MLflow's four workers sat idle).
+const INGEST_CLIENTS: usize = 4;
+/// Traces ready for the first ceiling reading, per second of its window: MLflow did 30-90/s
+/// over the rounds, and ran out of 80/s worth on a fast hour of the Intel host.
+const FIRST_CEILING_TRACES_PER_SEC: f64 = 160.0;
+/// The second reading gets at least this multiple of the first's rate in traces (what the first
+/// left counts): it was 0.8-1.4 times the first over the rounds; running out stops the run.
+const AFTER_OVER_BEFORE: f64 = 2.0;
+/// ...and never less than this many per second.
+const MIN_CEILING_TRACES_PER_SEC: f64 = 40.0;
 /// Each of the two StartTraceV3 ceiling readings in scenario 5 (before and after the gateway).
 const CEILING_WINDOW_SECS: f64 = 8.0;
 
@@ -771,10 +783,22 @@ async fn complete_traces(opts: &Options) -> anyhow::Result<String> {
         // same within noise (BENCHMARKS.md, "Changes"). Measured before and after the gateway's
         // run: the ceiling drifted 34-55/s between runs on this machine, so one reading taken
         // minutes away from the gateway's window made the ratio swing with it.
-        let before = start_trace_ceiling(&mlflow, opts, "before").await?;
+        let window = opts.secs(CEILING_WINDOW_SECS);
+        let mut traces = CeilingTraces::new(&mlflow).await?;
+        traces
+            .top_up(
+                &mlflow,
+                (window.as_secs_f64() * FIRST_CEILING_TRACES_PER_SEC) as usize,
+            )
+            .await?;
+        let before = start_trace_ceiling(&mlflow, &mut traces, window).await?;
         println!("  StartTraceV3/s before: {before:.1}");
         let (rate, complete, acked) = gateway_complete_traces(&mlflow, before, opts).await?;
-        let after = start_trace_ceiling(&mlflow, opts, "after").await?;
+        let second = (AFTER_OVER_BEFORE * before).max(MIN_CEILING_TRACES_PER_SEC);
+        traces
+            .top_up(&mlflow, (window.as_secs_f64() * second) as usize)
+            .await?;
+        let after = start_trace_ceiling(&mlflow, &mut traces, window).await?;
         println!("  StartTraceV3/s after: {after:.1}");
         let ceiling = (before + after) / 2.0;
         let row = format!(
@@ -791,37 +815,80 @@ async fn complete_traces(opts: &Options) -> anyhow::Result<String> {
     Ok(t)
 }
 
-/// MLflow's StartTraceV3 rate on traces whose spans are already in, from TRACE_INFO_CLIENTS
-/// client threads, each with a kept-alive connection.
-async fn start_trace_ceiling(mlflow: &Mlflow, opts: &Options, label: &str) -> anyhow::Result<f64> {
-    let exp = mlflow
-        .create_experiment(&format!("start-trace-ceiling-{label}"))
-        .await?;
-    // Ingest the traces' spans first, in bulk, as the gateway would have.
-    let template = Template::new(1000);
-    let http = reqwest::Client::new();
-    let mut ids = Vec::new();
-    let window = opts.secs(CEILING_WINDOW_SECS);
-    // Enough for 160 calls/s; MLflow did 34-75 on 2 cores, and ran out of 80/s worth on a
-    // fast hour of the Intel host (the check below catches more).
-    let wanted = (window.as_secs_f64() * 160.0) as usize;
-    while ids.len() < wanted {
-        let (body, trace_ids) = template.stamp();
-        http.post(format!("{}/v1/traces", mlflow.url))
-            .header("content-type", "application/x-protobuf")
-            .header("x-mlflow-experiment-id", &exp)
-            .body(body)
-            .send()
-            .await?
-            .error_for_status()?;
-        ids.extend(trace_ids);
+/// Traces whose spans are in MLflow and that have no StartTraceV3 yet: what the ceiling readings
+/// call StartTraceV3 on. The second reading uses what the first left, topped up.
+struct CeilingTraces {
+    experiment_id: String,
+    ids: Vec<[u8; 16]>,
+}
+
+impl CeilingTraces {
+    async fn new(mlflow: &Mlflow) -> anyhow::Result<Self> {
+        Ok(Self {
+            experiment_id: mlflow.create_experiment("start-trace-ceiling").await?,
+            ids: Vec::new(),
+        })
     }
-    let ids = Arc::new(std::sync::Mutex::new(ids));
+
+    /// Ingests fresh traces' spans in bulk, 1000 spans a request from INGEST_CLIENTS connections,
+    /// until at least `wanted` traces are ready.
+    async fn top_up(&mut self, mlflow: &Mlflow, wanted: usize) -> anyhow::Result<()> {
+        let Some(missing) = wanted.checked_sub(self.ids.len()).filter(|&n| n > 0) else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let template = Arc::new(Template::new(1000));
+        let requests = missing.div_ceil(template.traces);
+        let mut tasks = tokio::task::JoinSet::new();
+        for client in 0..INGEST_CLIENTS {
+            let template = template.clone();
+            let url = format!("{}/v1/traces", mlflow.url);
+            let exp = self.experiment_id.clone();
+            // Spread the requests over the clients, the first ones taking the remainder.
+            let mine = requests / INGEST_CLIENTS + usize::from(client < requests % INGEST_CLIENTS);
+            tasks.spawn(async move {
+                let http = reqwest::Client::new();
+                let mut ids = Vec::new();
+                for _ in 0..mine {
+                    let (body, trace_ids) = template.stamp();
+                    http.post(&url)
+                        .header("content-type", "application/x-protobuf")
+                        .header("x-mlflow-experiment-id", &exp)
+                        .body(body)
+                        .send()
+                        .await?
+                        .error_for_status()?;
+                    ids.extend(trace_ids);
+                }
+                anyhow::Ok(ids)
+            });
+        }
+        while let Some(ids) = tasks.join_next().await {
+            self.ids.extend(ids??);
+        }
+        println!(
+            "  pre-ingested {} traces' spans in {:.1} s",
+            requests * template.traces,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+}
+
+/// MLflow's StartTraceV3 rate on `traces` (spans already in), from TRACE_INFO_CLIENTS client
+/// threads, each with a kept-alive connection, for CEILING_WINDOW_SECS. Consumes the traces it
+/// called StartTraceV3 on.
+async fn start_trace_ceiling(
+    mlflow: &Mlflow,
+    traces: &mut CeilingTraces,
+    window: Duration,
+) -> anyhow::Result<f64> {
+    let ids = Arc::new(std::sync::Mutex::new(std::mem::take(&mut traces.ids)));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..TRACE_INFO_CLIENTS {
         let ids = ids.clone();
-        let (url, exp) = (mlflow.url.clone(), exp.clone());
+        let (url, exp) = (mlflow.url.clone(), traces.experiment_id.clone());
         tasks.push(tokio::spawn(async move {
             let http = reqwest::Client::builder()
                 .pool_max_idle_per_host(1)
@@ -846,8 +913,12 @@ async fn start_trace_ceiling(mlflow: &Mlflow, opts: &Options, label: &str) -> an
         done += task.await??;
     }
     let rate = done as f64 / started.elapsed().as_secs_f64();
+    traces.ids = ids
+        .lock()
+        .map(|mut v| std::mem::take(&mut *v))
+        .unwrap_or_default();
     ensure!(
-        ids.lock().map(|v| !v.is_empty()).unwrap_or(false),
+        !traces.ids.is_empty(),
         "ran out of pre-ingested traces; the ceiling is higher than measured"
     );
     Ok(rate)
