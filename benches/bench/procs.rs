@@ -290,6 +290,19 @@ pub async fn start_rotel(endpoint: &str, experiment_id: &str) -> anyhow::Result<
     Ok(collector)
 }
 
+/// A post of OTLP/protobuf spans to MLflow's own `/v1/traces`, into one experiment.
+pub fn spans_post(
+    http: &reqwest::Client,
+    mlflow_url: &str,
+    experiment_id: &str,
+    body: Vec<u8>,
+) -> reqwest::RequestBuilder {
+    http.post(format!("{mlflow_url}/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .header("x-mlflow-experiment-id", experiment_id)
+        .body(body)
+}
+
 /// A real MLflow 3.17.2 server (the project's pinned venv), default worker count.
 pub struct Mlflow {
     pub url: String,
@@ -359,11 +372,7 @@ impl Mlflow {
             let mut posts = tokio::task::JoinSet::new();
             for _ in 0..WARM_UP_CLIENTS {
                 let (body, ids) = template.stamp();
-                let spans = http
-                    .post(format!("{}/v1/traces", self.url))
-                    .header("content-type", "application/x-protobuf")
-                    .header("x-mlflow-experiment-id", "0")
-                    .body(body);
+                let spans = spans_post(&http, &self.url, "0", body);
                 let trace_info = http
                     .post(format!("{}/api/3.0/mlflow/traces", self.url))
                     .json(&crate::payload::start_trace_body("0", &ids[0]));

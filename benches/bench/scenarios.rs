@@ -833,17 +833,17 @@ impl CeilingTraces {
     /// Ingests fresh traces' spans in bulk, 1000 spans a request from INGEST_CLIENTS connections,
     /// until at least `wanted` traces are ready.
     async fn top_up(&mut self, mlflow: &Mlflow, wanted: usize) -> anyhow::Result<()> {
-        let Some(missing) = wanted.checked_sub(self.ids.len()).filter(|&n| n > 0) else {
+        let missing = wanted.saturating_sub(self.ids.len());
+        if missing == 0 {
             return Ok(());
-        };
+        }
         let started = Instant::now();
         let template = Arc::new(Template::new(1000));
         let requests = missing.div_ceil(template.traces);
         let mut tasks = tokio::task::JoinSet::new();
         for client in 0..INGEST_CLIENTS {
             let template = template.clone();
-            let url = format!("{}/v1/traces", mlflow.url);
-            let exp = self.experiment_id.clone();
+            let (url, exp) = (mlflow.url.clone(), self.experiment_id.clone());
             // Spread the requests over the clients, the first ones taking the remainder.
             let mine = requests / INGEST_CLIENTS + usize::from(client < requests % INGEST_CLIENTS);
             tasks.spawn(async move {
@@ -851,10 +851,7 @@ impl CeilingTraces {
                 let mut ids = Vec::new();
                 for _ in 0..mine {
                     let (body, trace_ids) = template.stamp();
-                    http.post(&url)
-                        .header("content-type", "application/x-protobuf")
-                        .header("x-mlflow-experiment-id", &exp)
-                        .body(body)
+                    procs::spans_post(&http, &url, &exp, body)
                         .send()
                         .await?
                         .error_for_status()?;
@@ -876,8 +873,8 @@ impl CeilingTraces {
 }
 
 /// MLflow's StartTraceV3 rate on `traces` (spans already in), from TRACE_INFO_CLIENTS client
-/// threads, each with a kept-alive connection, for CEILING_WINDOW_SECS. Consumes the traces it
-/// called StartTraceV3 on.
+/// threads, each with a kept-alive connection, for `window`. Consumes the traces it called
+/// StartTraceV3 on.
 async fn start_trace_ceiling(
     mlflow: &Mlflow,
     traces: &mut CeilingTraces,
