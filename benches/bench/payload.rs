@@ -1,6 +1,10 @@
 //! Realistic GenAI traces, encoded once as a template and stamped with fresh trace ids per
 //! request, so the load generator spends its CPU on sending rather than on protobuf encoding.
 
+use std::sync::OnceLock;
+
+use mlflow_otlp_gateway::map::rules::{CollectedAttrs, MappingConfig, MappingTable};
+use mlflow_otlp_gateway::map::trace_info::{TraceInfoJob, TraceState};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -61,16 +65,7 @@ impl Template {
         let req = ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
                 resource: Some(Resource {
-                    attributes: vec![
-                        kv("service.name", "chat-api"),
-                        kv("service.version", "1.4.2"),
-                        kv("deployment.environment.name", "production"),
-                        kv("cloud.region", "eu-west-1"),
-                        kv("host.name", "chat-api-7f9c6d5b8-x2x9q"),
-                        kv("telemetry.sdk.language", "python"),
-                        kv("telemetry.sdk.name", "opentelemetry"),
-                        kv("telemetry.sdk.version", "1.45.2"),
-                    ],
+                    attributes: resource_attributes(),
                     ..Default::default()
                 }),
                 scope_spans: vec![ScopeSpans {
@@ -362,22 +357,48 @@ fn varint(buf: &mut &[u8]) -> Option<u64> {
     None
 }
 
-/// StartTraceV3 body as the gateway writes it (client request id, metadata, tags).
+/// The StartTraceV3 body the gateway writes for one of these traces: its default mapping table
+/// evaluated on the template trace (root, resource, children), with the trace's own id and
+/// client request id. Scenario 5's ceiling is read on this call, so it cannot drift from what
+/// the gateway sends (a hand-written body had fallen to 6 of the gateway's 13 metadata and tags).
 pub fn start_trace_body(experiment_id: &str, trace_id: &[u8; 16]) -> serde_json::Value {
-    let hex = hex(trace_id);
-    serde_json::json!({"trace": {"trace_info": {
-        "trace_id": format!("tr-{hex}"),
-        "client_request_id": hex,
-        "trace_location": {"type": "MLFLOW_EXPERIMENT", "mlflow_experiment": {"experiment_id": experiment_id}},
-        "request_time": "2026-11-26T12:00:00Z",
-        "execution_duration": "1.450s",
-        "state": "OK",
-        "trace_metadata": {
-            "mlflow.trace.session": "session-4f2a9c7e1b3d",
-            "mlflow.trace.user": "user-82731",
-            "mlflow.source.type": "PROD",
-            "mlflow.trace_schema.version": "3"
-        },
-        "tags": {"feature": "support-chat", "mlflow.traceName": "POST /v1/chat"}
-    }}})
+    static TEMPLATE: OnceLock<TraceInfoJob> = OnceLock::new();
+    let mut job = TEMPLATE.get_or_init(trace_info_template).clone();
+    job.trace_id = *trace_id;
+    job.facts.client_request_id = Some(hex(trace_id));
+    job.body(experiment_id)
+}
+
+fn trace_info_template() -> TraceInfoJob {
+    let table = MappingTable::new(&MappingConfig::default());
+    let spans = trace_spans(0, SPANS_PER_TRACE, now_nanos());
+    let (root, children) = spans.split_first().expect("a trace has a root");
+    let resource = resource_attributes();
+    let mut others = CollectedAttrs::new();
+    for child in children {
+        table.collect(&child.attributes, &mut others);
+    }
+    table.collect(&resource, &mut others);
+    TraceInfoJob {
+        trace_id: [0; 16],
+        root_span_id: root.span_id.as_slice().try_into().unwrap_or_default(),
+        root_name: root.name.clone(),
+        start_unix_nano: root.start_time_unix_nano,
+        end_unix_nano: root.end_time_unix_nano,
+        state: TraceState::Ok,
+        facts: table.evaluate(&root.attributes, &resource, &others),
+    }
+}
+
+fn resource_attributes() -> Vec<KeyValue> {
+    vec![
+        kv("service.name", "chat-api"),
+        kv("service.version", "1.4.2"),
+        kv("deployment.environment.name", "production"),
+        kv("cloud.region", "eu-west-1"),
+        kv("host.name", "chat-api-7f9c6d5b8-x2x9q"),
+        kv("telemetry.sdk.language", "python"),
+        kv("telemetry.sdk.name", "opentelemetry"),
+        kv("telemetry.sdk.version", "1.45.2"),
+    ]
 }
