@@ -757,7 +757,7 @@ async fn ack_latency(opts: &Options) -> anyhow::Result<String> {
 async fn complete_traces(opts: &Options) -> anyhow::Result<String> {
     let mut t = format!(
         "### 5. Complete traces/s (10-span traces, spans + TraceInfo) vs MLflow's StartTraceV3 ceiling\n\n\
-         | backend | StartTraceV3 ceiling /s, mean (before / after the gateway; {TRACE_INFO_CLIENTS} clients, traces pre-ingested, kept-alive connections) | through the gateway ({GATEWAY_TRACE_INFO_CONCURRENCY} TraceInfo writers, its default), complete traces/s | ratio | all complete in MLflow |\n\
+         | backend | StartTraceV3 ceiling /s on the gateway's body, mean (before / after the gateway; {TRACE_INFO_CLIENTS} clients, traces pre-ingested, kept-alive connections) | through the gateway ({GATEWAY_TRACE_INFO_CONCURRENCY} TraceInfo writers, its default), complete traces/s | ratio | all complete in MLflow |\n\
          |---|---|---|---|---|\n",
     );
     for backend in ["SQLite", "PostgreSQL"] {
