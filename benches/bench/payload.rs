@@ -357,16 +357,17 @@ fn varint(buf: &mut &[u8]) -> Option<u64> {
     None
 }
 
-/// The StartTraceV3 body the gateway writes for one of these traces: its default mapping table
-/// evaluated on the template trace (root, resource, children), with the trace's own id and
-/// client request id. Scenario 5's ceiling is read on this call, so it cannot drift from what
-/// the gateway sends (a hand-written body had fallen to 6 of the gateway's 13 metadata and tags).
-pub fn start_trace_body(experiment_id: &str, trace_id: &[u8; 16]) -> serde_json::Value {
+/// The StartTraceV3 body the gateway writes for one of these traces, serialized as it serializes
+/// it: its default mapping table evaluated on the template trace (root, resource, children),
+/// with the trace's own id and client request id. Scenario 5's ceiling is read on this call, so
+/// it cannot drift from what the gateway sends (a hand-written body had fallen to 6 of the
+/// gateway's 13 metadata and tags).
+pub fn start_trace_body(experiment_id: &str, trace_id: &[u8; 16]) -> Vec<u8> {
     static TEMPLATE: OnceLock<TraceInfoJob> = OnceLock::new();
     let mut job = TEMPLATE.get_or_init(trace_info_template).clone();
     job.trace_id = *trace_id;
     job.facts.client_request_id = Some(hex(trace_id));
-    job.body(experiment_id)
+    job.body_bytes(experiment_id)
 }
 
 fn trace_info_template() -> TraceInfoJob {

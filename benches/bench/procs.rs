@@ -303,6 +303,18 @@ pub fn spans_post(
         .body(body)
 }
 
+/// A StartTraceV3 call to MLflow for one of the benchmark's traces, with the gateway's body.
+pub fn start_trace_post(
+    http: &reqwest::Client,
+    mlflow_url: &str,
+    experiment_id: &str,
+    trace_id: &[u8; 16],
+) -> reqwest::RequestBuilder {
+    http.post(format!("{mlflow_url}/api/3.0/mlflow/traces"))
+        .header("content-type", "application/json")
+        .body(crate::payload::start_trace_body(experiment_id, trace_id))
+}
+
 /// A real MLflow 3.17.2 server (the project's pinned venv), default worker count.
 pub struct Mlflow {
     pub url: String,
@@ -373,9 +385,7 @@ impl Mlflow {
             for _ in 0..WARM_UP_CLIENTS {
                 let (body, ids) = template.stamp();
                 let spans = spans_post(&http, &self.url, "0", body);
-                let trace_info = http
-                    .post(format!("{}/api/3.0/mlflow/traces", self.url))
-                    .json(&crate::payload::start_trace_body("0", &ids[0]));
+                let trace_info = start_trace_post(&http, &self.url, "0", &ids[0]);
                 posts.spawn(async move {
                     let t = Instant::now();
                     spans.send().await?.error_for_status()?;

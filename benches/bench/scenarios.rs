@@ -9,7 +9,7 @@ use anyhow::{Context, bail, ensure};
 
 use crate::Options;
 use crate::load::{self, Live, LoadReport, LoadSpec, Protocol};
-use crate::payload::{SPANS_PER_TRACE, Template, start_trace_body};
+use crate::payload::{SPANS_PER_TRACE, Template};
 use crate::procs::{self, Collector, GatewayOptions, Mlflow, Postgres};
 use crate::sink::Sink;
 
@@ -895,8 +895,7 @@ async fn start_trace_ceiling(
                 let Some(id) = ids.lock().ok().and_then(|mut v| v.pop()) else {
                     break;
                 };
-                http.post(format!("{url}/api/3.0/mlflow/traces"))
-                    .json(&start_trace_body(&exp, &id))
+                procs::start_trace_post(&http, &url, &exp, &id)
                     .send()
                     .await?
                     .error_for_status()?;
