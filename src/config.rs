@@ -885,10 +885,36 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.toml");
         let cfg = Config::from_file(&path).expect("shipped config parses");
         cfg.validate().expect("shipped config valid");
-        assert_eq!(cfg.batch.max_spans, DEFAULT_BATCH_MAX_SPANS);
-        assert_eq!(cfg.queue.max_bytes, DEFAULT_MAX_QUEUE_BYTES);
-        assert_eq!(cfg.mapping.rules.len(), 0);
-        assert_eq!(cfg.spool.compression, DEFAULT_SPOOL_COMPRESSION);
+        // Every value the file sets is the built-in default: the file is the reference, so a
+        // default changed in code alone would make it lie.
+        assert_eq!(format!("{cfg:#?}"), format!("{:#?}", Config::default()));
+    }
+
+    #[test]
+    fn shipped_config_file_names_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.toml");
+        let text = std::fs::read_to_string(&path).expect("shipped config readable");
+        // Sections, and keys set or shown commented out (`# key = ...`, as optional ones are).
+        let named: std::collections::HashSet<&str> = text
+            .lines()
+            .map(|line| line.trim_start().trim_start_matches('#').trim_start())
+            .filter_map(|line| {
+                let section = line.strip_prefix('[').and_then(|l| l.strip_suffix(']'));
+                section.or_else(|| line.split_once(" = ").map(|(key, _)| key.trim()))
+            })
+            .collect();
+        // The field names of every section, read from the defaults' Debug output.
+        let debug = format!("{:#?}", Config::default());
+        let missing: Vec<&str> = debug
+            .lines()
+            .filter_map(|line| line.trim_start().split_once(": ").map(|(key, _)| key))
+            .filter(|key| key.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            .filter(|key| !named.contains(key))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "keys not in config/gateway.toml: {missing:?}"
+        );
     }
 
     #[test]
