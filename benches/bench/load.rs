@@ -240,6 +240,7 @@ pub async fn run(spec: LoadSpec, live: Arc<Live>) -> anyhow::Result<LoadReport> 
     });
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
+    let latency_log = LatencyLog::from_env(&spec);
     let deadline = started + spec.duration;
     let mut tasks = Vec::new();
     for worker in 0..spec.connections {
@@ -247,6 +248,7 @@ pub async fn run(spec: LoadSpec, live: Arc<Live>) -> anyhow::Result<LoadReport> 
         let templates = templates.clone();
         let live = live.clone();
         let stop = stop.clone();
+        let latency_log = latency_log.clone();
         // Each connection sends every `connections`-th slot of the global schedule.
         let interval = spec.rate.map(|r| {
             Duration::from_secs_f64(spec.connections as f64 * spec.spans_per_request as f64 / r)
@@ -254,6 +256,7 @@ pub async fn run(spec: LoadSpec, live: Arc<Live>) -> anyhow::Result<LoadReport> 
         let offset = interval.map(|i| i.mul_f64(worker as f64 / spec.connections as f64));
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
+            let mut sent_offsets_us = Vec::new();
             let mut errors: BTreeMap<String, u64> = BTreeMap::new();
             let mut requests = 0u64;
             let mut next = started + offset.unwrap_or_default();
@@ -279,6 +282,9 @@ pub async fn run(spec: LoadSpec, live: Arc<Live>) -> anyhow::Result<LoadReport> 
                 match sender.send(body).await {
                     Ok(()) => {
                         latencies.push(sent_at.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        if latency_log.is_some() {
+                            sent_offsets_us.push(sent_at.duration_since(started).as_micros());
+                        }
                         live.acked_spans
                             .fetch_add(template.spans as u64, Ordering::Relaxed);
                         live.acked_traces
@@ -290,6 +296,9 @@ pub async fn run(spec: LoadSpec, live: Arc<Live>) -> anyhow::Result<LoadReport> 
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }
+            }
+            if let Some(log) = &latency_log {
+                log.write(worker, &sent_offsets_us, &latencies);
             }
             (requests, latencies, errors)
         }));
@@ -309,4 +318,46 @@ pub async fn run(spec: LoadSpec, live: Arc<Live>) -> anyhow::Result<LoadReport> 
     report.acked_spans = live.acked_spans.load(Ordering::Relaxed);
     report.acked_traces = live.acked_traces.load(Ordering::Relaxed);
     Ok(report)
+}
+
+/// `BENCH_LATENCY_LOG=<file>`: every acknowledged request of every load run appended to the file,
+/// one line each: protocol, target, the run's start (ms since the epoch), connection, when it was
+/// sent (µs after the start) and its ack latency (µs). For finding what the slow acks share (a
+/// connection, a period, a moment), which a percentile cannot show.
+#[derive(Clone)]
+struct LatencyLog {
+    path: std::path::PathBuf,
+    label: String,
+}
+
+impl LatencyLog {
+    fn from_env(spec: &LoadSpec) -> Option<Self> {
+        let path = std::env::var_os("BENCH_LATENCY_LOG")?;
+        let start_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default();
+        Some(Self {
+            path: path.into(),
+            label: format!("{:?} {} {start_ms}", spec.protocol, spec.target),
+        })
+    }
+
+    fn write(&self, connection: usize, sent_offsets_us: &[u128], latencies_us: &[u32]) {
+        use std::fmt::Write as _;
+        use std::io::Write as _;
+        let mut lines = String::new();
+        for (sent, latency) in sent_offsets_us.iter().zip(latencies_us) {
+            let _ = writeln!(lines, "{} {connection} {sent} {latency}", self.label);
+        }
+        // One append per connection: the connections' lines never interleave.
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .and_then(|mut file| file.write_all(lines.as_bytes()));
+        if let Err(e) = appended {
+            eprintln!("bench: cannot append to {}: {e}", self.path.display());
+        }
+    }
 }
