@@ -24,12 +24,17 @@ def percentile(sorted_values, p):
 
 def main(path):
     runs = collections.defaultdict(list)
+    unreadable = 0
     with open(path) as f:
         for line in f:
-            protocol, target, start_ms, connection, sent_us, latency_us = line.split()
-            runs[(int(start_ms), protocol, target)].append(
-                (int(sent_us), int(connection), int(latency_us))
-            )
+            try:
+                protocol, target, start_ms, connection, sent_us, latency_us = line.split()
+                row = (int(sent_us), int(connection), int(latency_us))
+                runs[(int(start_ms), protocol, target)].append(row)
+            except ValueError:
+                unreadable += 1
+    if unreadable:
+        print(f"({unreadable} lines not in the log's format were skipped)")
     for (start_ms, protocol, target), rows in sorted(runs.items()):
         rows.sort()
         latencies = sorted(r[2] for r in rows)
