@@ -880,10 +880,14 @@ mod tests {
         assert_eq!(addrs.api.port(), 8080);
     }
 
+    /// The configuration file the project ships (README: the reference of every key).
+    fn shipped_config_path() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.toml")
+    }
+
     #[test]
     fn shipped_config_file_parses_and_matches_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.toml");
-        let cfg = Config::from_file(&path).expect("shipped config parses");
+        let cfg = Config::from_file(&shipped_config_path()).expect("shipped config parses");
         cfg.validate().expect("shipped config valid");
         // Every value the file sets is the built-in default: the file is the reference, so a
         // default changed in code alone would make it lie.
@@ -892,8 +896,7 @@ mod tests {
 
     #[test]
     fn shipped_config_file_names_every_key() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.toml");
-        let text = std::fs::read_to_string(&path).expect("shipped config readable");
+        let text = std::fs::read_to_string(shipped_config_path()).expect("shipped config readable");
         // Sections, and keys set or shown commented out (`# key = ...`, as optional ones are).
         let named: std::collections::HashSet<&str> = text
             .lines()
