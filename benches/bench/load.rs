@@ -240,7 +240,8 @@ pub async fn run(spec: LoadSpec, live: Arc<Live>) -> anyhow::Result<LoadReport> 
     });
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let latency_log = LatencyLog::from_env(&spec);
+    let mut latency_log = LatencyLog::from_env(&spec);
+    let log_sends = latency_log.is_some();
     let deadline = started + spec.duration;
     let mut tasks = Vec::new();
     for worker in 0..spec.connections {
@@ -248,7 +249,6 @@ pub async fn run(spec: LoadSpec, live: Arc<Live>) -> anyhow::Result<LoadReport> 
         let templates = templates.clone();
         let live = live.clone();
         let stop = stop.clone();
-        let latency_log = latency_log.clone();
         // Each connection sends every `connections`-th slot of the global schedule.
         let interval = spec.rate.map(|r| {
             Duration::from_secs_f64(spec.connections as f64 * spec.spans_per_request as f64 / r)
@@ -282,7 +282,7 @@ pub async fn run(spec: LoadSpec, live: Arc<Live>) -> anyhow::Result<LoadReport> 
                 match sender.send(body).await {
                     Ok(()) => {
                         latencies.push(sent_at.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                        if latency_log.is_some() {
+                        if log_sends {
                             sent_offsets_us.push(sent_at.duration_since(started).as_micros());
                         }
                         live.acked_spans
@@ -297,15 +297,15 @@ pub async fn run(spec: LoadSpec, live: Arc<Live>) -> anyhow::Result<LoadReport> 
                     }
                 }
             }
-            if let Some(log) = &latency_log {
-                log.write(worker, &sent_offsets_us, &latencies);
-            }
-            (requests, latencies, errors)
+            (requests, latencies, sent_offsets_us, errors)
         }));
     }
     let mut report = LoadReport::default();
-    for task in tasks {
-        let (requests, latencies, errors) = task.await?;
+    for (connection, task) in tasks.into_iter().enumerate() {
+        let (requests, latencies, sent_offsets_us, errors) = task.await?;
+        if let Some(log) = &mut latency_log {
+            log.add(connection, &sent_offsets_us, &latencies);
+        }
         report.requests += requests;
         report.latencies_us.extend(latencies);
         for (k, v) in errors {
@@ -317,6 +317,10 @@ pub async fn run(spec: LoadSpec, live: Arc<Live>) -> anyhow::Result<LoadReport> 
     report.latencies_us.sort_unstable();
     report.acked_spans = live.acked_spans.load(Ordering::Relaxed);
     report.acked_traces = live.acked_traces.load(Ordering::Relaxed);
+    if let Some(log) = latency_log {
+        // Written once every connection has finished, so no file I/O runs beside a measurement.
+        log.append_to_file();
+    }
     Ok(report)
 }
 
@@ -324,10 +328,10 @@ pub async fn run(spec: LoadSpec, live: Arc<Live>) -> anyhow::Result<LoadReport> 
 /// one line each: protocol, target, the run's start (ms since the epoch), connection, when it was
 /// sent (µs after the start) and its ack latency (µs). For finding what the slow acks share (a
 /// connection, a period, a moment), which a percentile cannot show.
-#[derive(Clone)]
 struct LatencyLog {
     path: std::path::PathBuf,
     label: String,
+    lines: String,
 }
 
 impl LatencyLog {
@@ -340,22 +344,25 @@ impl LatencyLog {
         Some(Self {
             path: path.into(),
             label: format!("{:?} {} {start_ms}", spec.protocol, spec.target),
+            lines: String::new(),
         })
     }
 
-    fn write(&self, connection: usize, sent_offsets_us: &[u128], latencies_us: &[u32]) {
+    fn add(&mut self, connection: usize, sent_offsets_us: &[u128], latencies_us: &[u32]) {
         use std::fmt::Write as _;
-        use std::io::Write as _;
-        let mut lines = String::new();
         for (sent, latency) in sent_offsets_us.iter().zip(latencies_us) {
-            let _ = writeln!(lines, "{} {connection} {sent} {latency}", self.label);
+            let _ = writeln!(self.lines, "{} {connection} {sent} {latency}", self.label);
         }
-        // One append per connection: the connections' lines never interleave.
+    }
+
+    /// One append per run: runs logged to the same file never interleave their lines.
+    fn append_to_file(self) {
+        use std::io::Write as _;
         let appended = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.path)
-            .and_then(|mut file| file.write_all(lines.as_bytes()));
+            .and_then(|mut file| file.write_all(self.lines.as_bytes()));
         if let Err(e) = appended {
             eprintln!("bench: cannot append to {}: {e}", self.path.display());
         }
