@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Do the disk's slow fdatasyncs stall one file or the whole device?
+
+A spool that writes to two segment files at once ("lanes") could acknowledge a request on the
+free lane while the other waits out a slow sync, but only if a sync on one file can finish
+while a sync on another is stalled. Each lane overwrites a pre-zeroed file with a record and
+fdatasyncs it every PERIOD ms, as the spool's group commit does into its zero-filled room.
+
+For every stall (a sync over STALL_MS) it lists the other lanes' syncs that started inside it
+and says how many escaped it: finished at least 1 ms before it ended.
+
+Usage: sync_lanes.py [LANES=2] [SECONDS=60] [PERIOD_MS=10] [RECORD_BYTES=40000] [DIR=.]
+Run it on the disk the spool uses, with nothing else running.
+"""
+
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+STALL_MS = 2.0
+ESCAPE_MS = 1.0
+FILE_BYTES = 64 << 20
+
+
+def lane(path, seconds, period, record, log):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, b"\0" * FILE_BYTES)
+        os.fdatasync(fd)
+        pos = 0
+        end = time.monotonic() + seconds
+        next_at = time.monotonic()
+        while time.monotonic() < end:
+            os.pwrite(fd, record, pos)
+            pos = (pos + len(record)) % (FILE_BYTES - len(record))
+            start = time.monotonic()
+            os.fdatasync(fd)
+            log.append((start, time.monotonic()))
+            next_at += period
+            pause = next_at - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            else:
+                next_at = time.monotonic()
+    finally:
+        os.close(fd)
+
+
+def percentile(sorted_ms, q):
+    return sorted_ms[min(len(sorted_ms) - 1, round(q * (len(sorted_ms) - 1)))]
+
+
+def main():
+    args = sys.argv[1:]
+    lanes = int(args[0]) if len(args) > 0 else 2
+    seconds = float(args[1]) if len(args) > 1 else 60.0
+    period = (float(args[2]) if len(args) > 2 else 10.0) / 1000
+    record = b"x" * (int(args[3]) if len(args) > 3 else 40000)
+    where = args[4] if len(args) > 4 else "."
+
+    logs = [[] for _ in range(lanes)]
+    with tempfile.TemporaryDirectory(dir=where, prefix="sync-lanes-") as tmp:
+        threads = [
+            threading.Thread(
+                target=lane,
+                args=(os.path.join(tmp, f"lane{i}.seg"), seconds, period, record, logs[i]),
+            )
+            for i in range(lanes)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    print(f"{lanes} lane(s), {seconds:.0f} s, a {len(record)} B record and fdatasync every "
+          f"{period * 1000:.0f} ms per lane")
+    for i, log in enumerate(logs):
+        ms = sorted((e - s) * 1000 for s, e in log)
+        print(f"lane {i}: syncs {len(ms)}, p50 {percentile(ms, 0.5):.2f} ms, "
+              f"p99 {percentile(ms, 0.99):.2f} ms, max {ms[-1]:.2f} ms, "
+              f"over {STALL_MS:g} ms {sum(x > STALL_MS for x in ms)}")
+    if lanes < 2:
+        return
+
+    inside = escaped = 0
+    lag_after_stall = []
+    for a, log in enumerate(logs):
+        for s, e in log:
+            if (e - s) * 1000 <= STALL_MS:
+                continue
+            for b, other in enumerate(logs):
+                if b == a:
+                    continue
+                for os_, oe in other:
+                    # Started inside the stall, not at its edges.
+                    if s + 0.0005 < os_ < e - 0.0005:
+                        inside += 1
+                        escaped += (e - oe) * 1000 >= ESCAPE_MS
+                        lag_after_stall.append((oe - e) * 1000)
+    print(f"other lanes' syncs started inside a stall: {inside}; escaped it (done "
+          f">= {ESCAPE_MS:g} ms before it ended): {escaped}")
+    if lag_after_stall:
+        print(f"their end minus the stall's end: median {statistics.median(lag_after_stall):.2f} "
+              f"ms, range {min(lag_after_stall):.2f} to {max(lag_after_stall):.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
