@@ -6,8 +6,10 @@ free lane while the other waits out a slow sync, but only if a sync on one file 
 while a sync on another is stalled. Each lane overwrites a pre-zeroed file with a record and
 fdatasyncs it every PERIOD ms, as the spool's group commit does into its zero-filled room.
 
-For every stall (a sync over STALL_MS) it lists the other lanes' syncs that started inside it
-and says how many escaped it: finished at least 1 ms before it ended.
+For every stall (a sync over STALL_MS) it counts the other lanes' syncs that started and
+finished inside it, at least ESCAPE_MS before it ended, against how many they would have
+finished in that time at their own pace were the stall the file's alone; and, of the other
+lanes' syncs that started inside a stall, how many escaped it that way.
 
 Usage: sync_lanes.py [LANES=2] [SECONDS=60] [PERIOD_MS=10] [RECORD_BYTES=40000] [DIR=.]
 Run it on the disk the spool uses, with nothing else running.
@@ -25,11 +27,13 @@ ESCAPE_MS = 1.0
 FILE_BYTES = 64 << 20
 
 
-def lane(path, seconds, period, record, log):
+def lane(path, seconds, period, record, log, start_together):
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, b"\0" * FILE_BYTES)
         os.fdatasync(fd)
+        # Every file filled and synced before any lane measures.
+        start_together.wait()
         pos = 0
         end = time.monotonic() + seconds
         next_at = time.monotonic()
@@ -62,11 +66,19 @@ def main():
     where = args[4] if len(args) > 4 else "."
 
     logs = [[] for _ in range(lanes)]
+    start_together = threading.Barrier(lanes)
     with tempfile.TemporaryDirectory(dir=where, prefix="sync-lanes-") as tmp:
         threads = [
             threading.Thread(
                 target=lane,
-                args=(os.path.join(tmp, f"lane{i}.seg"), seconds, period, record, logs[i]),
+                args=(
+                    os.path.join(tmp, f"lane{i}.seg"),
+                    seconds,
+                    period,
+                    record,
+                    logs[i],
+                    start_together,
+                ),
             )
             for i in range(lanes)
         ]
@@ -85,27 +97,35 @@ def main():
     if lanes < 2:
         return
 
-    inside = escaped = 0
+    stalls = 0
+    finished_inside = expected_inside = 0.0
+    started_inside = escaped = 0
     lag_after_stall = []
     for a, log in enumerate(logs):
         for s, e in log:
             if (e - s) * 1000 <= STALL_MS:
                 continue
+            stalls += 1
             for b, other in enumerate(logs):
                 if b == a:
                     continue
-                for os_, oe in other:
+                expected_inside += max(0.0, (e - s) * 1000 - ESCAPE_MS) / (period * 1000)
+                for other_start, other_end in other:
+                    ends_early = (e - other_end) * 1000 >= ESCAPE_MS
+                    finished_inside += s <= other_start and ends_early
                     # Started inside the stall, not at its edges.
-                    if s + 0.0005 < os_ < e - 0.0005:
-                        inside += 1
-                        escaped += (e - oe) * 1000 >= ESCAPE_MS
-                        lag_after_stall.append((oe - e) * 1000)
-    print(f"other lanes' syncs started inside a stall: {inside}; escaped it (done "
-          f">= {ESCAPE_MS:g} ms before it ended): {escaped}")
+                    if s + 0.0005 < other_start < e - 0.0005:
+                        started_inside += 1
+                        escaped += ends_early
+                        lag_after_stall.append((other_end - e) * 1000)
+    print(f"stalls over {STALL_MS:g} ms: {stalls}; the other lanes' syncs done inside them "
+          f"(>= {ESCAPE_MS:g} ms before the stall ended): {finished_inside:.0f}, against "
+          f"{expected_inside:.0f} at their own pace were each stall its file's alone")
+    print(f"the other lanes' syncs that started inside a stall: {started_inside}; escaped it: "
+          f"{escaped}")
     if lag_after_stall:
         print(f"their end minus the stall's end: median {statistics.median(lag_after_stall):.2f} "
               f"ms, range {min(lag_after_stall):.2f} to {max(lag_after_stall):.2f} ms")
-
 
 if __name__ == "__main__":
     main()
