@@ -53,8 +53,10 @@ def lane(path, seconds, period, record, log, start_together):
         os.close(fd)
 
 
-def percentile(sorted_ms, q):
-    return sorted_ms[min(len(sorted_ms) - 1, round(q * (len(sorted_ms) - 1)))]
+def percentile(sorted_values, p):
+    # The rounded-index rule of scripts/latency-log.py and the bench's LoadReport::percentile_ms
+    # (Python rounds a tie to even, Rust away from zero).
+    return sorted_values[round((len(sorted_values) - 1) * p)]
 
 
 def main():
@@ -97,9 +99,8 @@ def main():
     if lanes < 2:
         return
 
-    stalls = 0
-    finished_inside = expected_inside = 0.0
-    started_inside = escaped = 0
+    stalls = finished_inside = started_inside = escaped = 0
+    expected_inside = 0.0
     lag_after_stall = []
     for a, log in enumerate(logs):
         for s, e in log:
@@ -119,13 +120,14 @@ def main():
                         escaped += ends_early
                         lag_after_stall.append((other_end - e) * 1000)
     print(f"stalls over {STALL_MS:g} ms: {stalls}; the other lanes' syncs done inside them "
-          f"(>= {ESCAPE_MS:g} ms before the stall ended): {finished_inside:.0f}, against "
+          f"(>= {ESCAPE_MS:g} ms before the stall ended): {finished_inside}, against "
           f"{expected_inside:.0f} at their own pace were each stall its file's alone")
     print(f"the other lanes' syncs that started inside a stall: {started_inside}; escaped it: "
           f"{escaped}")
     if lag_after_stall:
         print(f"their end minus the stall's end: median {statistics.median(lag_after_stall):.2f} "
               f"ms, range {min(lag_after_stall):.2f} to {max(lag_after_stall):.2f} ms")
+
 
 if __name__ == "__main__":
     main()
