@@ -24,6 +24,8 @@ import time
 
 STALL_MS = 2.0
 ESCAPE_MS = 1.0
+# A sync that starts this close to a stall's start or end is at its edge, not inside it.
+EDGE_MS = 0.5
 FILE_BYTES = 64 << 20
 
 
@@ -114,8 +116,7 @@ def main():
                 for other_start, other_end in other:
                     ends_early = (e - other_end) * 1000 >= ESCAPE_MS
                     finished_inside += s <= other_start and ends_early
-                    # Started inside the stall, not at its edges.
-                    if s + 0.0005 < other_start < e - 0.0005:
+                    if s + EDGE_MS / 1000 < other_start < e - EDGE_MS / 1000:
                         started_inside += 1
                         escaped += ends_early
                         lag_after_stall.append((other_end - e) * 1000)
