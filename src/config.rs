@@ -29,6 +29,13 @@ pub const DEFAULT_EXPERIMENT_ID: &str = "0";
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Real OTLP compresses 4-8x; 64 MiB leaves headroom for that and stops zip bombs long before OOM.
 pub const DEFAULT_MAX_DECOMPRESSED_BYTES: usize = 64 * 1024 * 1024;
+/// Decoded request bytes all requests hold at once: one largest body. Four concurrent bombs
+/// then cost one limit between them, not four (BENCHMARKS.md, "Refused bodies").
+pub const DEFAULT_MAX_INFLIGHT_DECOMPRESSED_BYTES: usize = DEFAULT_MAX_DECOMPRESSED_BYTES;
+/// The deepest message nesting MLflow's decoder reads (see `otlp::schema::MLFLOW_MAX_NESTING`).
+pub const DEFAULT_MAX_NESTING_DEPTH: usize = crate::otlp::schema::MLFLOW_MAX_NESTING;
+/// Nesting below this would refuse ordinary spans: an event's attribute value sits 6 deep.
+pub const MIN_NESTING_DEPTH: usize = 6;
 /// Beyond this many concurrent export requests the gateway is saturated; refuse instead of queueing.
 pub const DEFAULT_MAX_INFLIGHT_REQUESTS: usize = 1024;
 /// CPUs left to delivery when `receiver.ingest_concurrency` is not set: with every CPU checking
@@ -207,6 +214,12 @@ pub struct ReceiverConfig {
     pub max_message_bytes: usize,
     /// Largest body after decompression. Larger gets 413 (zip-bomb guard).
     pub max_decompressed_bytes: usize,
+    /// Decompressed bytes all requests may hold at once (plain bodies included); a request
+    /// that would pass it gets a retryable refusal.
+    pub max_inflight_decompressed_bytes: usize,
+    /// Deepest message nesting accepted, counted from the request (MLflow's decoder refuses
+    /// deeper); a span nested deeper is rejected alone.
+    pub max_nesting_depth: usize,
     /// Concurrent OTLP requests being decoded and admitted; more get a retryable refusal.
     pub max_inflight_requests: usize,
     /// Requests checked, decoded, mapped and framed for the spool at once (CPU work); the
@@ -223,6 +236,8 @@ impl Default for ReceiverConfig {
         Self {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_decompressed_bytes: DEFAULT_MAX_DECOMPRESSED_BYTES,
+            max_inflight_decompressed_bytes: DEFAULT_MAX_INFLIGHT_DECOMPRESSED_BYTES,
+            max_nesting_depth: DEFAULT_MAX_NESTING_DEPTH,
             max_inflight_requests: DEFAULT_MAX_INFLIGHT_REQUESTS,
             ingest_concurrency: None,
             retry_after: DEFAULT_RETRY_AFTER,
@@ -732,6 +747,28 @@ impl Config {
                 "receiver.max_decompressed_bytes must be at least receiver.max_message_bytes"
                     .into(),
             );
+        }
+        if self.receiver.max_inflight_decompressed_bytes < self.receiver.max_decompressed_bytes {
+            errors.push(
+                "receiver.max_inflight_decompressed_bytes must be at least \
+                 receiver.max_decompressed_bytes, or the largest accepted request could never \
+                 be decoded"
+                    .into(),
+            );
+        }
+        if self.receiver.max_decompressed_bytes > u32::MAX as usize {
+            errors.push(format!(
+                "receiver.max_decompressed_bytes: at most {} bytes",
+                u32::MAX
+            ));
+        }
+        let nesting = MIN_NESTING_DEPTH..=crate::otlp::schema::HARD_MAX_NESTING;
+        if !nesting.contains(&self.receiver.max_nesting_depth) {
+            errors.push(format!(
+                "receiver.max_nesting_depth: must be from {} to {}",
+                nesting.start(),
+                nesting.end()
+            ));
         }
         for (name, d) in [
             ("batch.timeout", self.batch.timeout),

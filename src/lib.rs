@@ -11,6 +11,7 @@ mod generations;
 pub mod map;
 pub mod mlflow;
 pub mod ops;
+pub mod otlp;
 pub mod pipeline;
 pub mod receive;
 pub mod spool;
@@ -226,6 +227,14 @@ impl Gateway {
             request_ids.clone(),
         ));
         let feedback = Arc::new(build_feedback(&config, request_ids, client.clone())?);
+        let decode_limits = receive::decode::DecodeLimits {
+            max_decompressed_bytes: config.receiver.max_decompressed_bytes,
+            max_nesting_depth: config.receiver.max_nesting_depth,
+            budget: receive::budget::DecodeBudget::new(
+                config.receiver.max_inflight_decompressed_bytes,
+            ),
+            retry_after: config.receiver.retry_after,
+        };
 
         // Pipeline: batcher (the spool's reader) -> span workers -> TraceInfo workers. Each stage
         // ends when the one before it has ended and dropped its sender, so shutdown (closing the
@@ -295,7 +304,8 @@ impl Gateway {
         let grpc = {
             let service = receive::grpc::GrpcReceiver::service(
                 ingest.clone(),
-                config.receiver.max_decompressed_bytes,
+                config.receiver.max_message_bytes,
+                decode_limits.clone(),
             );
             let feedback_service = feedback::grpc::GrpcFeedback::server(feedback.clone());
             let stop = stop_receivers.clone();
@@ -317,7 +327,7 @@ impl Gateway {
             let router = receive::http::router(receive::http::HttpReceiver {
                 ingest: ingest.clone(),
                 max_message_bytes: config.receiver.max_message_bytes,
-                max_decompressed_bytes: config.receiver.max_decompressed_bytes,
+                limits: decode_limits.clone(),
             });
             let stop = stop_receivers.clone();
             tokio::spawn(async move {

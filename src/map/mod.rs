@@ -3,7 +3,7 @@
 
 pub mod attrs;
 pub mod limits;
+pub mod refusals;
 pub mod rules;
 pub mod spans;
 pub mod trace_info;
-pub mod wire;

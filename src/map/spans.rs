@@ -11,7 +11,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use super::attrs::set_str;
 use super::limits::{self, Field};
 use super::rules::TraceFacts;
-use super::wire::SpanView;
+use crate::otlp::SpanView;
 
 /// Span attributes MLflow reads as the session; over 250 characters they sink the whole batch.
 const SESSION_ATTRS: [&str; 2] = ["session.id", "gen_ai.conversation.id"];

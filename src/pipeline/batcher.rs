@@ -20,15 +20,26 @@ pub struct Batch {
     pub bodies: Vec<Bytes>,
     pub span_count: usize,
     pub bytes: usize,
-    /// Each root's TraceInfo job with its record's acknowledgement. Shared with the TraceInfo
-    /// queue, which takes them while the batch waits for their writes: cloning each job (its
-    /// metadata and tag maps) for the queue was ~3 % of the gateway's CPU at 10k spans/s.
-    pub roots: Vec<(Arc<TraceInfoJob>, Ack)>,
+    /// Each root's TraceInfo job with its record's acknowledgement.
+    pub roots: Vec<BatchRoot>,
+    /// Spans in each record, in the order of `bodies`.
+    pub record_spans: Vec<usize>,
     /// One acknowledgement part per record for its spans.
     pub acks: Vec<Ack>,
     /// Memory budget held until the spans are delivered or given up.
     pub permits: Vec<OwnedSemaphorePermit>,
     pub oldest: Instant,
+}
+
+/// A root span's TraceInfo job, with its record's acknowledgement and place in the batch. The
+/// job is shared with the TraceInfo queue, which takes it while the batch waits for its write:
+/// cloning each job (its metadata and tag maps) for the queue was ~3 % of the gateway's CPU at
+/// 10k spans/s.
+pub struct BatchRoot {
+    pub job: Arc<TraceInfoJob>,
+    pub ack: Ack,
+    /// Its record's index in `Batch::bodies`.
+    pub record: usize,
 }
 
 impl Batch {
@@ -39,6 +50,7 @@ impl Batch {
             span_count: 0,
             bytes: 0,
             roots: Vec::new(),
+            record_spans: Vec::new(),
             acks: Vec::new(),
             permits: Vec::new(),
             oldest: Instant::now(),
@@ -51,14 +63,17 @@ impl Batch {
             // spool: records that waited behind a slow MLflow must still fill a batch.
             self.oldest = Instant::now();
         }
+        let record = self.bodies.len();
         self.bytes += env.body.len();
         self.bodies.push(env.body);
         self.span_count += env.span_count;
-        self.roots.extend(
-            env.roots
-                .into_iter()
-                .map(|r| (Arc::new(r), env.ack.clone())),
-        );
+        self.record_spans.push(env.span_count);
+        self.roots
+            .extend(env.roots.into_iter().map(|job| BatchRoot {
+                job: Arc::new(job),
+                ack: env.ack.clone(),
+                record,
+            }));
         self.acks.push(env.ack);
         self.permits.push(env.permit);
     }

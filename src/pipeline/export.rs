@@ -7,18 +7,15 @@
 //! land 1.4-1.6x faster on SQLite with the same stored result (BENCHMARKS.md). Otherwise spans go
 //! first, as the MLflow SDK sends them, and `SpanBacklog` balances the two.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
-use prost::Message;
 use tokio::sync::{Mutex, Notify, mpsc};
 
-use super::batcher::Batch;
+use super::batcher::{Batch, BatchRoot};
+use super::isolate::{self, Contents, Parts};
 use crate::map::trace_info::{TraceInfoJob, mlflow_trace_id};
 use crate::mlflow::MlflowClient;
 use crate::mlflow::client::TraceInfoConnection;
@@ -285,64 +282,6 @@ pub async fn run_span_workers(
     .await;
 }
 
-fn span_count(req: &ExportTraceServiceRequest) -> usize {
-    req.resource_spans
-        .iter()
-        .flat_map(|rs| &rs.scope_spans)
-        .map(|ss| ss.spans.len())
-        .sum()
-}
-
-/// Splits a request into two halves by span count, keeping resource and scope data on both.
-fn split(req: ExportTraceServiceRequest) -> (ExportTraceServiceRequest, ExportTraceServiceRequest) {
-    let half = span_count(&req) / 2;
-    let mut left = ExportTraceServiceRequest::default();
-    let mut right = ExportTraceServiceRequest::default();
-    let mut taken = 0;
-    for rs in req.resource_spans {
-        let mut l_rs = ResourceSpans {
-            resource: rs.resource.clone(),
-            scope_spans: vec![],
-            schema_url: rs.schema_url.clone(),
-        };
-        let mut r_rs = ResourceSpans {
-            resource: rs.resource,
-            scope_spans: vec![],
-            schema_url: rs.schema_url,
-        };
-        for mut ss in rs.scope_spans {
-            let room = half.saturating_sub(taken);
-            let rest = if ss.spans.len() > room {
-                ss.spans.split_off(room)
-            } else {
-                Vec::new()
-            };
-            taken += ss.spans.len();
-            if !ss.spans.is_empty() {
-                l_rs.scope_spans.push(ScopeSpans {
-                    scope: ss.scope.clone(),
-                    spans: std::mem::take(&mut ss.spans),
-                    schema_url: ss.schema_url.clone(),
-                });
-            }
-            if !rest.is_empty() {
-                r_rs.scope_spans.push(ScopeSpans {
-                    scope: ss.scope,
-                    spans: rest,
-                    schema_url: ss.schema_url,
-                });
-            }
-        }
-        if !l_rs.scope_spans.is_empty() {
-            left.resource_spans.push(l_rs);
-        }
-        if !r_rs.scope_spans.is_empty() {
-            right.resource_spans.push(r_rs);
-        }
-    }
-    (left, right)
-}
-
 impl SpanExporter {
     #[tracing::instrument(skip_all, fields(experiment = %batch.experiment, spans = batch.span_count))]
     async fn deliver(&self, batch: Batch) {
@@ -358,7 +297,7 @@ impl SpanExporter {
                 all.freeze()
             }
         };
-        // `delivered`: None when every span went in, else the root span ids that did.
+        // `delivered`: None when every span went in, else what did.
         let (experiment_id, delivered) = match self.resolve(&batch).await {
             Ok(id) => {
                 if self.backlog.trace_info_first {
@@ -375,7 +314,7 @@ impl SpanExporter {
                 let infos = batch
                     .roots
                     .iter()
-                    .map(|(j, _)| j.body(&experiment))
+                    .map(|r| r.job.body(&experiment))
                     .collect();
                 metrics::counter!("gateway_export_spans_failed_total", "reason" => "experiment")
                     .increment(spans as u64);
@@ -386,7 +325,7 @@ impl SpanExporter {
                     &body,
                     infos,
                 ));
-                (None, Some(HashSet::new()))
+                (None, Some(Contents::default()))
             }
         };
         let Batch {
@@ -396,14 +335,14 @@ impl SpanExporter {
             ..
         } = batch;
         drop(permits);
-        for (job, ack) in roots {
+        for BatchRoot { job, ack, record } in roots {
             match &experiment_id {
                 // Written before the spans; the writer acknowledged its part.
                 Some(_) if self.backlog.trace_info_first => {}
                 Some(id)
                     if delivered
                         .as_ref()
-                        .is_none_or(|set| set.contains(&job.root_span_id)) =>
+                        .is_none_or(|d| d.holds_root(record, &job.root_span_id)) =>
                 {
                     self.enqueue_trace_info(id.clone(), job, ack, None)
                 }
@@ -416,73 +355,77 @@ impl SpanExporter {
         }
     }
 
-    /// Posts the batch; when MLflow rejects it as a whole, halves it until the offending spans
-    /// are isolated and dead-lettered. Returns the root span ids delivered, or None when all were.
+    /// Posts the batch. When MLflow refuses it as a whole, it is cut into parts (`isolate`) and
+    /// halved until what MLflow refuses is alone; that goes to the dead-letter file, the rest to
+    /// MLflow. Returns what was delivered, or None when all was.
     async fn deliver_spans(
         &self,
         experiment_id: &str,
         body: Bytes,
         spans: usize,
         batch: &Batch,
-    ) -> Option<HashSet<[u8; 8]>> {
+    ) -> Option<Contents> {
         match self.post(experiment_id, body.clone()).await {
             Ok(()) => {
                 metrics::counter!("gateway_export_spans_total").increment(spans as u64);
                 return None;
             }
-            Err(e) if matches!(e.status(), Some(400) | Some(422)) && spans > 1 => {
+            Err(e) if is_refusal(&e) && spans > 1 => {
                 tracing::warn!(error = %e, spans, "MLflow rejected the batch; splitting to isolate the offending spans");
             }
             Err(e) => {
-                self.reject(experiment_id, &e, spans, &body, batch);
-                return Some(HashSet::new());
+                self.reject(experiment_id, &e, (spans, &body), batch, batch.roots.iter());
+                return Some(Contents::default());
             }
         }
-        let mut delivered = HashSet::new();
-        let request = match ExportTraceServiceRequest::decode(body.clone()) {
-            Ok(r) => r,
-            Err(e) => {
-                let err = MlflowError::BadReply(format!("cannot decode spooled batch: {e}"));
-                self.reject(experiment_id, &err, spans, &body, batch);
-                return Some(delivered);
-            }
-        };
-        let (a, b) = split(request);
+        let parts = Parts::new(&batch.bodies);
+        let mut delivered = Contents::default();
+        let (a, b) = isolate::halves(0..parts.len());
         let mut stack = vec![b, a];
-        while let Some(req) = stack.pop() {
-            let n = span_count(&req);
-            if n == 0 {
+        while let Some(range) = stack.pop() {
+            if range.is_empty() {
                 continue;
             }
-            let part = Bytes::from(req.encode_to_vec());
+            let part = parts.encode(&range);
+            let contents = parts.contents(&range);
+            let n = contents.spans
+                + contents
+                    .whole_records
+                    .iter()
+                    .map(|r| batch.record_spans.get(*r).copied().unwrap_or(0))
+                    .sum::<usize>();
             match self.post(experiment_id, part.clone()).await {
                 Ok(()) => {
                     metrics::counter!("gateway_export_spans_total").increment(n as u64);
-                    for span in req
-                        .resource_spans
-                        .iter()
-                        .flat_map(|rs| &rs.scope_spans)
-                        .flat_map(|ss| &ss.spans)
-                    {
-                        if let Ok(id) = <[u8; 8]>::try_from(&span.span_id[..]) {
-                            delivered.insert(id);
-                        }
-                    }
+                    delivered.add(contents);
                 }
-                Err(e) if matches!(e.status(), Some(400) | Some(422)) && n > 1 => {
-                    let (a, b) = split(req);
+                Err(e) if is_refusal(&e) && range.len() > 1 => {
+                    let (a, b) = isolate::halves(range);
                     stack.push(b);
                     stack.push(a);
                 }
-                Err(e) => self.reject(experiment_id, &e, n, &part, batch),
+                Err(e) => {
+                    let roots = batch
+                        .roots
+                        .iter()
+                        .filter(|r| contents.holds_root(r.record, &r.job.root_span_id));
+                    self.reject(experiment_id, &e, (n, &part), batch, roots);
+                }
             }
         }
         Some(delivered)
     }
 
     /// Spans MLflow will not take (or that outlived the retry limit): to the dead-letter file,
-    /// with the TraceInfo of any root among them.
-    fn reject(&self, experiment_id: &str, e: &MlflowError, n: usize, body: &Bytes, batch: &Batch) {
+    /// with the TraceInfos of `roots`, the roots among them.
+    fn reject<'a>(
+        &self,
+        experiment_id: &str,
+        e: &MlflowError,
+        (n, body): (usize, &Bytes),
+        batch: &'a Batch,
+        roots: impl Iterator<Item = &'a BatchRoot>,
+    ) {
         let reason = if e.is_retryable() {
             "gave_up"
         } else {
@@ -492,22 +435,7 @@ impl SpanExporter {
             .increment(1);
         metrics::counter!("gateway_export_spans_failed_total", "reason" => reason)
             .increment(n as u64);
-        let roots_here: HashSet<[u8; 8]> = ExportTraceServiceRequest::decode(body.clone())
-            .map(|r| {
-                r.resource_spans
-                    .iter()
-                    .flat_map(|rs| &rs.scope_spans)
-                    .flat_map(|ss| &ss.spans)
-                    .filter_map(|s| <[u8; 8]>::try_from(&s.span_id[..]).ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let infos = batch
-            .roots
-            .iter()
-            .filter(|(j, _)| roots_here.contains(&j.root_span_id))
-            .map(|(j, _)| j.body(experiment_id))
-            .collect();
+        let infos = roots.map(|r| r.job.body(experiment_id)).collect();
         if e.status() == Some(404) {
             self.experiments.invalidate(&batch.experiment);
         }
@@ -577,12 +505,12 @@ impl SpanExporter {
             return;
         }
         let writes = BatchWrites::new(batch.roots.len());
-        for (job, ack) in &batch.roots {
+        for root in &batch.roots {
             let written = Written(writes.clone());
             self.enqueue_trace_info(
                 experiment_id.to_string(),
-                job.clone(),
-                ack.clone(),
+                root.job.clone(),
+                root.ack.clone(),
                 Some(written),
             );
         }
@@ -619,6 +547,12 @@ impl SpanExporter {
             }
         }
     }
+}
+
+/// MLflow's answer to a request it refuses as a whole for something in it (a span it cannot
+/// store), which halving the request can narrow down.
+fn is_refusal(e: &MlflowError) -> bool {
+    matches!(e.status(), Some(400) | Some(422))
 }
 
 /// Counts `calls` retried MLflow calls, fails readiness on refused credentials, and logs the
@@ -735,43 +669,6 @@ fn trace_info_failed(job: &TraceInfoJob, e: &MlflowError, reason: &'static str) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::trace::v1::Span;
-
-    fn req(shape: &[&[usize]]) -> ExportTraceServiceRequest {
-        let mut n = 0u8;
-        ExportTraceServiceRequest {
-            resource_spans: shape
-                .iter()
-                .map(|scopes| ResourceSpans {
-                    scope_spans: scopes
-                        .iter()
-                        .map(|count| ScopeSpans {
-                            spans: (0..*count)
-                                .map(|_| {
-                                    n += 1;
-                                    Span {
-                                        span_id: vec![n; 8],
-                                        ..Default::default()
-                                    }
-                                })
-                                .collect(),
-                            ..Default::default()
-                        })
-                        .collect(),
-                    ..Default::default()
-                })
-                .collect(),
-        }
-    }
-
-    fn ids(r: &ExportTraceServiceRequest) -> Vec<u8> {
-        r.resource_spans
-            .iter()
-            .flat_map(|rs| &rs.scope_spans)
-            .flat_map(|ss| &ss.spans)
-            .map(|s| s.span_id[0])
-            .collect()
-    }
 
     #[tokio::test]
     async fn trace_info_writers_step_aside_for_a_span_backlog_but_one_keeps_going() {
@@ -895,20 +792,5 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(100), done_early.all_done())
             .await
             .expect("the wake-up is kept for a later wait");
-    }
-
-    #[test]
-    fn split_halves_across_resources_and_scopes_without_loss() {
-        let r = req(&[&[3, 2], &[4]]);
-        let (a, b) = split(r);
-        assert_eq!(ids(&a), vec![1, 2, 3, 4]);
-        assert_eq!(ids(&b), vec![5, 6, 7, 8, 9]);
-        assert!(
-            a.resource_spans
-                .iter()
-                .all(|rs| rs.scope_spans.iter().all(|s| !s.spans.is_empty()))
-        );
-        let (c, d) = split(req(&[&[2]]));
-        assert_eq!((ids(&c), ids(&d)), (vec![1], vec![2]));
     }
 }

@@ -13,6 +13,7 @@ use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::envelope::{ExperimentRef, Transport};
+use super::screen::{self, Screened};
 use super::traces::TraceTracker;
 use crate::config::{Config, is_experiment_id};
 use crate::feedback::index::{IndexedTrace, RequestIdIndex};
@@ -20,8 +21,8 @@ use crate::map::attrs::find_str;
 use crate::map::rules::MappingTable;
 use crate::map::spans;
 use crate::map::trace_info::{TraceInfoJob, TraceState, mlflow_trace_id};
-use crate::map::wire::{self, ResourceSpansView};
 use crate::mlflow::experiments::Experiments;
+use crate::otlp::{self, ParsedRequest, ResourceSpansView};
 use crate::spool::{Spool, SpoolError, SpoolRecord};
 
 /// How long a request may wait on MLflow to learn whether its experiment exists; past this the
@@ -198,6 +199,13 @@ impl Ingest {
         IngestTurn { _permit: permit }
     }
 
+    /// Counts a request refused because the budget for decoded bytes in flight was spent.
+    pub fn count_busy(&self, transport: Transport) {
+        metrics::counter!("gateway_receiver_requests_refused_total",
+            "transport" => transport.as_str(), "reason" => "decode_budget")
+        .increment(1);
+    }
+
     /// Counts spans refused with a whole-request error.
     pub fn count_refused(&self, transport: Transport, err: &IngestError, spans: usize) {
         metrics::counter!("gateway_receiver_spans_refused_total",
@@ -205,11 +213,11 @@ impl Ingest {
         .increment(spans as u64);
     }
 
-    /// Validates, routes, maps and enqueues one OTLP request (read by `map::wire`).
+    /// Screens, routes, maps and enqueues one OTLP request (read by `otlp`).
     #[tracing::instrument(skip_all, fields(transport = ctx.transport.as_str(), spans))]
     pub async fn accept(
         &self,
-        request: Vec<ResourceSpansView>,
+        request: ParsedRequest,
         ctx: RequestContext,
     ) -> Result<Accepted, IngestError> {
         let transport = ctx.transport.as_str();
@@ -224,27 +232,28 @@ impl Ingest {
             }
         };
 
-        let mut received = 0usize;
-        let mut rejected = 0usize;
-        let mut problem: Option<String> = None;
+        let mut screened = screen::screen(request, ctx.transport);
+        let received = screened.received;
+        tracing::Span::current().record("spans", received);
+        metrics::counter!("gateway_receiver_spans_received_total", "transport" => transport)
+            .increment(received as u64);
+        if screened.repaired > 0 {
+            metrics::counter!("gateway_receiver_spans_repaired_total", "transport" => transport)
+                .increment(screened.repaired as u64);
+        }
+        if received == 0 {
+            // An empty request is valid OTLP; one whose fields were all unknown was meant to
+            // carry spans (snake_case or misspelled names, another signal's message).
+            return match screened.unknown_field.take() {
+                Some(field) => Err(IngestError::InvalidArgument(format!(
+                    "no spans found: unrecognized {field}"
+                ))),
+                None => Ok(Accepted::default()),
+            };
+        }
         let mut groups: Vec<Group> = Vec::new();
-        for mut rs in request {
-            let mut count = 0;
-            for ss in rs.scope_spans.iter_mut() {
-                received += ss.spans.len();
-                ss.spans.retain(|span| match spans::check_view(span) {
-                    Ok(()) => true,
-                    Err(p) => {
-                        rejected += 1;
-                        metrics::counter!("gateway_receiver_spans_rejected_total",
-                            "transport" => transport, "reason" => p.as_str())
-                        .increment(1);
-                        problem.get_or_insert_with(|| format!("span '{}': {p}", span.name()));
-                        false
-                    }
-                });
-                count += ss.spans.len();
-            }
+        for rs in std::mem::take(&mut screened.resource_spans) {
+            let count = rs.span_count();
             if count == 0 {
                 continue;
             }
@@ -253,11 +262,7 @@ impl Ingest {
                 None => match self.route(rs.resource.as_ref()) {
                     Ok(exp) => exp,
                     Err(msg) => {
-                        rejected += count;
-                        metrics::counter!("gateway_receiver_spans_rejected_total",
-                            "transport" => transport, "reason" => "bad_experiment")
-                        .increment(count as u64);
-                        problem.get_or_insert(msg);
+                        screened.reject(ctx.transport, "bad_experiment", count, || msg);
                         continue;
                     }
                 },
@@ -274,12 +279,6 @@ impl Ingest {
                 }),
             }
         }
-        tracing::Span::current().record("spans", received);
-        metrics::counter!("gateway_receiver_spans_received_total", "transport" => transport)
-            .increment(received as u64);
-        if received == 0 {
-            return Ok(Accepted::default());
-        }
 
         // Experiments that definitely cannot take spans: reject those spans, keep the rest.
         let mut kept = Vec::with_capacity(groups.len());
@@ -290,29 +289,24 @@ impl Ingest {
                     kept.push(g);
                 }
                 Ok(None) => kept.push(g),
-                Err(msg) => {
-                    rejected += g.span_count;
-                    metrics::counter!("gateway_receiver_spans_rejected_total",
-                        "transport" => transport, "reason" => "bad_experiment")
-                    .increment(g.span_count as u64);
-                    problem.get_or_insert(msg);
-                }
+                Err(msg) => screened.reject(ctx.transport, "bad_experiment", g.span_count, || msg),
             }
         }
         if kept.is_empty() {
-            let msg = problem.unwrap_or_else(|| "no usable spans".into());
+            let msg = screened.problem.unwrap_or_else(|| "no usable spans".into());
             return Err(IngestError::InvalidArgument(format!(
                 "all {received} spans rejected: {msg}"
             )));
         }
 
         let received_ms = crate::feedback::store::now_ms();
+        let to_accept: usize = kept.iter().map(|g| g.span_count).sum();
         let mut accepted = 0;
         for mut g in kept {
             // Not held over the append: a group commit gathers the appends waiting for it.
             let turn = self.ingest_turn().await;
             let roots = self.map_group(&mut g.resource_spans, &g.experiment);
-            let body = wire::encode_request(&g.resource_spans);
+            let body = otlp::encode_request(&g.resource_spans);
             let record = self.spool.prepare(SpoolRecord {
                 experiment: g.experiment,
                 span_count: g.span_count,
@@ -340,7 +334,7 @@ impl Ingest {
                 };
                 // Whatever went in before this group is safe and will be delivered; the client
                 // retries the whole request and the duplicates are harmless upserts.
-                self.count_refused(ctx.transport, &err, received - rejected - accepted);
+                self.count_refused(ctx.transport, &err, to_accept - accepted);
                 return Err(err);
             }
             accepted += g.span_count;
@@ -348,16 +342,7 @@ impl Ingest {
         metrics::counter!("gateway_receiver_spans_accepted_total", "transport" => transport)
             .increment(accepted as u64);
         metrics::gauge!("gateway_traces_awaiting_root").set(self.tracker.awaiting() as f64);
-        if rejected > 0 {
-            tracing::warn!(rejected, accepted, problem = ?problem, "rejected unusable spans");
-        }
-        Ok(Accepted {
-            accepted_spans: accepted,
-            rejected_spans: rejected,
-            message: problem
-                .filter(|_| rejected > 0)
-                .map(|p| format!("{rejected} of {received} spans rejected; first problem: {p}")),
-        })
+        Ok(outcome(&screened, accepted))
     }
 
     /// Experiment routing below the header: resource attributes, then rules by service name,
@@ -539,6 +524,30 @@ impl Ingest {
     }
 }
 
+/// The answer to a request that was (partly) accepted: the rejected spans and the first
+/// problem, or a warning when text was repaired (OTLP allows a message with nothing rejected).
+fn outcome(screened: &Screened, accepted: usize) -> Accepted {
+    let (received, rejected) = (screened.received, screened.rejected);
+    let message = match (&screened.problem, screened.repaired) {
+        (Some(problem), _) if rejected > 0 => {
+            tracing::warn!(rejected, accepted, problem = %problem, "rejected unusable spans");
+            Some(format!(
+                "{rejected} of {received} spans rejected; first problem: {problem}"
+            ))
+        }
+        (_, 0) => None,
+        (_, repaired) => Some(format!(
+            "{repaired} of {received} spans held text that was not UTF-8; it was replaced with \
+             U+FFFD"
+        )),
+    };
+    Accepted {
+        accepted_spans: accepted,
+        rejected_spans: rejected,
+        message,
+    }
+}
+
 /// Non-root spans in a typical run (GenAI traces: a handful to a dozen spans).
 const TYPICAL_RUN_SPANS: usize = 8;
 
@@ -652,7 +661,9 @@ mod tests {
             ],
         };
         let body = Bytes::from(request.encode_to_vec());
-        let mut views = wire::parse_request(&body).expect("valid request");
+        let mut views = otlp::parse_request(&body, 100)
+            .expect("valid request")
+            .resource_spans;
         let jobs = ingest().map_group(&mut views, &ExperimentRef::Id("1".into()));
         let facts = |trace: u8| {
             let job = jobs
@@ -682,7 +693,9 @@ mod tests {
         let map = |rs: Vec<ResourceSpans>| {
             let request = ExportTraceServiceRequest { resource_spans: rs };
             let body = Bytes::from(request.encode_to_vec());
-            let mut views = wire::parse_request(&body).expect("valid request");
+            let mut views = otlp::parse_request(&body, 100)
+                .expect("valid request")
+                .resource_spans;
             ingest.map_group(&mut views, &ExperimentRef::Id("1".into()))
         };
         let earlier = map(vec![resource_spans(
@@ -743,7 +756,7 @@ mod tests {
         let request = ExportTraceServiceRequest {
             resource_spans: vec![resource_spans(vec![], vec![span(1, 1, true, vec![])])],
         };
-        let views = wire::parse_request(&Bytes::from(request.encode_to_vec())).expect("valid");
+        let views = otlp::parse_request(&Bytes::from(request.encode_to_vec()), 100).expect("valid");
         let ctx = RequestContext {
             transport: Transport::Grpc,
             experiment_header: None,

@@ -5,4 +5,6 @@ pub mod batcher;
 pub mod envelope;
 pub mod export;
 pub mod ingest;
+pub mod isolate;
+pub mod screen;
 pub mod traces;

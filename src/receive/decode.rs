@@ -1,14 +1,24 @@
-//! Content negotiation, bounded decompression and decoding of OTLP/HTTP bodies. Pure and
-//! synchronous, so large bodies can be handled on the blocking pool.
+//! Content negotiation, bounded decompression and decoding of OTLP bodies, shared by both
+//! receivers. Pure and synchronous, so large bodies can be handled on the blocking pool.
+//!
+//! What a body may cost is bounded twice: each body by `receiver.max_decompressed_bytes`, and
+//! all bodies in flight together by one `DecodeBudget`. Output is charged before it is
+//! allocated, in chunks; a body whose gzip trailer or zstd frame header declares more than the
+//! limit is refused before anything is inflated.
 
 use std::io::Read;
 
 use bytes::Bytes;
-use flate2::read::{DeflateDecoder, GzDecoder, ZlibDecoder};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
+use flate2::read::{DeflateDecoder, MultiGzDecoder, ZlibDecoder};
 
-use crate::map::wire::{self, ResourceSpansView};
+use super::budget::{self, Charge, DecodeBudget};
+use crate::otlp::{self, ParsedRequest};
+
+/// Output buffer for a body whose decompressed size is not declared; each next one doubles,
+/// up to `MAX_CHUNK`. Small, because most requests are small.
+const FIRST_CHUNK: usize = 64 * 1024;
+/// Largest output buffer: bounds what a buffer past the limit can cost.
+const MAX_CHUNK: usize = 4 * 1024 * 1024;
 
 /// Body encodings OTLP/HTTP clients use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +53,21 @@ pub enum DecodeError {
         format: &'static str,
         detail: String,
     },
+    /// The budget for decoded bytes in flight is spent; retrying soon succeeds.
+    #[error("the gateway is decoding too many large requests at once; retry later")]
+    Busy,
+}
+
+/// The bounds one body is decoded within.
+#[derive(Clone)]
+pub struct DecodeLimits {
+    /// `receiver.max_decompressed_bytes`.
+    pub max_decompressed_bytes: usize,
+    /// `receiver.max_nesting_depth`.
+    pub max_nesting_depth: usize,
+    pub budget: DecodeBudget,
+    /// `Retry-After` for a request refused while the budget is spent.
+    pub retry_after: std::time::Duration,
 }
 
 /// Parses `Content-Type`, ignoring parameters such as `; charset=utf-8`.
@@ -72,174 +97,206 @@ pub fn parse_encoding(value: Option<&str>) -> Result<Encoding, DecodeError> {
     }
 }
 
-/// Reads at most `limit` bytes of decompressed output; one byte more is a zip bomb (413).
-fn read_bounded(
-    mut reader: impl Read,
-    limit: usize,
-    encoding: &'static str,
-) -> Result<Vec<u8>, DecodeError> {
-    let mut out = Vec::new();
-    (&mut reader)
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| DecodeError::Corrupt {
-            encoding,
-            detail: e.to_string(),
-        })?;
-    if out.len() > limit {
-        return Err(DecodeError::TooLarge {
-            limit,
-            stage: "after decompression",
-        });
-    }
-    Ok(out)
+/// Decompresses and decodes one body.
+pub fn decode_body(
+    format: Format,
+    encoding: Encoding,
+    wire: Bytes,
+    limits: &DecodeLimits,
+) -> Result<ParsedRequest, DecodeError> {
+    let raw = decompress(
+        encoding,
+        wire,
+        limits.max_decompressed_bytes,
+        &limits.budget,
+    )?;
+    decode(format, raw, limits)
 }
 
-/// Decompresses `body`, never producing more than `limit` bytes.
-pub fn decompress(encoding: Encoding, wire: &Bytes, limit: usize) -> Result<Bytes, DecodeError> {
+/// Decompresses `wire`, never producing more than `limit` bytes, all charged to `budget`.
+pub fn decompress(
+    encoding: Encoding,
+    wire: Bytes,
+    limit: usize,
+    budget: &DecodeBudget,
+) -> Result<Bytes, DecodeError> {
     let body = &wire[..];
-    let raw = match encoding {
-        Encoding::Identity => return Ok(wire.clone()),
-        Encoding::Gzip => read_bounded(GzDecoder::new(body), limit, "gzip"),
-        // "deflate" is zlib-wrapped per RFC 9110, but some clients send raw deflate.
-        Encoding::Deflate => {
-            read_bounded(ZlibDecoder::new(body), limit, "deflate").or_else(|e| match e {
-                DecodeError::TooLarge { .. } => Err(e),
-                _ => read_bounded(DeflateDecoder::new(body), limit, "deflate"),
-            })
+    match encoding {
+        Encoding::Identity => {
+            if wire.len() > limit {
+                return Err(too_large(limit));
+            }
+            let charge = budget.charge(wire.len()).ok_or(DecodeError::Busy)?;
+            Ok(budget::charged(wire, charge))
         }
+        Encoding::Gzip => {
+            let hint = gzip_size(body);
+            inflate(MultiGzDecoder::new(body), hint, limit, budget, "gzip")
+        }
+        // "deflate" is zlib-wrapped per RFC 9110, but some clients send raw deflate.
+        Encoding::Deflate => inflate(ZlibDecoder::new(body), None, limit, budget, "deflate")
+            .or_else(|e| match e {
+                DecodeError::Corrupt { .. } => {
+                    inflate(DeflateDecoder::new(body), None, limit, budget, "deflate")
+                }
+                e => Err(e),
+            }),
         Encoding::Zstd => {
+            let hint = zstd::zstd_safe::get_frame_content_size(body)
+                .ok()
+                .flatten()
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
             let decoder =
                 zstd::stream::read::Decoder::new(body).map_err(|e| DecodeError::Corrupt {
                     encoding: "zstd",
                     detail: e.to_string(),
                 })?;
-            read_bounded(decoder, limit, "zstd")
+            inflate(decoder, hint, limit, budget, "zstd")
         }
-    }?;
-    Ok(Bytes::from(raw))
+    }
 }
 
-/// Reads a request into wire views (`map::wire`). JSON is decoded and re-encoded as protobuf
-/// first, so both formats take the same path from here on.
-pub fn decode(format: Format, body: Bytes) -> Result<Vec<ResourceSpansView>, DecodeError> {
-    let body = match format {
-        Format::Protobuf => body,
-        Format::Json => {
-            let request: ExportTraceServiceRequest =
-                serde_json::from_slice(&body).map_err(|e| DecodeError::Malformed {
-                    format: "JSON",
+fn too_large(limit: usize) -> DecodeError {
+    DecodeError::TooLarge {
+        limit,
+        stage: "after decompression",
+    }
+}
+
+/// The size a gzip body declares in its trailer (ISIZE, modulo 2^32; with several members, the
+/// last one's, so never more than the whole).
+fn gzip_size(body: &[u8]) -> Option<usize> {
+    if body.len() < 18 || body[..2] != [0x1f, 0x8b] {
+        return None;
+    }
+    let trailer: [u8; 4] = body[body.len() - 4..].try_into().ok()?;
+    usize::try_from(u32::from_le_bytes(trailer)).ok()
+}
+
+/// Reads until `buf` is full or the reader is dry; returns how much was read.
+fn read_full(
+    reader: &mut impl Read,
+    buf: &mut [u8],
+    encoding: &'static str,
+) -> Result<usize, DecodeError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(DecodeError::Corrupt {
+                    encoding,
                     detail: e.to_string(),
-                })?;
-            Bytes::from(request.encode_to_vec())
+                });
+            }
+        }
+    }
+    Ok(filled)
+}
+
+/// Inflates into chunks, each charged before it is allocated: first the declared size (one
+/// chunk, when it is honest), else doubling chunks. Past `limit` it stops and gives all back.
+fn inflate(
+    mut reader: impl Read,
+    declared: Option<usize>,
+    limit: usize,
+    budget: &DecodeBudget,
+    encoding: &'static str,
+) -> Result<Bytes, DecodeError> {
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large(limit));
+    }
+    // One byte past the declared size, so that the read which finds the end has room.
+    let mut size = declared.map_or(FIRST_CHUNK, |n| n + 1).max(1);
+    let mut chunks: Vec<(Vec<u8>, Charge)> = Vec::new();
+    let mut total = 0usize;
+    let mut carried = None;
+    loop {
+        let room = size.min(limit - total);
+        if room > 0 {
+            let charge = budget.charge(room).ok_or(DecodeError::Busy)?;
+            let mut chunk = vec![0u8; room];
+            let mut filled = 0;
+            if let Some(byte) = carried.take() {
+                chunk[0] = byte;
+                filled = 1;
+            }
+            filled += read_full(&mut reader, &mut chunk[filled..], encoding)?;
+            total += filled;
+            chunk.truncate(filled);
+            chunks.push((chunk, charge));
+            if filled < room {
+                break;
+            }
+        }
+        // No room left in this chunk: one more byte tells whether anything is left.
+        let mut probe = [0u8; 1];
+        if read_full(&mut reader, &mut probe, encoding)? == 0 {
+            break;
+        }
+        if total == limit {
+            return Err(too_large(limit));
+        }
+        carried = Some(probe[0]);
+        size = size.saturating_mul(2).min(MAX_CHUNK);
+    }
+    Ok(join(chunks, total))
+}
+
+/// One contiguous body from the chunks (the codec reads a body in place). The joined body takes
+/// over the chunks' charges: for the moment of the copy both exist, which the budget does not
+/// count (it bounds what requests hold, and the copy is gone at once).
+fn join(mut chunks: Vec<(Vec<u8>, Charge)>, total: usize) -> Bytes {
+    if chunks.len() == 1
+        && let Some((chunk, charge)) = chunks.pop()
+    {
+        return budget::charged(chunk, charge);
+    }
+    let mut body = Vec::with_capacity(total);
+    let mut charge = Charge::none();
+    for (chunk, chunk_charge) in chunks {
+        body.extend_from_slice(&chunk);
+        charge.merge(chunk_charge);
+    }
+    budget::charged(body, charge)
+}
+
+/// Reads a decompressed request into views (`otlp`). JSON is transcoded onto the protobuf wire
+/// first (its text is dropped before the views are made), so both formats take one path.
+pub fn decode(
+    format: Format,
+    body: Bytes,
+    limits: &DecodeLimits,
+) -> Result<ParsedRequest, DecodeError> {
+    let malformed = |format: &'static str| {
+        move |e: &dyn std::fmt::Display| DecodeError::Malformed {
+            format,
+            detail: e.to_string(),
         }
     };
-    wire::parse_request(&body).map_err(|e| DecodeError::Malformed {
-        format: match format {
-            Format::Protobuf => "protobuf",
-            Format::Json => "JSON",
-        },
-        detail: e.to_string(),
-    })
+    match format {
+        Format::Protobuf => otlp::parse_request(&body, limits.max_nesting_depth)
+            .map_err(|e| malformed("protobuf")(&e)),
+        Format::Json => {
+            // The protobuf is never larger than the JSON it came from.
+            let charge = limits.budget.charge(body.len()).ok_or(DecodeError::Busy)?;
+            let transcoded = otlp::json::transcode(&body, limits.max_nesting_depth)
+                .map_err(|e| malformed("JSON")(&e))?;
+            drop(body);
+            let wire = budget::charged(transcoded.body, charge);
+            let mut parsed = otlp::parse_request(&wire, limits.max_nesting_depth)
+                .map_err(|e| malformed("JSON")(&e))?;
+            parsed.rejected.splice(0..0, transcoded.rejected);
+            parsed.repaired_spans += transcoded.repaired_spans;
+            if transcoded.unknown_field.is_some() {
+                parsed.unknown_field = transcoded.unknown_field;
+            }
+            Ok(parsed)
+        }
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    #[test]
-    fn content_types_with_parameters_are_accepted() {
-        assert_eq!(
-            parse_content_type(Some("application/json; charset=utf-8")),
-            Ok(Format::Json)
-        );
-        assert_eq!(
-            parse_content_type(Some("Application/X-Protobuf")),
-            Ok(Format::Protobuf)
-        );
-        assert!(parse_content_type(Some("text/plain")).is_err());
-        assert!(parse_content_type(None).is_err());
-    }
-
-    #[test]
-    fn encodings() {
-        assert_eq!(parse_encoding(None), Ok(Encoding::Identity));
-        assert_eq!(parse_encoding(Some("GZIP")), Ok(Encoding::Gzip));
-        assert_eq!(parse_encoding(Some("zstd")), Ok(Encoding::Zstd));
-        assert!(parse_encoding(Some("br")).is_err());
-    }
-
-    fn gzip(data: &[u8]) -> Vec<u8> {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        e.write_all(data).unwrap();
-        e.finish().unwrap()
-    }
-
-    #[test]
-    fn every_encoding_round_trips() {
-        let data = b"hello otlp".repeat(100);
-        assert_eq!(
-            decompress(Encoding::Gzip, &gzip(&data).into(), 1 << 20).unwrap(),
-            data
-        );
-        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
-        z.write_all(&data).unwrap();
-        assert_eq!(
-            decompress(Encoding::Deflate, &z.finish().unwrap().into(), 1 << 20).unwrap(),
-            data
-        );
-        let mut d = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
-        d.write_all(&data).unwrap();
-        assert_eq!(
-            decompress(Encoding::Deflate, &d.finish().unwrap().into(), 1 << 20).unwrap(),
-            data
-        );
-        let zs = zstd::encode_all(&data[..], 1).unwrap();
-        assert_eq!(
-            decompress(Encoding::Zstd, &zs.into(), 1 << 20).unwrap(),
-            data
-        );
-    }
-
-    #[test]
-    fn a_zip_bomb_is_too_large_not_an_oom() {
-        let bomb = gzip(&vec![0u8; 50 << 20]);
-        assert!(bomb.len() < 1 << 20, "a 50 MiB bomb fits in under 1 MiB");
-        let err = decompress(Encoding::Gzip, &bomb.into(), 1 << 20).unwrap_err();
-        assert!(matches!(err, DecodeError::TooLarge { .. }));
-        let zbomb = zstd::encode_all(&vec![0u8; 50 << 20][..], 3).unwrap();
-        assert!(matches!(
-            decompress(Encoding::Zstd, &zbomb.into(), 1 << 20),
-            Err(DecodeError::TooLarge { .. })
-        ));
-    }
-
-    #[test]
-    fn corrupt_gzip_is_reported() {
-        assert!(matches!(
-            decompress(Encoding::Gzip, &Bytes::from_static(b"not gzip"), 1 << 20),
-            Err(DecodeError::Corrupt { .. })
-        ));
-    }
-
-    #[test]
-    fn otlp_json_decodes_with_hex_ids_and_string_ints() {
-        let json = br#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"svc"}}]},
-          "scopeSpans":[{"spans":[{"traceId":"5B8EFFF798038103D269B633813FC60C","spanId":"EEE19B7EC3C1B174",
-          "name":"root","kind":2,"startTimeUnixNano":"1544712660000000000","endTimeUnixNano":"1544712661000000000",
-          "attributes":[{"key":"n","value":{"intValue":"7"}}]}]}]}]}"#;
-        let req = decode(Format::Json, Bytes::from_static(json)).unwrap();
-        let scope = &req[0].scope_spans[0];
-        let span = &scope.spans[0];
-        assert_eq!(span.trace_id().len(), 16);
-        assert_eq!(span.span_id().len(), 8);
-        assert_eq!(span.end_time_unix_nano, 1544712661000000000);
-        assert_eq!(
-            span.attributes_where(&scope.attributes, |_| true)[0].value,
-            Some(opentelemetry_proto::tonic::common::v1::AnyValue {
-                value: Some(opentelemetry_proto::tonic::common::v1::any_value::Value::IntValue(7))
-            })
-        );
-    }
-}
+mod tests;

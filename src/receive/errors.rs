@@ -5,7 +5,9 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use prost::Message;
 
-use crate::pipeline::ingest::IngestError;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
+
+use crate::pipeline::ingest::{Accepted, IngestError};
 
 /// `google.rpc.Status`, the body of OTLP error replies.
 #[derive(Clone, PartialEq, Message)]
@@ -84,6 +86,15 @@ pub fn grpc_status(err: &IngestError) -> tonic::Status {
         | IngestError::ShuttingDown { .. }
         | IngestError::Storage { .. } => tonic::Status::unavailable(message),
     }
+}
+
+/// OTLP's partial success: the rejected spans and why, or a warning with none rejected (text
+/// that was repaired), as the specification allows; absent when all went in as sent.
+pub fn partial_success(accepted: Accepted) -> Option<ExportTracePartialSuccess> {
+    (accepted.rejected_spans > 0 || accepted.message.is_some()).then(|| ExportTracePartialSuccess {
+        rejected_spans: accepted.rejected_spans as i64,
+        error_message: accepted.message.unwrap_or_default(),
+    })
 }
 
 /// gRPC code number for an HTTP status, for `google.rpc.Status` bodies.

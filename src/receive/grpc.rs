@@ -1,79 +1,304 @@
 //! OTLP/gRPC receiver: `opentelemetry.proto.collector.trace.v1.TraceService/Export`.
 //!
-//! Served by hand rather than by the generated `TraceServiceServer`, whose codec decodes every
-//! span into owned structs: here tonic hands over the (decompressed, size-checked) message bytes
-//! and `map::wire` reads them in place, as the HTTP receiver does.
+//! Served by hand rather than by tonic's generated server: the gateway reads the one message of
+//! the call itself, so that its size is checked before it is read, its decompression is bounded
+//! and charged to the shared budget exactly as on OTLP/HTTP, and its bytes go to the codec
+//! (`otlp`) in place. tonic decompressed into a buffer that doubled past the limit and kept a
+//! second copy of every message.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use bytes::{Buf, Bytes};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceResponse,
-};
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
+use tonic::Status;
 use tonic::body::Body;
-use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{Service, http};
-use tonic::server::{Grpc, NamedService, UnaryService};
-use tonic::{Request, Response, Status};
+use tonic::server::NamedService;
 
-use super::errors::grpc_status;
-use crate::map::wire;
+use super::budget::{self, Charge};
+use super::decode::{self, DecodeError, DecodeLimits, Encoding, Format};
+use super::errors::{grpc_status, partial_success};
+use crate::otlp::ParsedRequest;
 use crate::pipeline::envelope::Transport;
-use crate::pipeline::ingest::{Ingest, IngestError, RequestContext};
+use crate::pipeline::ingest::{Ingest, RequestContext};
 
 const EXPERIMENT_METADATA: &str = "x-mlflow-experiment-id";
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// A gRPC message's prefix: the compressed flag and the length.
+const PREFIX: usize = 5;
+/// Messages above this size are decompressed and decoded on the blocking pool.
+const BLOCKING_THRESHOLD: usize = 64 * 1024;
+/// Encodings the gateway reads, for `grpc-accept-encoding`.
+const ACCEPTED_ENCODINGS: &str = "gzip,zstd,deflate,identity";
 
-/// The TraceService: gzip and zstd accepted, the decompressed message size bounded by tonic.
+/// The TraceService. Compressed messages may be `max_message_bytes` on the wire; messages
+/// after decompression (or sent plain) `limits.max_decompressed_bytes`.
 #[derive(Clone)]
 pub struct GrpcReceiver {
     ingest: Arc<Ingest>,
     max_message_bytes: usize,
+    limits: DecodeLimits,
 }
 
 impl GrpcReceiver {
-    pub fn service(ingest: Arc<Ingest>, max_message_bytes: usize) -> Self {
+    pub fn service(ingest: Arc<Ingest>, max_message_bytes: usize, limits: DecodeLimits) -> Self {
         Self {
             ingest,
             max_message_bytes,
+            limits,
         }
     }
 
-    async fn export(
-        ingest: Arc<Ingest>,
-        request: Request<Bytes>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let _slot = ingest.admit(Transport::Grpc).map_err(|e| grpc_status(&e))?;
-        let experiment_header = request
-            .metadata()
-            .get(EXPERIMENT_METADATA)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+    async fn export(self, req: http::Request<Body>) -> http::Response<Body> {
+        match self.handle(req).await {
+            Ok(response) => unary_response(&response),
+            Err(status) => {
+                let mut response = status.into_http::<Body>();
+                response.headers_mut().insert(
+                    "grpc-accept-encoding",
+                    http::HeaderValue::from_static(ACCEPTED_ENCODINGS),
+                );
+                response
+            }
+        }
+    }
+
+    async fn handle(&self, req: http::Request<Body>) -> Result<ExportTraceServiceResponse, Status> {
+        let _slot = self
+            .ingest
+            .admit(Transport::Grpc)
+            .map_err(|e| grpc_status(&e))?;
+        let (parts, body) = req.into_parts();
+        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let encoding = match header("grpc-encoding").unwrap_or("identity") {
+            "identity" => Encoding::Identity,
+            "gzip" => Encoding::Gzip,
+            "zstd" => Encoding::Zstd,
+            "deflate" => Encoding::Deflate,
+            other => {
+                return Err(Status::unimplemented(format!(
+                    "grpc-encoding '{other}' is not supported; use {ACCEPTED_ENCODINGS}"
+                )));
+            }
+        };
         let ctx = RequestContext {
             transport: Transport::Grpc,
-            experiment_header,
+            experiment_header: header(EXPERIMENT_METADATA).map(str::to_string),
         };
-        let turn = ingest.ingest_turn().await;
-        let resource_spans = wire::parse_request(request.get_ref()).map_err(|e| {
+        let message = self.read_message(body, encoding).await?;
+        let turn = self.ingest.ingest_turn().await;
+        let limits = self.limits.clone();
+        let large = message.len() >= BLOCKING_THRESHOLD;
+        let work = move || -> Result<ParsedRequest, DecodeError> {
+            let _turn = turn;
+            match message {
+                CallMessage::Plain(bytes) => decode::decode(Format::Protobuf, bytes, &limits),
+                CallMessage::Compressed(bytes) => {
+                    decode::decode_body(Format::Protobuf, encoding, bytes, &limits)
+                }
+            }
+        };
+        let decoded = if large {
+            tokio::task::spawn_blocking(work)
+                .await
+                .map_err(|e| Status::internal(format!("decode task failed: {e}")))?
+        } else {
+            work()
+        };
+        let request = decoded.map_err(|e| {
             tracing::debug!(error = %e, "undecodable OTLP/gRPC request");
-            grpc_status(&IngestError::InvalidArgument(format!(
-                "not a valid OTLP ExportTraceServiceRequest: {e}"
-            )))
+            if e == DecodeError::Busy {
+                self.ingest.count_busy(Transport::Grpc);
+            }
+            decode_status(e, self.limits.retry_after)
         })?;
-        drop(turn);
-        let accepted = ingest
-            .accept(resource_spans, ctx)
+        let accepted = self
+            .ingest
+            .accept(request, ctx)
             .await
             .map_err(|e| grpc_status(&e))?;
-        Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: (accepted.rejected_spans > 0).then(|| ExportTracePartialSuccess {
-                rejected_spans: accepted.rejected_spans as i64,
-                error_message: accepted.message.unwrap_or_default(),
-            }),
-        }))
+        Ok(ExportTraceServiceResponse {
+            partial_success: partial_success(accepted),
+        })
+    }
+
+    /// Reads the call's one message, refusing it by its declared length before reading it. A
+    /// plain message is charged to the decode budget as it is read; a compressed one is charged
+    /// as it is inflated.
+    async fn read_message(
+        &self,
+        mut body: Body,
+        encoding: Encoding,
+    ) -> Result<CallMessage, Status> {
+        let mut buf = BytesMut::new();
+        let mut expected: Option<(usize, bool, Option<Charge>)> = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| Status::cancelled(format!("request body: {e}")))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buf.extend_from_slice(&data);
+            if expected.is_none() && buf.len() >= PREFIX {
+                expected = Some(self.check_prefix(&buf, encoding)?);
+                if let Some((len, ..)) = expected {
+                    buf.reserve((PREFIX + len).saturating_sub(buf.len()));
+                }
+            }
+            if let Some((len, ..)) = expected
+                && buf.len() > PREFIX + len
+            {
+                return Err(Status::invalid_argument(
+                    "an Export call carries exactly one message",
+                ));
+            }
+        }
+        match expected {
+            Some((len, compressed, charge)) if buf.len() == PREFIX + len => {
+                let message = buf.freeze().slice(PREFIX..);
+                Ok(match (compressed, charge) {
+                    (false, Some(charge)) => CallMessage::Plain(budget::charged(message, charge)),
+                    _ => CallMessage::Compressed(message),
+                })
+            }
+            None if buf.is_empty() => Ok(CallMessage::Plain(Bytes::new())),
+            _ => Err(Status::invalid_argument("the request message is truncated")),
+        }
+    }
+
+    /// Checks a message's prefix: its flag against the call's encoding and its length against
+    /// the limit. Returns the length, whether it is compressed, and a plain message's charge.
+    fn check_prefix(
+        &self,
+        prefix: &[u8],
+        encoding: Encoding,
+    ) -> Result<(usize, bool, Option<Charge>), Status> {
+        let compressed = match prefix[0] {
+            0 => false,
+            // The gRPC specification: a compressed flag without an encoding is INTERNAL.
+            1 if encoding == Encoding::Identity => {
+                return Err(Status::internal(
+                    "message has its compressed flag set but the call names no grpc-encoding",
+                ));
+            }
+            1 => true,
+            flag => return Err(Status::internal(format!("invalid compressed flag {flag}"))),
+        };
+        let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+        let (limit, stage) = if compressed {
+            (self.max_message_bytes, "on the wire")
+        } else {
+            (self.limits.max_decompressed_bytes, "uncompressed")
+        };
+        if len > limit {
+            return Err(decode_status(
+                DecodeError::TooLarge { limit, stage },
+                Duration::ZERO,
+            ));
+        }
+        if compressed {
+            return Ok((len, true, None));
+        }
+        match self.limits.budget.charge(len) {
+            Some(charge) => Ok((len, false, Some(charge))),
+            None => {
+                self.ingest.count_busy(Transport::Grpc);
+                Err(decode_status(DecodeError::Busy, self.limits.retry_after))
+            }
+        }
+    }
+}
+
+/// The call's message as read: plain (already charged) or still compressed.
+enum CallMessage {
+    Plain(Bytes),
+    Compressed(Bytes),
+}
+
+impl CallMessage {
+    fn len(&self) -> usize {
+        match self {
+            CallMessage::Plain(b) | CallMessage::Compressed(b) => b.len(),
+        }
+    }
+}
+
+/// The gRPC status for a body that cannot be decoded. Too large is RESOURCE_EXHAUSTED without
+/// `RetryInfo`, which OTLP clients do not retry; a spent budget is UNAVAILABLE, which they do.
+fn decode_status(err: DecodeError, retry_after: Duration) -> Status {
+    let message = err.to_string();
+    match err {
+        DecodeError::TooLarge { .. } => Status::resource_exhausted(message),
+        DecodeError::Busy => {
+            let mut status = Status::unavailable(message);
+            if let Ok(v) = retry_after.as_secs().max(1).to_string().parse() {
+                status.metadata_mut().insert("retry-after", v);
+            }
+            status
+        }
+        DecodeError::UnsupportedContentType(_) | DecodeError::UnsupportedEncoding(_) => {
+            Status::unimplemented(message)
+        }
+        DecodeError::Corrupt { .. } | DecodeError::Malformed { .. } => {
+            Status::invalid_argument(message)
+        }
+    }
+}
+
+/// A successful unary response: one uncompressed message, then `grpc-status: 0`.
+fn unary_response(message: &impl Message) -> http::Response<Body> {
+    let len = message.encoded_len();
+    let mut frame = BytesMut::with_capacity(PREFIX + len);
+    frame.put_u8(0);
+    frame.put_u32(len as u32);
+    // The buffer has room for the whole message, so encoding cannot fail.
+    let _ = message.encode(&mut frame);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let mut response = http::Response::new(Body::new(UnaryBody {
+        message: Some(frame.freeze()),
+        trailers: Some(trailers),
+    }));
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(
+        "grpc-accept-encoding",
+        http::HeaderValue::from_static(ACCEPTED_ENCODINGS),
+    );
+    response
+}
+
+/// A response body of one data frame and the trailers.
+struct UnaryBody {
+    message: Option<Bytes>,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl http_body::Body for UnaryBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(message) = self.message.take() {
+            return Poll::Ready(Some(Ok(Frame::data(message))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.message.is_none() && self.trailers.is_none()
     }
 }
 
@@ -81,25 +306,11 @@ impl NamedService for GrpcReceiver {
     const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
 }
 
-struct ExportMethod(Arc<Ingest>);
-
-impl UnaryService<Bytes> for ExportMethod {
-    type Response = ExportTraceServiceResponse;
-    type Future = std::pin::Pin<
-        Box<dyn Future<Output = Result<Response<Self::Response>, Status>> + Send + 'static>,
-    >;
-
-    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        Box::pin(GrpcReceiver::export(self.0.clone(), request))
-    }
-}
-
 impl Service<http::Request<Body>> for GrpcReceiver {
     type Response = http::Response<Body>;
     type Error = Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
-    >;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -109,52 +320,7 @@ impl Service<http::Request<Body>> for GrpcReceiver {
         if req.uri().path() != EXPORT_PATH {
             return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
         }
-        let method = ExportMethod(self.ingest.clone());
-        // Replies are never compressed: an export's reply is empty or a short partial-success
-        // message, and tonic would set up a gzip stream for every reply to a client that
-        // accepts gzip (as OTel SDKs with compression on do).
-        let mut grpc = Grpc::new(RawRequestCodec)
-            .accept_compressed(CompressionEncoding::Gzip)
-            .accept_compressed(CompressionEncoding::Zstd)
-            .max_decoding_message_size(self.max_message_bytes);
-        Box::pin(async move { Ok(grpc.unary(method, req).await) })
-    }
-}
-
-/// Decodes nothing: the message bytes go to `map::wire`. Responses are encoded with prost.
-#[derive(Debug, Clone, Copy, Default)]
-struct RawRequestCodec;
-
-impl Codec for RawRequestCodec {
-    type Encode = ExportTraceServiceResponse;
-    type Decode = Bytes;
-    type Encoder = RawRequestCodec;
-    type Decoder = RawRequestCodec;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawRequestCodec
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawRequestCodec
-    }
-}
-
-impl Encoder for RawRequestCodec {
-    type Item = ExportTraceServiceResponse;
-    type Error = Status;
-
-    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        item.encode(dst)
-            .map_err(|e| Status::internal(format!("cannot encode the response: {e}")))
-    }
-}
-
-impl Decoder for RawRequestCodec {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
+        let receiver = self.clone();
+        Box::pin(async move { Ok(receiver.export(req).await) })
     }
 }

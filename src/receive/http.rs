@@ -9,14 +9,12 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 
-use super::decode::{self, DecodeError, Format};
-use super::errors::{RpcStatus, http_status, rpc_code_for_http};
-use crate::map::wire::ResourceSpansView;
+use super::decode::{self, DecodeError, DecodeLimits, Format};
+use super::errors::{RpcStatus, http_status, partial_success, rpc_code_for_http};
+use crate::otlp::ParsedRequest;
 use crate::pipeline::envelope::Transport;
 use crate::pipeline::ingest::{Accepted, Ingest, RequestContext};
 
@@ -29,7 +27,7 @@ const EXPERIMENT_HEADER: &str = "x-mlflow-experiment-id";
 pub struct HttpReceiver {
     pub ingest: Arc<Ingest>,
     pub max_message_bytes: usize,
-    pub max_decompressed_bytes: usize,
+    pub limits: DecodeLimits,
 }
 
 pub fn router(receiver: HttpReceiver) -> Router {
@@ -68,23 +66,23 @@ fn error_response(
     response
 }
 
-fn decode_error_response(err: DecodeError, format: Format) -> Response {
-    let status = match err {
+fn decode_error_response(err: DecodeError, format: Format, retry_after: Duration) -> Response {
+    let (status, retry) = match err {
         DecodeError::UnsupportedContentType(_) | DecodeError::UnsupportedEncoding(_) => {
-            StatusCode::UNSUPPORTED_MEDIA_TYPE
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, None)
         }
-        DecodeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        DecodeError::Corrupt { .. } | DecodeError::Malformed { .. } => StatusCode::BAD_REQUEST,
+        DecodeError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, None),
+        DecodeError::Corrupt { .. } | DecodeError::Malformed { .. } => {
+            (StatusCode::BAD_REQUEST, None)
+        }
+        DecodeError::Busy => (StatusCode::SERVICE_UNAVAILABLE, Some(retry_after)),
     };
-    error_response(status, format, err.to_string(), None)
+    error_response(status, format, err.to_string(), retry)
 }
 
 fn success_response(format: Format, accepted: Accepted) -> Response {
     let response = ExportTraceServiceResponse {
-        partial_success: (accepted.rejected_spans > 0).then(|| ExportTracePartialSuccess {
-            rejected_spans: accepted.rejected_spans as i64,
-            error_message: accepted.message.unwrap_or_default(),
-        }),
+        partial_success: partial_success(accepted),
     };
     match format {
         Format::Protobuf => (
@@ -108,9 +106,10 @@ fn success_response(format: Format, accepted: Accepted) -> Response {
 
 async fn export(State(rx): State<HttpReceiver>, headers: HeaderMap, body: Body) -> Response {
     let header_str = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let retry_after = rx.limits.retry_after;
     let format = match decode::parse_content_type(header_str(header::CONTENT_TYPE)) {
         Ok(f) => f,
-        Err(e) => return decode_error_response(e, Format::Json),
+        Err(e) => return decode_error_response(e, Format::Json, retry_after),
     };
     let transport = match format {
         Format::Protobuf => Transport::HttpProtobuf,
@@ -122,7 +121,7 @@ async fn export(State(rx): State<HttpReceiver>, headers: HeaderMap, body: Body) 
     };
     let encoding = match decode::parse_encoding(header_str(header::CONTENT_ENCODING)) {
         Ok(e) => e,
-        Err(e) => return decode_error_response(e, format),
+        Err(e) => return decode_error_response(e, format, retry_after),
     };
     let too_large = DecodeError::TooLarge {
         limit: rx.max_message_bytes,
@@ -132,19 +131,18 @@ async fn export(State(rx): State<HttpReceiver>, headers: HeaderMap, body: Body) 
         .and_then(|v| v.parse::<usize>().ok())
         .is_some_and(|len| len > rx.max_message_bytes)
     {
-        return decode_error_response(too_large, format);
+        return decode_error_response(too_large, format, retry_after);
     }
     let bytes = match axum::body::to_bytes(body, rx.max_message_bytes).await {
         Ok(b) => b,
-        Err(_) => return decode_error_response(too_large, format),
+        Err(_) => return decode_error_response(too_large, format, retry_after),
     };
-    let limit = rx.max_decompressed_bytes;
     let wire_len = bytes.len();
     let turn = rx.ingest.ingest_turn().await;
-    let work = move || -> Result<Vec<ResourceSpansView>, DecodeError> {
+    let limits = rx.limits.clone();
+    let work = move || -> Result<ParsedRequest, DecodeError> {
         let _turn = turn;
-        let raw = decode::decompress(encoding, &bytes, limit)?;
-        decode::decode(format, raw)
+        decode::decode_body(format, encoding, bytes, &limits)
     };
     let decoded = if wire_len >= BLOCKING_THRESHOLD {
         match tokio::task::spawn_blocking(work).await {
@@ -166,7 +164,10 @@ async fn export(State(rx): State<HttpReceiver>, headers: HeaderMap, body: Body) 
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(error = %e, "undecodable OTLP/HTTP request");
-            return decode_error_response(e, format);
+            if e == DecodeError::Busy {
+                rx.ingest.count_busy(transport);
+            }
+            return decode_error_response(e, format, retry_after);
         }
     };
     let ctx = RequestContext {

@@ -1,5 +1,6 @@
 //! OTLP receivers: gRPC TraceService on :4317 and HTTP `POST /v1/traces` on :4318.
 
+pub mod budget;
 pub mod decode;
 pub mod errors;
 pub mod grpc;

@@ -1,0 +1,268 @@
+//! One span read in place: checked by the schema walk, its ids, times, status and attribute
+//! positions noted, and forwarded byte for byte unless the gateway changes it.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+
+use super::schema::{self, Fault, SPAN, SPAN_DEPTH, Utf8};
+use super::wire::{FieldValue, Fields, WireError, framed_len, put_framed};
+
+/// Where one attribute sits in its span's encoding.
+#[derive(Debug, Clone)]
+pub struct AttributeAt {
+    /// The encoded `KeyValue`.
+    key_value: Range<usize>,
+    /// Its key (checked as UTF-8).
+    key: Range<usize>,
+}
+
+/// One span, checked but not decoded: the facts the gateway needs, and its bytes to forward.
+#[derive(Debug, Clone)]
+pub struct SpanView {
+    /// The encoded `Span` message (without its tag and length).
+    body: Bytes,
+    trace_id: Range<usize>,
+    span_id: Range<usize>,
+    parent_span_id: Range<usize>,
+    name: Range<usize>,
+    pub start_time_unix_nano: u64,
+    pub end_time_unix_nano: u64,
+    /// `status.code` (0, unset, when the span has no status).
+    pub status_code: i32,
+    /// Where its attributes are in its scope's `attributes`: found while the span was checked,
+    /// so that picking the mapped ones does not walk the span again (three walks per span were
+    /// ~12 % of the gateway's CPU at 10k spans/s; BENCHMARKS.md, "Changes"). One list per
+    /// scope, not one per span: a list per span was an allocation per span.
+    attributes: Range<usize>,
+    /// The span re-encoded after the gateway changed it (root enrichment, fitted values).
+    rewritten: Option<Bytes>,
+    /// Some string in it was not UTF-8 and was replaced with U+FFFD.
+    pub repaired: bool,
+}
+
+impl SpanView {
+    /// Checks the span (see `schema::check`) and notes what the gateway reads, in one walk; its
+    /// attributes go to the end of `attributes`. A span with strings that are not UTF-8 is
+    /// repaired and read again. On a fault `attributes` is left as it was.
+    pub fn parse(
+        body: Bytes,
+        attributes: &mut Vec<AttributeAt>,
+        max_depth: usize,
+    ) -> Result<Self, Fault> {
+        let first = attributes.len();
+        let result = match Self::walk(body.clone(), attributes, max_depth) {
+            Ok((view, Utf8::Valid)) => Ok(view),
+            Ok((_, Utf8::Invalid)) => {
+                attributes.truncate(first);
+                let fixed = Bytes::from(schema::repaired(&body, &SPAN).into_owned());
+                Self::walk(fixed, attributes, max_depth).map(|(mut view, _)| {
+                    view.repaired = true;
+                    view
+                })
+            }
+            Err(fault) => Err(fault),
+        };
+        if result.is_err() {
+            attributes.truncate(first);
+        }
+        result
+    }
+
+    fn walk(
+        body: Bytes,
+        attributes: &mut Vec<AttributeAt>,
+        max_depth: usize,
+    ) -> Result<(Self, Utf8), Fault> {
+        let first_attribute = attributes.len();
+        let mut view = SpanView {
+            body: Bytes::new(),
+            trace_id: 0..0,
+            span_id: 0..0,
+            parent_span_id: 0..0,
+            name: 0..0,
+            start_time_unix_nano: 0,
+            end_time_unix_nano: 0,
+            status_code: 0,
+            attributes: 0..0,
+            rewritten: None,
+            repaired: false,
+        };
+        let mut utf8 = Utf8::Valid;
+        // On repeats the last value wins, as in prost.
+        for field in Fields::new(&body) {
+            let field = field.map_err(|e| Fault::Malformed(format!("{}: {e}", SPAN.name)))?;
+            if let (9, FieldValue::Len(r)) = (field.number, &field.value) {
+                let (key, text) =
+                    schema::check_key_value(&body[r.clone()], SPAN_DEPTH + 1, max_depth)?;
+                utf8 = utf8.and(text);
+                attributes.push(AttributeAt {
+                    key_value: r.clone(),
+                    key: r.start + key.start..r.start + key.end,
+                });
+                continue;
+            }
+            utf8 = utf8.and(schema::check_field(
+                &body, &SPAN, &field, SPAN_DEPTH, max_depth,
+            )?);
+            match (field.number, field.value) {
+                (1, FieldValue::Len(r)) => view.trace_id = r,
+                (2, FieldValue::Len(r)) => view.span_id = r,
+                (4, FieldValue::Len(r)) => view.parent_span_id = r,
+                (5, FieldValue::Len(r)) => view.name = r,
+                (7, FieldValue::I64(v)) => view.start_time_unix_nano = v,
+                (8, FieldValue::I64(v)) => view.end_time_unix_nano = v,
+                (15, FieldValue::Len(r)) => {
+                    // Checked above; prost merges a repeated status, so its last code wins.
+                    for field in Fields::new(&body[r]).flatten() {
+                        if let (3, FieldValue::Varint(code)) = (field.number, field.value) {
+                            // An enum on the wire is an int32 written as a varint.
+                            view.status_code = code as i32;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        view.body = body;
+        view.attributes = first_attribute..attributes.len();
+        Ok((view, utf8))
+    }
+
+    /// The name of a span that could not be read, as far as it can be, for the client's
+    /// message.
+    pub fn name_of_unreadable(body: &[u8]) -> Option<String> {
+        Fields::new(body)
+            .map_while(Result::ok)
+            .filter_map(|f| match (f.number, f.value) {
+                (5, FieldValue::Len(r)) => Some(String::from_utf8_lossy(&body[r]).into_owned()),
+                _ => None,
+            })
+            .last()
+    }
+
+    pub fn trace_id(&self) -> &[u8] {
+        &self.body[self.trace_id.clone()]
+    }
+
+    pub fn span_id(&self) -> &[u8] {
+        &self.body[self.span_id.clone()]
+    }
+
+    pub fn parent_span_id(&self) -> &[u8] {
+        &self.body[self.parent_span_id.clone()]
+    }
+
+    pub fn name(&self) -> &str {
+        // Checked as UTF-8 by the walk (or repaired).
+        std::str::from_utf8(&self.body[self.name.clone()]).unwrap_or_default()
+    }
+
+    /// This span's entries in its scope's list (`ScopeSpansView::attributes`).
+    fn own_attributes<'a>(&self, scope: &'a [AttributeAt]) -> &'a [AttributeAt] {
+        scope.get(self.attributes.clone()).unwrap_or_default()
+    }
+
+    /// The key of one of this span's attributes, as bytes: `parse` checked it as UTF-8, and
+    /// comparing bytes spares checking it again for every lookup.
+    fn key(&self, at: &AttributeAt) -> &[u8] {
+        &self.body[at.key.clone()]
+    }
+
+    /// Attributes whose key passes `wanted`, decoded; the others are never touched.
+    /// `attributes` is the list of the span's scope (`ScopeSpansView::attributes`).
+    pub fn attributes_where(
+        &self,
+        attributes: &[AttributeAt],
+        mut wanted: impl FnMut(&[u8]) -> bool,
+    ) -> Vec<KeyValue> {
+        let mut out = Vec::new();
+        for at in self.own_attributes(attributes) {
+            let key = self.key(at);
+            if wanted(key)
+                && let Ok(decoded) = KeyValue::decode(&self.body[at.key_value.clone()])
+            {
+                out.push(decoded);
+            }
+        }
+        out
+    }
+
+    /// The whole span, decoded (for roots and spans the gateway must change).
+    pub fn decode(&self) -> Result<Span, WireError> {
+        Span::decode(&self.body[..]).map_err(|e| WireError::new(format!("Span: {e}")))
+    }
+
+    /// Sets string attributes without decoding the span: its attributes with these keys are
+    /// left out and the new ones appended (protobuf allows fields in any order). A span that
+    /// already holds every value is forwarded as received. For roots, whose decode and
+    /// re-encode was ~6 % of the gateway's CPU at its ceiling.
+    /// `attributes` is the list of the span's scope (`ScopeSpansView::attributes`).
+    pub fn set_string_attributes(
+        &mut self,
+        attributes: &[AttributeAt],
+        set: &[(impl AsRef<str>, &str)],
+    ) {
+        let mine = self.own_attributes(attributes);
+        let holds = |key: &str, value: &str| {
+            let mut found = mine.iter().filter(|at| self.key(at) == key.as_bytes());
+            match (found.next(), found.next()) {
+                (Some(at), None) => KeyValue::decode(&self.body[at.key_value.clone()])
+                    .ok()
+                    .and_then(|kv| kv.value?.value)
+                    .is_some_and(|v| matches!(v, Value::StringValue(s) if s == value)),
+                _ => false,
+            }
+        };
+        if set.iter().all(|(k, v)| holds(k.as_ref(), v)) {
+            return;
+        }
+        let extra: usize = set
+            .iter()
+            .map(|(k, v)| framed_len(string_key_value_len(k.as_ref(), v)))
+            .sum();
+        let mut out = Vec::with_capacity(self.body.len() + extra);
+        // `parse` noted every attribute field, in wire order.
+        let mut noted = mine.iter();
+        for field in Fields::new(&self.body).flatten() {
+            if field.number == 9
+                && noted.next().is_some_and(|at| {
+                    set.iter()
+                        .any(|(k, _)| k.as_ref().as_bytes() == self.key(at))
+                })
+            {
+                continue;
+            }
+            out.extend_from_slice(&self.body[field.whole]);
+        }
+        for (key, value) in set {
+            let key = key.as_ref();
+            put_framed(&mut out, 9, string_key_value_len(key, value));
+            put_framed(&mut out, 1, key.len());
+            out.extend_from_slice(key.as_bytes());
+            put_framed(&mut out, 2, framed_len(value.len()));
+            put_framed(&mut out, 1, value.len());
+            out.extend_from_slice(value.as_bytes());
+        }
+        self.rewritten = Some(Bytes::from(out));
+    }
+
+    /// Forward `span` instead of the received bytes.
+    pub fn replace(&mut self, span: &Span) {
+        self.rewritten = Some(Bytes::from(span.encode_to_vec()));
+    }
+
+    /// The bytes that go on to MLflow.
+    pub fn forwarded(&self) -> &[u8] {
+        self.rewritten.as_deref().unwrap_or(&self.body)
+    }
+}
+
+/// Length of an encoded `KeyValue { key, value: AnyValue { string_value } }`.
+fn string_key_value_len(key: &str, value: &str) -> usize {
+    framed_len(key.len()) + framed_len(framed_len(value.len()))
+}
