@@ -77,6 +77,7 @@ pub async fn run(opts: &Options, builds: &[PathBuf]) -> anyhow::Result<()> {
                 durable: true,
                 trace_info_concurrency: GATEWAY_TRACE_INFO_CONCURRENCY,
                 binary: Some(build.clone()),
+                ingest_concurrency: None,
             })
             .await?;
             subjects.push(Subject {

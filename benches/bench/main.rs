@@ -11,6 +11,7 @@
 //! MLflow and shows nothing about MLflow itself. Scenarios 3 and 5 use a real MLflow 3.17.2.
 
 mod ab;
+mod bombs;
 mod load;
 mod payload;
 mod procs;
@@ -124,7 +125,7 @@ async fn sink_only(args: &[String]) -> anyhow::Result<()> {
 
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Scenario numbers to run (1-5).
+    /// Scenario numbers to run (1-6).
     pub only: Vec<u32>,
     /// Scale every measured duration by this factor (`--quick`: 0.25).
     pub scale: f64,
@@ -134,7 +135,7 @@ pub struct Options {
 
 impl Options {
     fn parse(args: &[String]) -> Self {
-        let mut only = vec![1, 2, 3, 4, 5];
+        let mut only = vec![1, 2, 3, 4, 5, 6];
         let mut scale = 1.0;
         let mut ab = None;
         let mut it = args.iter();

@@ -181,6 +181,8 @@ pub struct GatewayOptions {
     pub trace_info_concurrency: usize,
     /// Another build of the gateway (`--ab`); `None` runs `BENCH_GATEWAY_BIN` or this build.
     pub binary: Option<PathBuf>,
+    /// `receiver.ingest_concurrency`; `None` keeps the default (the CPUs less one).
+    pub ingest_concurrency: Option<usize>,
 }
 
 pub async fn start_gateway(opts: &GatewayOptions) -> anyhow::Result<Collector> {
@@ -202,8 +204,12 @@ pub async fn start_gateway(opts: &GatewayOptions) -> anyhow::Result<Collector> {
     } else {
         format!("trace_info_concurrency = {}\n", opts.trace_info_concurrency)
     };
+    let receiver = opts
+        .ingest_concurrency
+        .map(|n| format!("[receiver]\ningest_concurrency = {n}\n"))
+        .unwrap_or_default();
     let config = format!(
-        "{data_dir}\n[log]\nlevel = \"warn\"\n\n[server]\notlp_grpc_addr = \"127.0.0.1:{grpc}\"\n\
+        "{data_dir}\n{receiver}[log]\nlevel = \"warn\"\n\n[server]\notlp_grpc_addr = \"127.0.0.1:{grpc}\"\n\
          otlp_http_addr = \"127.0.0.1:{http}\"\napi_addr = \"127.0.0.1:{api}\"\n\n[mlflow]\n\
          tracking_uri = {:?}\n{writers}{extra}\n",
         opts.mlflow_url

@@ -62,6 +62,7 @@ pub async fn smoke() -> anyhow::Result<()> {
         durable: true,
         trace_info_concurrency: GATEWAY_TRACE_INFO_CONCURRENCY,
         binary: None,
+        ingest_concurrency: None,
     })
     .await?;
     let mut acked = (0, 0);
@@ -166,6 +167,7 @@ pub async fn run_all(opts: Options) -> anyhow::Result<()> {
             3 => end_to_end(&opts).await,
             4 => ack_latency(&opts).await,
             5 => complete_traces(&opts).await,
+            6 => crate::bombs::refused_bodies(&opts).await,
             _ => bail!("no scenario {n}"),
         }
         .with_context(|| format!("scenario {n}"))?;
@@ -233,6 +235,7 @@ async fn start_peer_with(
                 durable,
                 trace_info_concurrency,
                 binary: None,
+                ingest_concurrency: None,
             })
             .await
         }
@@ -602,6 +605,7 @@ async fn end_to_end(opts: &Options) -> anyhow::Result<String> {
         durable: true,
         trace_info_concurrency: GATEWAY_TRACE_INFO_CONCURRENCY,
         binary: None,
+        ingest_concurrency: None,
     })
     .await?;
     let name = format!("through-gateway-{}", fastrand::u32(..));
@@ -932,6 +936,7 @@ async fn gateway_complete_traces(
         durable: true,
         trace_info_concurrency: GATEWAY_TRACE_INFO_CONCURRENCY,
         binary: None,
+        ingest_concurrency: None,
     })
     .await?;
     let exp = mlflow.create_experiment("through-gateway").await?;

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use flate2::read::{DeflateDecoder, MultiGzDecoder, ZlibDecoder};
 
 use super::budget::{self, Charge, DecodeBudget};
+use super::buffer::Buffer;
 use crate::otlp::{self, ParsedRequest};
 
 /// Output buffer for a body whose decompressed size is not declared; each next one doubles,
@@ -19,6 +20,10 @@ use crate::otlp::{self, ParsedRequest};
 const FIRST_CHUNK: usize = 64 * 1024;
 /// Largest output buffer: bounds what a buffer past the limit can cost.
 const MAX_CHUNK: usize = 4 * 1024 * 1024;
+/// The largest zstd window accepted (2^24 = 16 MiB): the decoder allocates the window a frame
+/// asks for, outside the budget, and zstd's own default ceiling is 128 MiB. Levels up to 19
+/// write windows of 8 MiB at most; only long-distance mode (`--long`) writes larger.
+const ZSTD_WINDOW_LOG_MAX: u32 = 24;
 
 /// Body encodings OTLP/HTTP clients use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,11 +151,14 @@ pub fn decompress(
                 .ok()
                 .flatten()
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-            let decoder =
-                zstd::stream::read::Decoder::new(body).map_err(|e| DecodeError::Corrupt {
-                    encoding: "zstd",
-                    detail: e.to_string(),
-                })?;
+            let corrupt = |e: std::io::Error| DecodeError::Corrupt {
+                encoding: "zstd",
+                detail: e.to_string(),
+            };
+            let mut decoder = zstd::stream::read::Decoder::new(body).map_err(corrupt)?;
+            decoder
+                .window_log_max(ZSTD_WINDOW_LOG_MAX)
+                .map_err(corrupt)?;
             inflate(decoder, hint, limit, budget, "zstd")
         }
     }
@@ -210,20 +218,20 @@ fn inflate(
     }
     // One byte past the declared size, so that the read which finds the end has room.
     let mut size = declared.map_or(FIRST_CHUNK, |n| n + 1).max(1);
-    let mut chunks: Vec<(Vec<u8>, Charge)> = Vec::new();
+    let mut chunks: Vec<(Buffer, Charge)> = Vec::new();
     let mut total = 0usize;
     let mut carried = None;
     loop {
         let room = size.min(limit - total);
         if room > 0 {
             let charge = budget.charge(room).ok_or(DecodeError::Busy)?;
-            let mut chunk = vec![0u8; room];
+            let mut chunk = Buffer::zeroed(room).map_err(|_| DecodeError::Busy)?;
             let mut filled = 0;
             if let Some(byte) = carried.take() {
-                chunk[0] = byte;
+                chunk.as_mut_slice()[0] = byte;
                 filled = 1;
             }
-            filled += read_full(&mut reader, &mut chunk[filled..], encoding)?;
+            filled += read_full(&mut reader, &mut chunk.as_mut_slice()[filled..], encoding)?;
             total += filled;
             chunk.truncate(filled);
             chunks.push((chunk, charge));
@@ -242,25 +250,27 @@ fn inflate(
         carried = Some(probe[0]);
         size = size.saturating_mul(2).min(MAX_CHUNK);
     }
-    Ok(join(chunks, total))
+    join(chunks, total)
 }
 
 /// One contiguous body from the chunks (the codec reads a body in place). The joined body takes
 /// over the chunks' charges: for the moment of the copy both exist, which the budget does not
 /// count (it bounds what requests hold, and the copy is gone at once).
-fn join(mut chunks: Vec<(Vec<u8>, Charge)>, total: usize) -> Bytes {
+fn join(mut chunks: Vec<(Buffer, Charge)>, total: usize) -> Result<Bytes, DecodeError> {
     if chunks.len() == 1
         && let Some((chunk, charge)) = chunks.pop()
     {
-        return budget::charged(chunk, charge);
+        return Ok(budget::charged(chunk, charge));
     }
-    let mut body = Vec::with_capacity(total);
+    let mut body = Buffer::zeroed(total).map_err(|_| DecodeError::Busy)?;
     let mut charge = Charge::none();
+    let mut at = 0;
     for (chunk, chunk_charge) in chunks {
-        body.extend_from_slice(&chunk);
+        body.as_mut_slice()[at..at + chunk.len()].copy_from_slice(chunk.as_ref());
+        at += chunk.len();
         charge.merge(chunk_charge);
     }
-    budget::charged(body, charge)
+    Ok(budget::charged(body, charge))
 }
 
 /// Reads a decompressed request into views (`otlp`). JSON is transcoded onto the protobuf wire
