@@ -870,8 +870,8 @@ impl Config {
     }
 
     /// The default experiment as the pipeline names it.
-    pub fn default_experiment(&self) -> crate::pipeline::envelope::ExperimentRef {
-        use crate::pipeline::envelope::ExperimentRef;
+    pub fn default_experiment(&self) -> crate::vocab::ExperimentRef {
+        use crate::vocab::ExperimentRef;
         match (&self.mlflow.experiment_id, &self.mlflow.experiment_name) {
             (Some(id), _) => ExperimentRef::Id(id.clone()),
             (None, Some(name)) => ExperimentRef::Name(name.clone()),
@@ -1025,7 +1025,7 @@ mod tests {
 
     #[test]
     fn default_experiment_prefers_id_then_name_then_zero() {
-        use crate::pipeline::envelope::ExperimentRef;
+        use crate::vocab::ExperimentRef;
         let mut cfg = Config::default();
         assert_eq!(cfg.default_experiment(), ExperimentRef::Id("0".into()));
         cfg.mlflow.experiment_name = Some("chat".into());

@@ -7,7 +7,6 @@
 
 pub mod config;
 pub mod feedback;
-mod generations;
 pub mod map;
 pub mod mlflow;
 pub mod ops;
@@ -15,6 +14,7 @@ pub mod otlp;
 pub mod pipeline;
 pub mod receive;
 pub mod spool;
+pub mod vocab;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,15 +36,14 @@ use crate::mlflow::MlflowClient;
 use crate::mlflow::experiments::Experiments;
 use crate::mlflow::retry::RetryPolicy;
 use crate::ops::health::Health;
-use crate::pipeline::envelope::ExperimentRef;
-use crate::pipeline::export::{
-    SpanBacklog, SpanExporter, run_span_workers, run_trace_info_workers,
-};
+use crate::pipeline::backlog::SpanBacklog;
+use crate::pipeline::export::{SpanExporter, run_span_workers, run_trace_info_workers};
 use crate::pipeline::ingest::Ingest;
 use crate::pipeline::traces::TraceTracker;
 use crate::spool::Spool;
 use crate::spool::deadletter::DeadLetters;
 use crate::spool::disk::{LogOptions, SegmentLog};
+use crate::vocab::ExperimentRef;
 
 /// How often expired traces-awaiting-root are swept, gauges and spool readiness refreshed.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
@@ -248,7 +247,7 @@ impl Gateway {
         let (batches_tx, batches_rx) = mpsc::channel(config.mlflow.export_concurrency);
         let (infos_tx, infos_rx) = mpsc::channel(config.queue.max_trace_infos);
         let backlog = if config.mlflow.trace_info_first {
-            SpanBacklog::trace_info_first(config.mlflow.export_concurrency)
+            SpanBacklog::writing_trace_info_first(config.mlflow.export_concurrency)
         } else {
             SpanBacklog::new(
                 config.mlflow.export_concurrency,
@@ -407,7 +406,7 @@ impl Gateway {
                     metrics::gauge!("gateway_spool_records").set(stats.records as f64);
                     let age = stats
                         .oldest_ms
-                        .map(|t| feedback::store::now_ms().saturating_sub(t) as f64 / 1000.0)
+                        .map(|t| vocab::now_ms().saturating_sub(t) as f64 / 1000.0)
                         .unwrap_or(0.0);
                     metrics::gauge!("gateway_spool_oldest_record_age_seconds").set(age);
                     // The recorder keeps every histogram sample until it is drained; nothing

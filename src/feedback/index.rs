@@ -3,8 +3,8 @@
 
 use std::sync::Mutex;
 
-use crate::generations::Generations;
-use crate::pipeline::envelope::ExperimentRef;
+use crate::vocab::ExperimentRef;
+use crate::vocab::Generations;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexedTrace {

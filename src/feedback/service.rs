@@ -11,10 +11,11 @@ use tokio_util::sync::CancellationToken;
 use super::auth::{Authenticator, RateLimiter};
 use super::index::{IndexedTrace, RequestIdIndex};
 use super::model::{AssessmentRequest, TargetRef};
-use super::store::{FeedbackStore, Record, Status, StoreError, now_ms};
+use super::store::{FeedbackStore, Record, Status, StoreError};
 use crate::config::FeedbackConfig;
 use crate::mlflow::{MlflowClient, MlflowError};
-use crate::pipeline::envelope::ExperimentRef;
+use crate::vocab::ExperimentRef;
+use crate::vocab::now_ms;
 
 /// The experiments searched for an unknown client request id are re-listed this often.
 const EXPERIMENT_LIST_TTL: Duration = Duration::from_secs(30);

@@ -109,6 +109,62 @@ fn classify_status(status: u16, message: &str) -> ErrorClass {
     }
 }
 
+/// A reply's `Retry-After`, in the delay-seconds form MLflow and proxies send.
+pub(super) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| parse_retry_after(v.as_bytes()))
+}
+
+/// A `Retry-After` value in the delay-seconds form.
+pub(super) fn parse_retry_after(value: &[u8]) -> Option<Duration> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// A reply's body if its status is a success, else the classified error it carries.
+pub(super) fn status_outcome(
+    status: u16,
+    retry_after: Option<Duration>,
+    body: bytes::Bytes,
+) -> Result<bytes::Bytes, MlflowError> {
+    if (200..300).contains(&status) {
+        return Ok(body);
+    }
+    Err(MlflowError::Status {
+        status,
+        message: error_message(&body),
+        retry_after,
+    })
+}
+
+/// MLflow's two error shapes: `{"error_code","message"}` and FastAPI's `{"detail"}`.
+pub(super) fn error_message(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return text.chars().take(500).collect();
+    };
+    if let Some(msg) = v.get("message").and_then(serde_json::Value::as_str) {
+        let code = v
+            .get("error_code")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("");
+        return format!("{code} {msg}").trim().chars().take(1000).collect();
+    }
+    if let Some(detail) = v.get("detail") {
+        return match detail {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+        .chars()
+        .take(1000)
+        .collect();
+    }
+    text.chars().take(500).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +202,18 @@ mod tests {
         assert_eq!(status(404, "").class(), ErrorClass::Permanent);
         assert_eq!(status(401, "").class(), ErrorClass::Auth);
         assert_eq!(status(403, "").class(), ErrorClass::Auth);
+    }
+
+    #[test]
+    fn error_messages_from_both_shapes() {
+        assert_eq!(
+            error_message(br#"{"error_code":"RESOURCE_DOES_NOT_EXIST","message":"No Experiment"}"#),
+            "RESOURCE_DOES_NOT_EXIST No Experiment"
+        );
+        assert_eq!(
+            error_message(br#"{"detail":"Invalid OpenTelemetry format"}"#),
+            "Invalid OpenTelemetry format"
+        );
+        assert_eq!(error_message(b"<html>oops"), "<html>oops");
     }
 }

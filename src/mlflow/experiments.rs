@@ -8,7 +8,7 @@ use dashmap::DashMap;
 
 use super::client::MlflowClient;
 use super::error::MlflowError;
-use crate::pipeline::envelope::ExperimentRef;
+use crate::vocab::ExperimentRef;
 
 /// Resolved experiments are re-checked this often, so a deletion is noticed within a minute.
 const CACHE_TTL: Duration = Duration::from_secs(60);

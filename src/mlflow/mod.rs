@@ -1,10 +1,11 @@
 //! Everything that talks to the MLflow tracking server.
 
 pub mod client;
-mod direct;
 pub mod error;
 pub mod experiments;
+mod pipelined;
 pub mod retry;
+pub mod trace_info;
 
 pub use client::MlflowClient;
 pub use error::{ErrorClass, MlflowError};

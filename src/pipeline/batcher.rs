@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use super::envelope::{Envelope, ExperimentRef};
-use super::export::SpanBacklog;
+use super::backlog::SpanBacklog;
+use super::envelope::Envelope;
 use crate::config::BatchConfig;
 use crate::map::trace_info::TraceInfoJob;
 use crate::spool::{Ack, Spool};
+use crate::vocab::ExperimentRef;
 
 /// Spans for one experiment, ready for one `/v1/traces` request.
 pub struct Batch {

@@ -5,41 +5,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::map::trace_info::TraceInfoJob;
 use crate::spool::{Ack, Delivery};
-
-/// An MLflow experiment as a request or rule names it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExperimentRef {
-    Id(String),
-    Name(String),
-}
-
-impl std::fmt::Display for ExperimentRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ExperimentRef::Id(id) => write!(f, "id {id}"),
-            ExperimentRef::Name(name) => write!(f, "'{name}'"),
-        }
-    }
-}
-
-/// Where a request came in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Grpc,
-    HttpProtobuf,
-    HttpJson,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Grpc => "grpc",
-            Transport::HttpProtobuf => "http_protobuf",
-            Transport::HttpJson => "http_json",
-        }
-    }
-}
+use crate::vocab::ExperimentRef;
 
 /// A spooled record on its way to MLflow. Holding `permit` keeps its bytes counted against the
 /// memory budget until its spans are delivered; `ack` takes it out of the spool once its spans

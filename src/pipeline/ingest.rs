@@ -12,7 +12,6 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::envelope::{ExperimentRef, Transport};
 use super::screen::{self, Screened};
 use super::traces::TraceTracker;
 use crate::config::{Config, is_experiment_id};
@@ -24,6 +23,7 @@ use crate::map::trace_info::{TraceInfoJob, TraceState, mlflow_trace_id};
 use crate::mlflow::experiments::Experiments;
 use crate::otlp::{self, ParsedRequest, ResourceSpansView};
 use crate::spool::{Spool, SpoolError, SpoolRecord};
+use crate::vocab::{ExperimentRef, Transport};
 
 /// How long a request may wait on MLflow to learn whether its experiment exists; past this the
 /// spans are accepted and the exporter resolves the experiment (MLflow may be down).
@@ -299,7 +299,7 @@ impl Ingest {
             )));
         }
 
-        let received_ms = crate::feedback::store::now_ms();
+        let received_ms = crate::vocab::now_ms();
         let to_accept: usize = kept.iter().map(|g| g.span_count).sum();
         let mut accepted = 0;
         for mut g in kept {

@@ -5,9 +5,9 @@
 
 use std::collections::HashSet;
 
-use super::envelope::Transport;
 use crate::map::{refusals, spans};
 use crate::otlp::{ParsedRequest, ResourceSpansView};
+use crate::vocab::Transport;
 
 /// A request's spans after screening.
 pub struct Screened {

@@ -5,8 +5,8 @@ use std::collections::{HashMap, VecDeque, hash_map::Entry};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::generations::Generations;
 use crate::map::rules::CollectedAttrs;
+use crate::vocab::Generations;
 
 /// Roots already seen are remembered (as bare trace ids) for one to two of these, so late
 /// children do not open a new entry that would later be miscounted as a trace without root.

@@ -26,10 +26,9 @@ use super::budget::{self, Charge};
 use super::decode::{self, DecodeError, DecodeLimits, Encoding, Format};
 use super::errors::{grpc_status, partial_success};
 use crate::otlp::ParsedRequest;
-use crate::pipeline::envelope::Transport;
 use crate::pipeline::ingest::{Ingest, RequestContext};
+use crate::vocab::{EXPERIMENT_HEADER, Transport};
 
-const EXPERIMENT_METADATA: &str = "x-mlflow-experiment-id";
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 /// A gRPC message's prefix: the compressed flag and the length.
 const PREFIX: usize = 5;
@@ -90,7 +89,7 @@ impl GrpcReceiver {
         };
         let ctx = RequestContext {
             transport: Transport::Grpc,
-            experiment_header: header(EXPERIMENT_METADATA).map(str::to_string),
+            experiment_header: header(EXPERIMENT_HEADER).map(str::to_string),
         };
         let message = self.read_message(body, encoding).await?;
         let turn = self.ingest.ingest_turn().await;

@@ -15,13 +15,11 @@ use prost::Message;
 use super::decode::{self, DecodeError, DecodeLimits, Format};
 use super::errors::{RpcStatus, http_status, partial_success, rpc_code_for_http};
 use crate::otlp::ParsedRequest;
-use crate::pipeline::envelope::Transport;
 use crate::pipeline::ingest::{Accepted, Ingest, RequestContext};
+use crate::vocab::{EXPERIMENT_HEADER, Transport};
 
 /// Bodies above this size are decompressed and decoded on the blocking pool, off the runtime.
 const BLOCKING_THRESHOLD: usize = 64 * 1024;
-/// MLflow's header for routing to an experiment; gateways in front of MLflow honour it.
-const EXPERIMENT_HEADER: &str = "x-mlflow-experiment-id";
 
 #[derive(Clone)]
 pub struct HttpReceiver {

@@ -39,7 +39,7 @@ impl DeadLetter {
         trace_infos: Vec<Value>,
     ) -> Self {
         Self {
-            time_ms: crate::feedback::store::now_ms(),
+            time_ms: crate::vocab::now_ms(),
             experiment_id: experiment_id.to_string(),
             reason: reason.to_string(),
             spans,

@@ -484,7 +484,7 @@ impl SegmentLog {
             frame: frame.bytes,
             record_len: frame.record_len as u32,
             keep: keep_hot.then_some(record),
-            received_ms: crate::feedback::store::now_ms(),
+            received_ms: crate::vocab::now_ms(),
             reply,
         };
         if let Some(request) = self.write_in_place(request) {

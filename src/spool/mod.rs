@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::map::trace_info::TraceInfoJob;
-use crate::pipeline::envelope::ExperimentRef;
+use crate::vocab::ExperimentRef;
 
 /// In durable mode records wait on disk, so the reader keeps at most this much read back
 /// ahead of delivery (or `queue.max_bytes`, if smaller): several full batches for every export

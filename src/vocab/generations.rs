@@ -7,7 +7,7 @@ use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 
-pub(crate) struct Generations<K, V> {
+pub struct Generations<K, V> {
     current: HashMap<K, V>,
     previous: HashMap<K, V>,
     per_generation: usize,
@@ -15,7 +15,7 @@ pub(crate) struct Generations<K, V> {
 
 impl<K: Eq + Hash, V> Generations<K, V> {
     /// Holds the most recent `per_generation` entries at least, `2 * per_generation - 1` at most.
-    pub(crate) fn new(per_generation: usize) -> Self {
+    pub fn new(per_generation: usize) -> Self {
         Self {
             current: HashMap::new(),
             previous: HashMap::new(),
@@ -23,7 +23,7 @@ impl<K: Eq + Hash, V> Generations<K, V> {
         }
     }
 
-    pub(crate) fn get<Q>(&self, key: &Q) -> Option<&V>
+    pub fn get<Q>(&self, key: &Q) -> Option<&V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -31,7 +31,7 @@ impl<K: Eq + Hash, V> Generations<K, V> {
         self.current.get(key).or_else(|| self.previous.get(key))
     }
 
-    pub(crate) fn contains_key<Q>(&self, key: &Q) -> bool
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -41,7 +41,7 @@ impl<K: Eq + Hash, V> Generations<K, V> {
 
     /// Inserts into the current generation (a key also in the previous one answers with this
     /// value from now on). Returns whether the current generation filled and was rotated.
-    pub(crate) fn insert(&mut self, key: K, value: V) -> bool {
+    pub fn insert(&mut self, key: K, value: V) -> bool {
         self.current.insert(key, value);
         let full = self.current.len() >= self.per_generation;
         if full {
@@ -52,19 +52,23 @@ impl<K: Eq + Hash, V> Generations<K, V> {
 
     /// The current generation becomes the previous one; the old previous is forgotten (its
     /// allocation reused, so a steady load does not keep touching fresh memory).
-    pub(crate) fn rotate(&mut self) {
+    pub fn rotate(&mut self) {
         std::mem::swap(&mut self.current, &mut self.previous);
         self.current.clear();
     }
 
-    pub(crate) fn clear(&mut self) {
+    pub fn clear(&mut self) {
         self.current.clear();
         self.previous.clear();
     }
 
     /// Entries held (a key in both generations counts twice).
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.current.len() + self.previous.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.current.is_empty() && self.previous.is_empty()
     }
 }
 

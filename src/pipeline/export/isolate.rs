@@ -83,10 +83,6 @@ impl Parts {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// The request made of the parts in `range`: concatenated, as a batch's records are.
     pub fn encode(&self, range: &Range<usize>) -> Bytes {
         let mut out = BytesMut::new();
