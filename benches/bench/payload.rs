@@ -3,7 +3,8 @@
 
 use std::sync::OnceLock;
 
-use mlflow_otlp_gateway::map::rules::{CollectedAttrs, MappingConfig, MappingTable};
+use mlflow_otlp_gateway::config::MappingConfig;
+use mlflow_otlp_gateway::map::rules::{CollectedAttrs, MappingTable};
 use mlflow_otlp_gateway::map::trace_info::{TraceInfoJob, TraceState};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};

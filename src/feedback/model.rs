@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::map::limits::{self, Field};
+use crate::vocab::limits::{self, Field};
 
 /// MLflow stores assessment names and source ids in 250-character columns.
 const MAX_NAME_CHARS: usize = 250;

@@ -2,7 +2,6 @@
 //! TraceInfo body.
 
 pub mod attrs;
-pub mod limits;
 pub mod refusals;
 pub mod rules;
 pub mod spans;

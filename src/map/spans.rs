@@ -9,9 +9,9 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 
 use super::attrs::set_str;
-use super::limits::{self, Field};
 use super::rules::TraceFacts;
 use crate::otlp::SpanView;
+use crate::vocab::limits::{self, Field};
 
 /// Span attributes MLflow reads as the session; over 250 characters they sink the whole batch.
 const SESSION_ATTRS: [&str; 2] = ["session.id", "gen_ai.conversation.id"];

@@ -12,8 +12,8 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::limits::{self, Field};
 use super::rules::TraceFacts;
+use crate::vocab::limits::{self, Field};
 
 /// MLflow's trace schema version, as its own SDK writes it.
 const TRACE_SCHEMA_VERSION: &str = "3";

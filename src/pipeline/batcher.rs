@@ -163,9 +163,10 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::FsyncPolicy;
+    use crate::spool::SpoolRecord;
     use crate::spool::disk::SegmentLog;
     use crate::spool::tests::log_options;
-    use crate::spool::{FsyncPolicy, SpoolRecord};
 
     fn record(exp: &str, spans: usize) -> SpoolRecord {
         SpoolRecord {

@@ -19,7 +19,8 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::frame;
-use super::{FsyncPolicy, RecordId, SpoolCompression, SpoolError, SpoolRecord, Stats};
+use super::{RecordId, SpoolError, SpoolRecord, Stats};
+use crate::config::{FsyncPolicy, SpoolCompression};
 
 /// Concurrent appends batched into one write and one fsync.
 const MAX_GROUP: usize = 256;

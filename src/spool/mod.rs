@@ -25,31 +25,6 @@ use crate::vocab::ExperimentRef;
 /// of records in memory that the disk already holds.
 pub const DURABLE_READ_AHEAD_BYTES: usize = 32 * 1024 * 1024;
 
-/// When appended records are fsynced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum FsyncPolicy {
-    /// Before the request is acknowledged (group commit): survives power loss.
-    Always,
-    /// Every `spool.fsync_interval`: survives a process crash; power loss may cost the last
-    /// interval.
-    Interval,
-    /// Left to the OS: survives a process crash only.
-    Never,
-}
-
-/// How the durable spool stores records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SpoolCompression {
-    /// zstd, fast level -3, per record: a fifth to a tenth of the bytes to write, sync and
-    /// keep on disk for typical OTLP, so the same `max_disk_bytes` rides out a longer MLflow
-    /// outage; a record that would not shrink is stored as is.
-    Zstd,
-    /// As encoded.
-    None,
-}
-
 /// A record `Spool::prepare` made ready to append.
 pub struct Prepared {
     record: SpoolRecord,
@@ -447,6 +422,7 @@ impl Spool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::config::{FsyncPolicy, SpoolCompression};
     use crate::map::rules::TraceFacts;
     use crate::map::trace_info::TraceState;
 

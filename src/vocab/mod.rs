@@ -3,6 +3,7 @@
 //! the one small container several keep their caches in.
 
 pub mod generations;
+pub mod limits;
 
 pub use generations::Generations;
 

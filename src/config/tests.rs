@@ -1,0 +1,135 @@
+use super::*;
+
+fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+    move |k| {
+        pairs
+            .iter()
+            .find(|(key, _)| *key == k)
+            .map(|(_, v)| v.to_string())
+    }
+}
+
+#[test]
+fn defaults_are_valid_and_use_standard_ports() {
+    let addrs = Config::default().validate().expect("defaults valid");
+    assert_eq!(addrs.otlp_grpc.port(), 4317);
+    assert_eq!(addrs.otlp_http.port(), 4318);
+    assert_eq!(addrs.api.port(), 8080);
+}
+
+/// The configuration file the project ships (README: the reference of every key).
+fn shipped_config_path() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.toml")
+}
+
+#[test]
+fn shipped_config_file_parses_and_matches_defaults() {
+    let cfg = Config::from_file(&shipped_config_path()).expect("shipped config parses");
+    cfg.validate().expect("shipped config valid");
+    // Every value the file sets is the built-in default: the file is the reference, so a
+    // default changed in code alone would make it lie.
+    assert_eq!(format!("{cfg:#?}"), format!("{:#?}", Config::default()));
+}
+
+#[test]
+fn shipped_config_file_names_every_key() {
+    let text = std::fs::read_to_string(shipped_config_path()).expect("shipped config readable");
+    // Sections, and keys set or shown commented out (`# key = ...`, as optional ones are).
+    let named: std::collections::HashSet<&str> = text
+        .lines()
+        .map(|line| line.trim_start().trim_start_matches('#').trim_start())
+        .filter_map(|line| {
+            let section = line.strip_prefix('[').and_then(|l| l.strip_suffix(']'));
+            section.or_else(|| line.split_once(" = ").map(|(key, _)| key.trim()))
+        })
+        .collect();
+    // The field names of every section, read from the defaults' Debug output.
+    let debug = format!("{:#?}", Config::default());
+    let missing: Vec<&str> = debug
+        .lines()
+        .filter_map(|line| line.trim_start().split_once(": ").map(|(key, _)| key))
+        .filter(|key| key.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .filter(|key| !named.contains(key))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "keys not in config/gateway.toml: {missing:?}"
+    );
+}
+
+#[test]
+fn spool_compression_takes_zstd_or_none_and_names_the_choices_otherwise() {
+    let cfg = Config::from_toml("[spool]\ncompression = \"none\"\n", Path::new("x.toml"));
+    assert_eq!(cfg.unwrap().spool.compression, SpoolCompression::None);
+    let err = Config::from_toml("[spool]\ncompression = \"lz4\"\n", Path::new("x.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("zstd") && err.contains("none"), "{err}");
+}
+
+#[test]
+fn unknown_keys_are_rejected() {
+    let err = Config::from_toml("[batch]\nmax_span = 3\n", Path::new("x.toml")).unwrap_err();
+    assert!(err.to_string().contains("max_span"), "{err}");
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let toml = r#"
+        [server]
+        otlp_grpc_addr = "nope"
+        [mlflow]
+        tracking_uri = "file:///tmp/mlruns"
+        experiment_id = "abc"
+        username = "u"
+        [receiver]
+        ingest_concurrency = 0
+        [batch]
+        max_spans = 0
+    "#;
+    let cfg = Config::from_toml(toml, Path::new("x.toml")).unwrap();
+    let ConfigError::Invalid(errors) = cfg.validate().unwrap_err() else {
+        panic!("expected Invalid")
+    };
+    assert_eq!(errors.len(), 6, "{errors:#?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("receiver.ingest_concurrency")),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn ingest_concurrency_leaves_a_cpu_to_delivery() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(default_ingest_concurrency(), cpus.saturating_sub(1).max(1));
+}
+
+#[test]
+fn mlflow_env_overrides_file_values() {
+    let mut cfg = Config::from_toml(
+        "[mlflow]\ntracking_uri = \"http://file:1\"\nexperiment_id = \"3\"\n",
+        Path::new("x.toml"),
+    )
+    .unwrap();
+    cfg.apply_mlflow_env(&env(&[
+        ("MLFLOW_TRACKING_URI", "http://env:5000"),
+        ("MLFLOW_EXPERIMENT_ID", "7"),
+        ("MLFLOW_TRACKING_TOKEN", "s3cret"),
+    ]));
+    assert_eq!(cfg.mlflow.tracking_uri, "http://env:5000");
+    assert_eq!(cfg.mlflow.experiment_id.as_deref(), Some("7"));
+    assert!(!format!("{cfg:?}").contains("s3cret"), "secret leaked");
+}
+
+#[test]
+fn default_experiment_prefers_id_then_name_then_zero() {
+    use crate::vocab::ExperimentRef;
+    let mut cfg = Config::default();
+    assert_eq!(cfg.default_experiment(), ExperimentRef::Id("0".into()));
+    cfg.mlflow.experiment_name = Some("chat".into());
+    assert_eq!(cfg.default_experiment(), ExperimentRef::Name("chat".into()));
+    cfg.mlflow.experiment_id = Some("4".into());
+    assert_eq!(cfg.default_experiment(), ExperimentRef::Id("4".into()));
+}
