@@ -29,7 +29,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::feedback::auth::Authenticator;
-use crate::feedback::index::RequestIdIndex;
 use crate::feedback::service::FeedbackService;
 use crate::feedback::store::FeedbackStore;
 use crate::mlflow::MlflowClient;
@@ -39,6 +38,7 @@ use crate::ops::health::Health;
 use crate::pipeline::backlog::SpanBacklog;
 use crate::pipeline::export::{SpanExporter, run_span_workers, run_trace_info_workers};
 use crate::pipeline::ingest::Ingest;
+use crate::pipeline::request_ids::RequestIdIndex;
 use crate::pipeline::traces::TraceTracker;
 use crate::spool::Spool;
 use crate::spool::deadletter::DeadLetters;

@@ -121,7 +121,7 @@ async fn replay_dead_letters(config: Config) -> anyhow::Result<bool> {
         .clone()
         .context("replay-dead-letters needs --data-dir (or GATEWAY_DATA_DIR / data_dir)")?;
     let client = mlflow_otlp_gateway::mlflow::MlflowClient::new(&config.mlflow)?;
-    let report = mlflow_otlp_gateway::spool::deadletter::replay(&dir, &client)
+    let report = mlflow_otlp_gateway::pipeline::replay::replay(&dir, &client)
         .await
         .with_context(|| format!("replaying dead letters in {}", dir.display()))?;
     println!(

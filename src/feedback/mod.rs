@@ -4,7 +4,6 @@
 pub mod auth;
 pub mod grpc;
 pub mod http;
-pub mod index;
 pub mod model;
 pub mod service;
 pub mod store;

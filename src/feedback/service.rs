@@ -9,11 +9,11 @@ use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{Authenticator, RateLimiter};
-use super::index::{IndexedTrace, RequestIdIndex};
 use super::model::{AssessmentRequest, TargetRef};
 use super::store::{FeedbackStore, Record, Status, StoreError};
 use crate::config::FeedbackConfig;
 use crate::mlflow::{MlflowClient, MlflowError};
+use crate::pipeline::request_ids::{IndexedTrace, RequestIdIndex};
 use crate::vocab::ExperimentRef;
 use crate::vocab::now_ms;
 

@@ -15,13 +15,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::screen::{self, Screened};
 use super::traces::TraceTracker;
 use crate::config::{Config, is_experiment_id};
-use crate::feedback::index::{IndexedTrace, RequestIdIndex};
 use crate::map::attrs::find_str;
 use crate::map::rules::MappingTable;
 use crate::map::spans;
 use crate::map::trace_info::{TraceInfoJob, TraceState, mlflow_trace_id};
 use crate::mlflow::experiments::Experiments;
 use crate::otlp::{self, ParsedRequest, ResourceSpansView};
+use crate::pipeline::request_ids::{IndexedTrace, RequestIdIndex};
 use crate::spool::{Spool, SpoolError, SpoolRecord};
 use crate::vocab::{ExperimentRef, Transport};
 

@@ -6,5 +6,7 @@ pub mod batcher;
 pub mod envelope;
 pub mod export;
 pub mod ingest;
+pub mod replay;
+pub mod request_ids;
 pub mod screen;
 pub mod traces;

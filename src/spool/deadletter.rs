@@ -1,6 +1,7 @@
 //! Dead letters: spans MLflow rejected for good (after the batch was split to isolate them), with
 //! MLflow's reason, in `<data_dir>/deadletter/dead-letters.jsonl`. `mlflow-otlp-gateway
-//! replay-dead-letters` sends them again after a fix and keeps only what still fails.
+//! replay-dead-letters` sends them again after a fix and keeps only what still fails
+//! (`pipeline::replay`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,11 +9,8 @@ use std::sync::Mutex;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-use crate::mlflow::MlflowClient;
 
 const FILE: &str = "dead-letters.jsonl";
 
@@ -105,80 +103,18 @@ impl DeadLetters {
     }
 }
 
-/// What a replay did.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct ReplayReport {
-    pub delivered: usize,
-    pub still_failing: usize,
-    pub unreadable: usize,
+/// The dead-letter file under `data_dir`.
+pub fn file_in(data_dir: &Path) -> PathBuf {
+    data_dir.join("deadletter").join(FILE)
 }
 
-/// Sends every dead letter in `data_dir` again; rewrites the file with what still fails.
-pub async fn replay(data_dir: &Path, client: &MlflowClient) -> std::io::Result<ReplayReport> {
-    let path = data_dir.join("deadletter").join(FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ReplayReport::default()),
-        Err(e) => return Err(e),
-    };
-    let mut report = ReplayReport::default();
-    let mut keep = String::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let Ok(letter) = serde_json::from_str::<DeadLetter>(line) else {
-            report.unreadable += 1;
-            keep.push_str(line);
-            keep.push('\n');
-            continue;
-        };
-        let Ok(body) = STANDARD.decode(&letter.body) else {
-            report.unreadable += 1;
-            keep.push_str(line);
-            keep.push('\n');
-            continue;
-        };
-        // Batches whose experiment could not be resolved carry its name; resolve it now.
-        let experiment_id = match letter.experiment_id.strip_prefix("name:") {
-            Some(name) => match client.get_experiment_by_name(name).await {
-                Ok(Some(exp)) if exp.is_active() => exp.experiment_id,
-                Ok(_) => {
-                    report.still_failing += 1;
-                    keep.push_str(line);
-                    keep.push('\n');
-                    continue;
-                }
-                Err(e) => return Err(std::io::Error::other(e.to_string())),
-            },
-            None => letter.experiment_id.clone(),
-        };
-        let mut result = client.post_spans(&experiment_id, Bytes::from(body)).await;
-        if result.is_ok() {
-            for info in &letter.trace_infos {
-                let mut info = info.clone();
-                info["trace"]["trace_info"]["trace_location"]["mlflow_experiment"]["experiment_id"] =
-                    Value::String(experiment_id.clone());
-                let body = Bytes::from(serde_json::to_vec(&info).unwrap_or_default());
-                if let Err(e) = client.start_trace(body).await {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        match result {
-            Ok(()) => report.delivered += 1,
-            Err(e) => {
-                report.still_failing += 1;
-                let mut letter = letter;
-                letter.reason = format!("replay: {e}");
-                keep.push_str(&serde_json::to_string(&letter).map_err(std::io::Error::other)?);
-                keep.push('\n');
-            }
-        }
-    }
+/// Replaces the dead-letter file at `path` with `text`, atomically (written beside it, synced,
+/// renamed over it).
+pub fn rewrite(path: &Path, text: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, keep.as_bytes())?;
+    std::fs::write(&tmp, text.as_bytes())?;
     std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(report)
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
