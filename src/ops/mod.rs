@@ -4,3 +4,4 @@ pub mod api;
 pub mod health;
 pub mod logging;
 pub mod metrics;
+pub mod readiness;
