@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::map::traces::TraceTracker;
 use crate::mlflow::{ErrorClass, MlflowClient};
 use crate::ops::health::Health;
 use crate::ops::readiness;
-use crate::pipeline::traces::TraceTracker;
 use crate::spool::Spool;
 
 /// How often expired traces-awaiting-root are swept, gauges and spool readiness refreshed.

@@ -15,13 +15,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
+use crate::map::traces::TraceTracker;
 use crate::mlflow::experiments::Experiments;
 use crate::mlflow::{self, MlflowClient};
 use crate::ops::api::ApiState;
 use crate::ops::health::Health;
 use crate::pipeline::ingest::Ingest;
 use crate::pipeline::request_ids::RequestIdIndex;
-use crate::pipeline::traces::TraceTracker;
 use crate::receive::grpc::GrpcReceiver;
 use crate::receive::http::HttpReceiver;
 use crate::spool::Spool;

@@ -3,6 +3,8 @@
 
 pub mod attrs;
 pub mod refusals;
+pub mod request;
 pub mod rules;
 pub mod spans;
 pub mod trace_info;
+pub mod traces;

@@ -7,18 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::screen::{self, Screened};
-use super::traces::TraceTracker;
 use crate::config::{Config, is_experiment_id};
 use crate::map::attrs::find_str;
+use crate::map::request::{RequestMapper, resource_attrs};
 use crate::map::rules::MappingTable;
-use crate::map::spans;
-use crate::map::trace_info::{TraceInfoJob, TraceState, mlflow_trace_id};
+use crate::map::trace_info::{TraceInfoJob, mlflow_trace_id};
+use crate::map::traces::TraceTracker;
 use crate::mlflow::experiments::Experiments;
 use crate::otlp::{self, ParsedRequest, ResourceSpansView};
 use crate::pipeline::request_ids::{IndexedTrace, RequestIdIndex};
@@ -94,11 +92,6 @@ pub struct Accepted {
     pub accepted_spans: usize,
     pub rejected_spans: usize,
     pub message: Option<String>,
-}
-
-/// A resource's attributes; none when the resource is absent.
-fn resource_attrs(resource: Option<&Resource>) -> &[KeyValue] {
-    resource.map(|r| &r.attributes[..]).unwrap_or(&[])
 }
 
 /// Shared by the receivers.
@@ -305,7 +298,7 @@ impl Ingest {
         for mut g in kept {
             // Not held over the append: a group commit gathers the appends waiting for it.
             let turn = self.ingest_turn().await;
-            let roots = self.map_group(&mut g.resource_spans, &g.experiment);
+            let roots = self.map(&mut g.resource_spans, &g.experiment);
             let body = otlp::encode_request(&g.resource_spans);
             let record = self.spool.prepare(SpoolRecord {
                 experiment: g.experiment,
@@ -343,6 +336,32 @@ impl Ingest {
             .increment(accepted as u64);
         metrics::gauge!("gateway_traces_awaiting_root").set(self.tracker.awaiting() as f64);
         Ok(outcome(&screened, accepted))
+    }
+
+    /// Maps a group's spans (`map::request`) and remembers each root's client request id, for
+    /// the feedback API.
+    fn map(
+        &self,
+        resource_spans: &mut [ResourceSpansView],
+        experiment: &ExperimentRef,
+    ) -> Vec<TraceInfoJob> {
+        let mapper = RequestMapper {
+            mapping: &self.mapping,
+            tracker: &self.tracker,
+        };
+        let jobs = mapper.map(resource_spans);
+        for job in &jobs {
+            if let Some(crid) = &job.facts.client_request_id {
+                self.request_ids.insert(
+                    crid.clone(),
+                    IndexedTrace {
+                        trace_id: mlflow_trace_id(&job.trace_id),
+                        experiment: experiment.clone(),
+                    },
+                );
+            }
+        }
+        jobs
     }
 
     /// Experiment routing below the header: resource attributes, then rules by service name,
@@ -393,135 +412,6 @@ impl Ingest {
             Err(_) => Ok(None),
         }
     }
-
-    /// Fits spans to MLflow's limits, records facts of non-root spans, and for each root
-    /// derives the trace's facts, puts them on the root and returns its TraceInfo job. Only
-    /// roots and spans that need fitting are decoded; the rest are forwarded as received.
-    fn map_group(
-        &self,
-        resource_spans: &mut [ResourceSpansView],
-        experiment: &ExperimentRef,
-    ) -> Vec<TraceInfoJob> {
-        let wanted = |key: &[u8]| self.mapping.is_interesting(key) || spans::may_need_fit(key);
-        let mut forgotten = 0;
-        for rs in resource_spans.iter_mut() {
-            let resource = resource_attrs(rs.resource.as_ref());
-            let mut run: Option<ChildRun> = None;
-            for ss in rs.scope_spans.iter_mut() {
-                for span in ss.spans.iter_mut() {
-                    if spans::is_root_parent(span.parent_span_id()) {
-                        continue;
-                    }
-                    let attributes = span.attributes_where(&ss.attributes, wanted);
-                    if spans::needs_fit(&attributes)
-                        && let Ok(mut decoded) = span.decode()
-                    {
-                        spans::fit(&mut decoded);
-                        span.replace(&decoded);
-                    }
-                    let Ok(trace_id) = <[u8; 16]>::try_from(span.trace_id()) else {
-                        continue;
-                    };
-                    match &mut run {
-                        Some(r) if r.trace_id == trace_id => r.attributes.extend(attributes),
-                        _ => {
-                            let next = ChildRun::new(trace_id, attributes);
-                            if let Some(done) = run.replace(next) {
-                                forgotten += self.record_children(done, resource);
-                            }
-                        }
-                    }
-                }
-            }
-            if let Some(done) = run {
-                forgotten += self.record_children(done, resource);
-            }
-        }
-        let mut jobs = Vec::new();
-        for rs in resource_spans.iter_mut() {
-            let resource = rs.resource.as_ref();
-            for ss in rs.scope_spans.iter_mut() {
-                for view in ss.spans.iter_mut() {
-                    if !spans::is_root_parent(view.parent_span_id()) {
-                        continue;
-                    }
-                    let (Ok(trace_id), Ok(root_span_id)) = (
-                        <[u8; 16]>::try_from(view.trace_id()),
-                        <[u8; 8]>::try_from(view.span_id()),
-                    ) else {
-                        continue;
-                    };
-                    // Only the attributes the mapping reads are decoded; the root is decoded
-                    // whole only when a session id must be fitted (rare).
-                    let attributes = view.attributes_where(&ss.attributes, wanted);
-                    let mut fitted = None;
-                    if spans::needs_fit(&attributes) {
-                        let Ok(mut span) = view.decode() else {
-                            continue;
-                        };
-                        spans::fit(&mut span);
-                        fitted = Some(span);
-                    }
-                    let others = self.tracker.complete(trace_id);
-                    let root_attributes =
-                        fitted.as_ref().map_or(&attributes[..], |s| &s.attributes);
-                    let facts =
-                        self.mapping
-                            .evaluate(root_attributes, resource_attrs(resource), &others);
-                    match fitted {
-                        Some(mut span) => {
-                            spans::enrich_root(&mut span, &facts);
-                            view.replace(&span);
-                        }
-                        None => view
-                            .set_string_attributes(&ss.attributes, &spans::root_attributes(&facts)),
-                    }
-                    if let Some(crid) = &facts.client_request_id {
-                        self.request_ids.insert(
-                            crid.clone(),
-                            IndexedTrace {
-                                trace_id: mlflow_trace_id(&trace_id),
-                                experiment: experiment.clone(),
-                            },
-                        );
-                    }
-                    let state = if view.status_code == StatusCode::Error as i32 {
-                        TraceState::Error
-                    } else {
-                        TraceState::Ok
-                    };
-                    jobs.push(TraceInfoJob {
-                        trace_id,
-                        root_span_id,
-                        root_name: view.name().to_string(),
-                        start_unix_nano: view.start_time_unix_nano,
-                        end_unix_nano: view.end_time_unix_nano,
-                        state,
-                        facts,
-                    });
-                }
-            }
-        }
-        if forgotten > 0 {
-            metrics::counter!("gateway_traces_without_root_total").increment(forgotten as u64);
-        }
-        jobs
-    }
-
-    /// Records what a run of a trace's non-root spans says, in one visit to the trace table.
-    /// Returns the traces forgotten to make room. The order (first span, its resource, the
-    /// other spans) gives the same result as recording span by span, each followed by the
-    /// resource: first writer wins, so the resource adds nothing after its first turn.
-    fn record_children(&self, run: ChildRun, resource: &[KeyValue]) -> usize {
-        let (first, rest) = run.attributes.split_at(run.first_len);
-        self.tracker
-            .record(run.trace_id, |c| {
-                self.mapping.collect(first, c);
-                self.mapping.collect(resource, c);
-                self.mapping.collect(rest, c);
-            })
-            .without_root
-    }
 }
 
 /// The answer to a request that was (partly) accepted: the rejected spans and the first
@@ -548,46 +438,14 @@ fn outcome(screened: &Screened, accepted: usize) -> Accepted {
     }
 }
 
-/// Non-root spans in a typical run (GenAI traces: a handful to a dozen spans).
-const TYPICAL_RUN_SPANS: usize = 8;
-
-/// Consecutive non-root spans of one trace under one resource (SDKs export a trace's spans
-/// together), so the trace table is locked and searched once per run, not once per span: at
-/// 10-span traces that was 3.5 % of the gateway's CPU (BENCHMARKS.md, scenario 1 profile).
-struct ChildRun {
-    trace_id: [u8; 16],
-    /// The mapped attributes of the run's spans, in order.
-    attributes: Vec<KeyValue>,
-    /// Where the first span's attributes end.
-    first_len: usize,
-}
-
-impl ChildRun {
-    fn new(trace_id: [u8; 16], mut attributes: Vec<KeyValue>) -> Self {
-        let first_len = attributes.len();
-        // Room for the run's other spans, which carry about as many: growing the list span by
-        // span was ~2 % of the gateway's CPU at its ceiling.
-        attributes.reserve(first_len * TYPICAL_RUN_SPANS);
-        Self {
-            trace_id,
-            first_len,
-            attributes,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::map::attrs::kv_str;
     use crate::mlflow::MlflowClient;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::KeyValue;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
     use prost::Message;
-
-    fn ingest() -> Ingest {
-        ingest_with(&Config::default())
-    }
 
     fn ingest_with(cfg: &Config) -> Ingest {
         let client = MlflowClient::new(&cfg.mlflow).expect("client");
@@ -625,118 +483,6 @@ mod tests {
             }],
             ..Default::default()
         }
-    }
-
-    /// Children are recorded a run of one trace at a time; what the root then gets must be
-    /// what recording them span by span (each followed by its resource) gave.
-    #[test]
-    fn interleaved_children_give_their_roots_the_span_by_span_facts() {
-        let request = ExportTraceServiceRequest {
-            resource_spans: vec![
-                // Children of traces 1 and 2, interleaved, under a resource that names a user.
-                resource_spans(
-                    vec![kv_str("user.id", "resource-user")],
-                    vec![
-                        span(1, 11, false, vec![]),
-                        // Span by span, the resource spoke for trace 1 right after span 11:
-                        // its user wins over this child's; the session was still open.
-                        span(
-                            1,
-                            12,
-                            false,
-                            vec![
-                                kv_str("user.id", "child-user"),
-                                kv_str("session.id", "session-1"),
-                            ],
-                        ),
-                        span(2, 21, false, vec![kv_str("session.id", "session-2")]),
-                        span(1, 13, false, vec![kv_str("session.id", "too-late")]),
-                    ],
-                ),
-                // The roots, under a resource that says nothing.
-                resource_spans(
-                    vec![],
-                    vec![span(1, 1, true, vec![]), span(2, 2, true, vec![])],
-                ),
-            ],
-        };
-        let body = Bytes::from(request.encode_to_vec());
-        let mut views = otlp::parse_request(&body, 100)
-            .expect("valid request")
-            .resource_spans;
-        let jobs = ingest().map_group(&mut views, &ExperimentRef::Id("1".into()));
-        let facts = |trace: u8| {
-            let job = jobs
-                .iter()
-                .find(|j| j.trace_id == [trace; 16])
-                .expect("a job per root");
-            (
-                job.facts.user().map(str::to_owned),
-                job.facts.session().map(str::to_owned),
-            )
-        };
-        assert_eq!(
-            facts(1),
-            (Some("resource-user".into()), Some("session-1".into()))
-        );
-        assert_eq!(
-            facts(2),
-            (Some("resource-user".into()), Some("session-2".into()))
-        );
-    }
-
-    /// A root takes what children said in earlier requests (through the trace table) and in
-    /// its own; the earlier ones come first.
-    #[test]
-    fn roots_take_facts_from_children_in_earlier_requests_and_their_own() {
-        let ingest = ingest();
-        let map = |rs: Vec<ResourceSpans>| {
-            let request = ExportTraceServiceRequest { resource_spans: rs };
-            let body = Bytes::from(request.encode_to_vec());
-            let mut views = otlp::parse_request(&body, 100)
-                .expect("valid request")
-                .resource_spans;
-            ingest.map_group(&mut views, &ExperimentRef::Id("1".into()))
-        };
-        let earlier = map(vec![resource_spans(
-            vec![],
-            vec![span(3, 31, false, vec![kv_str("session.id", "earlier")])],
-        )]);
-        assert!(earlier.is_empty());
-        assert_eq!(ingest.tracker.awaiting(), 1);
-        let jobs = map(vec![resource_spans(
-            vec![kv_str("user.id", "resource-user")],
-            vec![
-                span(
-                    3,
-                    32,
-                    false,
-                    vec![
-                        kv_str("session.id", "nearby"),
-                        kv_str("mlflow.traceTag.team", "search"),
-                    ],
-                ),
-                span(4, 42, false, vec![kv_str("session.id", "session-4")]),
-                span(3, 3, true, vec![]),
-                span(4, 4, true, vec![]),
-            ],
-        )]);
-        assert_eq!(ingest.tracker.awaiting(), 0, "both roots completed");
-        let facts = |trace: u8| {
-            &jobs
-                .iter()
-                .find(|j| j.trace_id == [trace; 16])
-                .expect("job")
-                .facts
-        };
-        assert_eq!(facts(3).session(), Some("earlier"));
-        assert_eq!(facts(3).user(), Some("resource-user"));
-        assert_eq!(
-            facts(3).tags.get("team").map(String::as_str),
-            Some("search")
-        );
-        assert_eq!(facts(4).session(), Some("session-4"));
-        assert_eq!(facts(4).user(), Some("resource-user"));
     }
 
     /// With one turn, a request waits while another holds it (nothing reaches the queue), and

@@ -9,4 +9,3 @@ pub mod ingest;
 pub mod replay;
 pub mod request_ids;
 pub mod screen;
-pub mod traces;

@@ -1,0 +1,173 @@
+//! Mapping one request's spans onto MLflow's trace model: fit values to MLflow's limits, keep
+//! what non-root spans say until their root comes (`traces`), and for each root derive the
+//! trace's facts (`rules`), put them on the root span and make its TraceInfo job.
+
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+
+use super::rules::MappingTable;
+use super::spans;
+use super::trace_info::{TraceInfoJob, TraceState};
+use super::traces::TraceTracker;
+use crate::otlp::ResourceSpansView;
+
+/// A resource's attributes; none when the resource is absent.
+pub fn resource_attrs(resource: Option<&Resource>) -> &[KeyValue] {
+    resource.map(|r| &r.attributes[..]).unwrap_or(&[])
+}
+
+/// The mapping table and the trace table one request is mapped with.
+pub struct RequestMapper<'a> {
+    pub mapping: &'a MappingTable,
+    pub tracker: &'a TraceTracker,
+}
+
+impl RequestMapper<'_> {
+    /// Fits spans to MLflow's limits, records facts of non-root spans, and for each root
+    /// derives the trace's facts, puts them on the root and returns its TraceInfo job. Only
+    /// roots and spans that need fitting are decoded; the rest are forwarded as received.
+    pub fn map(&self, resource_spans: &mut [ResourceSpansView]) -> Vec<TraceInfoJob> {
+        let wanted = |key: &[u8]| self.mapping.is_interesting(key) || spans::may_need_fit(key);
+        let mut forgotten = 0;
+        for rs in resource_spans.iter_mut() {
+            let resource = resource_attrs(rs.resource.as_ref());
+            let mut run: Option<ChildRun> = None;
+            for ss in rs.scope_spans.iter_mut() {
+                for span in ss.spans.iter_mut() {
+                    if spans::is_root_parent(span.parent_span_id()) {
+                        continue;
+                    }
+                    let attributes = span.attributes_where(&ss.attributes, wanted);
+                    if spans::needs_fit(&attributes)
+                        && let Ok(mut decoded) = span.decode()
+                    {
+                        spans::fit(&mut decoded);
+                        span.replace(&decoded);
+                    }
+                    let Ok(trace_id) = <[u8; 16]>::try_from(span.trace_id()) else {
+                        continue;
+                    };
+                    match &mut run {
+                        Some(r) if r.trace_id == trace_id => r.attributes.extend(attributes),
+                        _ => {
+                            let next = ChildRun::new(trace_id, attributes);
+                            if let Some(done) = run.replace(next) {
+                                forgotten += self.record_children(done, resource);
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(done) = run {
+                forgotten += self.record_children(done, resource);
+            }
+        }
+        let mut jobs = Vec::new();
+        for rs in resource_spans.iter_mut() {
+            let resource = rs.resource.as_ref();
+            for ss in rs.scope_spans.iter_mut() {
+                for view in ss.spans.iter_mut() {
+                    if !spans::is_root_parent(view.parent_span_id()) {
+                        continue;
+                    }
+                    let (Ok(trace_id), Ok(root_span_id)) = (
+                        <[u8; 16]>::try_from(view.trace_id()),
+                        <[u8; 8]>::try_from(view.span_id()),
+                    ) else {
+                        continue;
+                    };
+                    // Only the attributes the mapping reads are decoded; the root is decoded
+                    // whole only when a session id must be fitted (rare).
+                    let attributes = view.attributes_where(&ss.attributes, wanted);
+                    let mut fitted = None;
+                    if spans::needs_fit(&attributes) {
+                        let Ok(mut span) = view.decode() else {
+                            continue;
+                        };
+                        spans::fit(&mut span);
+                        fitted = Some(span);
+                    }
+                    let others = self.tracker.complete(trace_id);
+                    let root_attributes =
+                        fitted.as_ref().map_or(&attributes[..], |s| &s.attributes);
+                    let facts =
+                        self.mapping
+                            .evaluate(root_attributes, resource_attrs(resource), &others);
+                    match fitted {
+                        Some(mut span) => {
+                            spans::enrich_root(&mut span, &facts);
+                            view.replace(&span);
+                        }
+                        None => view
+                            .set_string_attributes(&ss.attributes, &spans::root_attributes(&facts)),
+                    }
+                    let state = if view.status_code == StatusCode::Error as i32 {
+                        TraceState::Error
+                    } else {
+                        TraceState::Ok
+                    };
+                    jobs.push(TraceInfoJob {
+                        trace_id,
+                        root_span_id,
+                        root_name: view.name().to_string(),
+                        start_unix_nano: view.start_time_unix_nano,
+                        end_unix_nano: view.end_time_unix_nano,
+                        state,
+                        facts,
+                    });
+                }
+            }
+        }
+        if forgotten > 0 {
+            metrics::counter!("gateway_traces_without_root_total").increment(forgotten as u64);
+        }
+        jobs
+    }
+
+    /// Records what a run of a trace's non-root spans says, in one visit to the trace table.
+    /// Returns the traces forgotten to make room. The order (first span, its resource, the
+    /// other spans) gives the same result as recording span by span, each followed by the
+    /// resource: first writer wins, so the resource adds nothing after its first turn.
+    fn record_children(&self, run: ChildRun, resource: &[KeyValue]) -> usize {
+        let (first, rest) = run.attributes.split_at(run.first_len);
+        self.tracker
+            .record(run.trace_id, |c| {
+                self.mapping.collect(first, c);
+                self.mapping.collect(resource, c);
+                self.mapping.collect(rest, c);
+            })
+            .without_root
+    }
+}
+
+/// Non-root spans in a typical run (GenAI traces: a handful to a dozen spans).
+const TYPICAL_RUN_SPANS: usize = 8;
+
+/// Consecutive non-root spans of one trace under one resource (SDKs export a trace's spans
+/// together), so the trace table is locked and searched once per run, not once per span: at
+/// 10-span traces that was 3.5 % of the gateway's CPU (BENCHMARKS.md, scenario 1 profile).
+struct ChildRun {
+    trace_id: [u8; 16],
+    /// The mapped attributes of the run's spans, in order.
+    attributes: Vec<KeyValue>,
+    /// Where the first span's attributes end.
+    first_len: usize,
+}
+
+impl ChildRun {
+    fn new(trace_id: [u8; 16], mut attributes: Vec<KeyValue>) -> Self {
+        let first_len = attributes.len();
+        // Room for the run's other spans, which carry about as many: growing the list span by
+        // span was ~2 % of the gateway's CPU at its ceiling.
+        attributes.reserve(first_len * TYPICAL_RUN_SPANS);
+        Self {
+            trace_id,
+            first_len,
+            attributes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
