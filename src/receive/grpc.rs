@@ -25,15 +25,13 @@ use tonic::server::NamedService;
 use super::budget::{self, Charge};
 use super::decode::{self, DecodeError, DecodeLimits, Encoding, Format};
 use super::errors::{grpc_status, partial_success};
-use crate::otlp::ParsedRequest;
-use crate::pipeline::ingest::{Ingest, RequestContext};
+use super::intake::{self, Admitted, Refused};
+use crate::pipeline::ingest::Ingest;
 use crate::vocab::{EXPERIMENT_HEADER, Transport};
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 /// A gRPC message's prefix: the compressed flag and the length.
 const PREFIX: usize = 5;
-/// Messages above this size are decompressed and decoded on the blocking pool.
-const BLOCKING_THRESHOLD: usize = 64 * 1024;
 /// Encodings the gateway reads, for `grpc-accept-encoding`.
 const ACCEPTED_ENCODINGS: &str = "gzip,zstd,deflate,identity";
 
@@ -70,10 +68,7 @@ impl GrpcReceiver {
     }
 
     async fn handle(&self, req: http::Request<Body>) -> Result<ExportTraceServiceResponse, Status> {
-        let _slot = self
-            .ingest
-            .admit(Transport::Grpc)
-            .map_err(|e| grpc_status(&e))?;
+        let admitted = intake::admit(&self.ingest, Transport::Grpc).map_err(|e| grpc_status(&e))?;
         let (parts, body) = req.into_parts();
         let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
         let encoding = match header("grpc-encoding").unwrap_or("identity") {
@@ -87,42 +82,22 @@ impl GrpcReceiver {
                 )));
             }
         };
-        let ctx = RequestContext {
-            transport: Transport::Grpc,
-            experiment_header: header(EXPERIMENT_HEADER).map(str::to_string),
-        };
-        let message = self.read_message(body, encoding).await?;
-        let turn = self.ingest.ingest_turn().await;
+        let experiment_header = header(EXPERIMENT_HEADER).map(str::to_string);
+        let message = self.read_message(body, encoding, &admitted).await?;
         let limits = self.limits.clone();
-        let large = message.len() >= BLOCKING_THRESHOLD;
-        let work = move || -> Result<ParsedRequest, DecodeError> {
-            let _turn = turn;
-            match message {
+        let accepted = admitted
+            .take_in(experiment_header, message.len(), move || match message {
                 CallMessage::Plain(bytes) => decode::decode(Format::Protobuf, bytes, &limits),
                 CallMessage::Compressed(bytes) => {
                     decode::decode_body(Format::Protobuf, encoding, bytes, &limits)
                 }
-            }
-        };
-        let decoded = if large {
-            tokio::task::spawn_blocking(work)
-                .await
-                .map_err(|e| Status::internal(format!("decode task failed: {e}")))?
-        } else {
-            work()
-        };
-        let request = decoded.map_err(|e| {
-            tracing::debug!(error = %e, "undecodable OTLP/gRPC request");
-            if e == DecodeError::Busy {
-                self.ingest.count_busy(Transport::Grpc);
-            }
-            decode_status(e, self.limits.retry_after)
-        })?;
-        let accepted = self
-            .ingest
-            .accept(request, ctx)
+            })
             .await
-            .map_err(|e| grpc_status(&e))?;
+            .map_err(|refused| match refused {
+                Refused::Decode(e) => decode_status(e, self.limits.retry_after),
+                Refused::Ingest(e) => grpc_status(&e),
+                Refused::Internal(e) => Status::internal(e),
+            })?;
         Ok(ExportTraceServiceResponse {
             partial_success: partial_success(accepted),
         })
@@ -135,6 +110,7 @@ impl GrpcReceiver {
         &self,
         mut body: Body,
         encoding: Encoding,
+        admitted: &Admitted,
     ) -> Result<CallMessage, Status> {
         let mut buf = BytesMut::new();
         let mut expected: Option<(usize, bool, Option<Charge>)> = None;
@@ -145,7 +121,7 @@ impl GrpcReceiver {
             };
             buf.extend_from_slice(&data);
             if expected.is_none() && buf.len() >= PREFIX {
-                expected = Some(self.check_prefix(&buf, encoding)?);
+                expected = Some(self.check_prefix(&buf, encoding, admitted)?);
                 if let Some((len, ..)) = expected {
                     buf.reserve((PREFIX + len).saturating_sub(buf.len()));
                 }
@@ -177,6 +153,7 @@ impl GrpcReceiver {
         &self,
         prefix: &[u8],
         encoding: Encoding,
+        admitted: &Admitted,
     ) -> Result<(usize, bool, Option<Charge>), Status> {
         let compressed = match prefix[0] {
             0 => false,
@@ -207,7 +184,7 @@ impl GrpcReceiver {
         match self.limits.budget.charge(len) {
             Some(charge) => Ok((len, false, Some(charge))),
             None => {
-                self.ingest.count_busy(Transport::Grpc);
+                admitted.count_busy();
                 Err(decode_status(DecodeError::Busy, self.limits.retry_after))
             }
         }

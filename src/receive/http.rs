@@ -14,12 +14,9 @@ use prost::Message;
 
 use super::decode::{self, DecodeError, DecodeLimits, Format};
 use super::errors::{RpcStatus, http_status, partial_success, rpc_code_for_http};
-use crate::otlp::ParsedRequest;
-use crate::pipeline::ingest::{Accepted, Ingest, RequestContext};
+use super::intake::{self, Refused};
+use crate::pipeline::ingest::{Accepted, Ingest};
 use crate::vocab::{EXPERIMENT_HEADER, Transport};
-
-/// Bodies above this size are decompressed and decoded on the blocking pool, off the runtime.
-const BLOCKING_THRESHOLD: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct HttpReceiver {
@@ -113,8 +110,8 @@ async fn export(State(rx): State<HttpReceiver>, headers: HeaderMap, body: Body) 
         Format::Protobuf => Transport::HttpProtobuf,
         Format::Json => Transport::HttpJson,
     };
-    let _slot = match rx.ingest.admit(transport) {
-        Ok(slot) => slot,
+    let admitted = match intake::admit(&rx.ingest, transport) {
+        Ok(admitted) => admitted,
         Err(e) => return error_response(http_status(&e), format, e.to_string(), e.retry_after()),
     };
     let encoding = match decode::parse_encoding(header_str(header::CONTENT_ENCODING)) {
@@ -135,48 +132,30 @@ async fn export(State(rx): State<HttpReceiver>, headers: HeaderMap, body: Body) 
         Ok(b) => b,
         Err(_) => return decode_error_response(too_large, format, retry_after),
     };
-    let wire_len = bytes.len();
-    let turn = rx.ingest.ingest_turn().await;
     let limits = rx.limits.clone();
-    let work = move || -> Result<ParsedRequest, DecodeError> {
-        let _turn = turn;
-        decode::decode_body(format, encoding, bytes, &limits)
-    };
-    let decoded = if wire_len >= BLOCKING_THRESHOLD {
-        match tokio::task::spawn_blocking(work).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "decode task failed");
-                return error_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format,
-                    "internal error while decoding".into(),
-                    None,
-                );
-            }
-        }
-    } else {
-        work()
-    };
-    let request = match decoded {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::debug!(error = %e, "undecodable OTLP/HTTP request");
-            if e == DecodeError::Busy {
-                rx.ingest.count_busy(transport);
-            }
-            return decode_error_response(e, format, retry_after);
-        }
-    };
-    let ctx = RequestContext {
-        transport,
-        experiment_header: headers
-            .get(EXPERIMENT_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
-    };
-    match rx.ingest.accept(request, ctx).await {
+    let experiment_header = headers
+        .get(EXPERIMENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let taken = admitted
+        .take_in(experiment_header, bytes.len(), move || {
+            decode::decode_body(format, encoding, bytes, &limits)
+        })
+        .await;
+    match taken {
         Ok(accepted) => success_response(format, accepted),
-        Err(e) => error_response(http_status(&e), format, e.to_string(), e.retry_after()),
+        Err(Refused::Decode(e)) => decode_error_response(e, format, retry_after),
+        Err(Refused::Ingest(e)) => {
+            error_response(http_status(&e), format, e.to_string(), e.retry_after())
+        }
+        Err(Refused::Internal(e)) => {
+            tracing::error!(error = %e, "internal error while decoding");
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format,
+                "internal error while decoding".into(),
+                None,
+            )
+        }
     }
 }

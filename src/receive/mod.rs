@@ -6,3 +6,4 @@ pub mod decode;
 pub mod errors;
 pub mod grpc;
 pub mod http;
+pub mod intake;
