@@ -12,6 +12,7 @@ use super::auth::{Authenticator, RateLimiter};
 use super::model::{AssessmentRequest, TargetRef};
 use super::store::{FeedbackStore, Record, Status, StoreError};
 use crate::config::FeedbackConfig;
+use crate::mlflow::assessments::AssessmentOutcome;
 use crate::mlflow::{MlflowClient, MlflowError};
 use crate::pipeline::request_ids::{IndexedTrace, RequestIdIndex};
 use crate::vocab::ExperimentRef;
@@ -193,21 +194,15 @@ impl FeedbackService {
                 Err(e) => return Attempt::NotYet(format!("cannot search MLflow: {e}")),
             },
         };
-        let path = format!("api/3.0/mlflow/traces/{trace_id}/assessments");
         let body = record.request.mlflow_body(&record.feedback_id, &trace_id);
-        match self.client.post_json(&path, &body).await {
-            Ok(_) => Attempt::Logged(trace_id),
-            // The trace row does not exist yet: its spans have not landed.
-            Err(e) if e.status() == Some(404) => {
+        match self
+            .client
+            .log_assessment(&trace_id, &record.feedback_id, &body)
+            .await
+        {
+            Ok(AssessmentOutcome::Logged) => Attempt::Logged(trace_id),
+            Ok(AssessmentOutcome::NoTrace) => {
                 Attempt::NotYet(format!("trace {trace_id} is not in MLflow yet"))
-            }
-            // A duplicate assessment id: an earlier attempt got through. Confirm it.
-            Err(e) if e.status() == Some(500) && e.to_string().contains("constraint") => {
-                let get = format!("{path}/{}", record.feedback_id);
-                match self.client.get_json(&get, &[]).await {
-                    Ok(_) => Attempt::Logged(trace_id),
-                    Err(e) => Attempt::NotYet(format!("cannot confirm earlier attempt: {e}")),
-                }
             }
             Err(e) if e.is_retryable() => Attempt::NotYet(e.to_string()),
             Err(e) => Attempt::Rejected(e.to_string()),
@@ -219,49 +214,22 @@ impl FeedbackService {
         if let Some(t) = self.index.get(crid) {
             return Ok(Some(t.trace_id));
         }
-        let quote = if !crid.contains('\'') {
-            '\''
-        } else if !crid.contains('"') {
-            '"'
-        } else {
-            return Ok(None);
-        };
         let experiments = self.search_experiments().await?;
-        if experiments.is_empty() {
-            return Ok(None);
-        }
-        let locations: Vec<Value> = experiments
-            .iter()
-            .map(|id| json!({"type": "MLFLOW_EXPERIMENT", "mlflow_experiment": {"experiment_id": id}}))
-            .collect();
-        let reply = self
+        let Some(found) = self
             .client
-            .post_json(
-                "api/3.0/mlflow/traces/search",
-                &json!({
-                    "locations": locations,
-                    "filter": format!("attributes.client_request_id = {quote}{crid}{quote}"),
-                    "max_results": 1,
-                    "order_by": ["timestamp_ms DESC"],
-                }),
-            )
-            .await?;
-        let found = reply["traces"][0].clone();
-        let Some(trace_id) = found["trace_id"].as_str() else {
+            .find_trace_by_client_request_id(&experiments, crid)
+            .await?
+        else {
             return Ok(None);
         };
-        let experiment = found["trace_location"]["mlflow_experiment"]["experiment_id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
         self.index.insert(
             crid.to_string(),
             IndexedTrace {
-                trace_id: trace_id.to_string(),
-                experiment: ExperimentRef::Id(experiment),
+                trace_id: found.trace_id.clone(),
+                experiment: ExperimentRef::Id(found.experiment_id),
             },
         );
-        Ok(Some(trace_id.to_string()))
+        Ok(Some(found.trace_id))
     }
 
     /// Active experiments to search: the most recently updated ones, plus those this
@@ -273,25 +241,10 @@ impl FeedbackService {
         {
             return Ok(ids.clone());
         }
-        let reply = self
+        let mut ids = self
             .client
-            .post_json(
-                "api/2.0/mlflow/experiments/search",
-                &json!({
-                    "max_results": MAX_SEARCH_EXPERIMENTS,
-                    "order_by": ["last_update_time DESC"],
-                    "view_type": "ACTIVE_ONLY",
-                }),
-            )
+            .recent_experiments(MAX_SEARCH_EXPERIMENTS)
             .await?;
-        let mut ids: Vec<String> = reply["experiments"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|e| e["experiment_id"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
         for known in &self.known_experiments {
             if let ExperimentRef::Id(id) = known
                 && !ids.contains(id)

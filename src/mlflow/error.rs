@@ -47,6 +47,12 @@ pub enum MlflowError {
 }
 
 impl MlflowError {
+    /// MLflow's answer to a second create with an id it already holds (an assessment): a 500
+    /// naming the database's unique constraint.
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self, MlflowError::Status { status: 500, message, .. } if message.contains("constraint"))
+    }
+
     pub fn class(&self) -> ErrorClass {
         match self {
             MlflowError::Connect(_) | MlflowError::Timeout | MlflowError::Stalled => {

@@ -1,5 +1,6 @@
 //! Everything that talks to the MLflow tracking server.
 
+pub mod assessments;
 pub mod client;
 pub mod error;
 pub mod experiments;
