@@ -131,3 +131,33 @@ fn healthcheck_fails_when_no_gateway_answers() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unhealthy"));
 }
+
+/// A log that is not a terminal (a file, a container runtime's pipe) is plain text: no colour
+/// escape codes around the level and the fields.
+#[test]
+fn text_logs_to_a_file_carry_no_colour_codes() {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = gateway()
+        .args(["--otlp-grpc-addr", "127.0.0.1:0"])
+        .args(["--otlp-http-addr", "127.0.0.1:0"])
+        .args(["--api-addr", "127.0.0.1:0"])
+        .args(["--log-format", "text", "--log-level", "info"])
+        // Nothing listens there; the gateway starts anyway and logs that it did.
+        .env("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+        .env_remove("RUST_LOG")
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let text = loop {
+        let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+        if text.contains("gateway started") || started.elapsed().as_secs() > 20 {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(text.contains("gateway started"), "{text}");
+    assert!(!text.contains('\u{1b}'), "colour codes in a log file: {text:?}");
+}
