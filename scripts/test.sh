@@ -10,7 +10,7 @@ scripts/setup-mlflow.sh
 echo "==> cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "==> cargo clippy" >&2
-cargo clippy --all-targets --quiet -- -D warnings
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "==> cargo test" >&2
 cargo test --all-targets -- --test-threads 4
 echo "==> polyglot conformance (Python and Node.js OpenTelemetry SDKs)" >&2

@@ -159,5 +159,8 @@ fn text_logs_to_a_file_carry_no_colour_codes() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(text.contains("gateway started"), "{text}");
-    assert!(!text.contains('\u{1b}'), "colour codes in a log file: {text:?}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in a log file: {text:?}"
+    );
 }

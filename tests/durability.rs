@@ -224,7 +224,7 @@ async fn a_gateway_killed_with_sigkill_under_load_delivers_every_acknowledged_sp
     let mlflow = Mlflow::new(shared_mlflow());
     let exp = mlflow.create_experiment("sigkill").await;
     let data = tempfile::tempdir().unwrap();
-    let mut gw = GatewayProcess::start(&mlflow.url, &exp, Some(data.path()), &[]);
+    let mut gw = gateway_process(&mlflow.url, &exp, Some(data.path()), &[]);
     let acked: Acked = Default::default();
     let stop = tokio_util::sync::CancellationToken::new();
     let u = unique();
@@ -249,7 +249,7 @@ async fn a_gateway_killed_with_sigkill_under_load_delivers_every_acknowledged_sp
     let acked = acked.lock().unwrap().clone();
     println!("acknowledged {} traces before SIGKILL", acked.len());
     assert!(acked.len() > 50);
-    let _gw = GatewayProcess::start(&mlflow.url, &exp, Some(data.path()), &[]);
+    let _gw = gateway_process(&mlflow.url, &exp, Some(data.path()), &[]);
     assert_all_delivered(&mlflow, &acked, 5, Duration::from_secs(180)).await;
 }
 
@@ -271,7 +271,7 @@ async fn overload_with_mlflow_stalled_refuses_retryably_within_the_memory_budget
         ),
     )
     .unwrap();
-    let gw = GatewayProcess::start(
+    let gw = gateway_process(
         &mlflow.url,
         &exp,
         None,

@@ -1,80 +1,18 @@
-//! The processes a benchmark runs against: the gateway binary, rotel, MLflow (SQLite or
-//! PostgreSQL) and a private PostgreSQL cluster. CPU time and peak RSS come from /proc.
+//! The processes a benchmark runs against: the gateway binary, rotel, and MLflow (SQLite or
+//! PostgreSQL, from the shared fixtures) warmed up before anything is measured.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use fixtures::mlflow_server::{Launch, MlflowServer};
+use fixtures::net::{wait_for_port, wait_http_ok};
+pub use fixtures::postgres::Postgres;
+pub use fixtures::procfs::{cpu_seconds, peak_rss_mib};
+pub use fixtures::{free_port, repo_root};
 
 use crate::load::Protocol;
-
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
-}
-
-/// A process's group id and CPU seconds (user + system) so far, from one read of its stat file.
-fn proc_stat(pid: u32) -> Option<(u32, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name: pgrp is field 5, utime and stime 14 and 15.
-    let after = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let pgrp = f.get(2)?.parse().ok()?;
-    Some((pgrp, (ticks(11) + ticks(12)) / clock_ticks()))
-}
-
-/// CPU seconds (user + system) of a process so far.
-pub fn cpu_seconds(pid: u32) -> f64 {
-    proc_stat(pid).map_or(f64::NAN, |(_, cpu)| cpu)
-}
-
-/// CPU seconds of every process in a process group (MLflow's launcher, server and workers).
-pub fn group_cpu_seconds(pgid: u32) -> f64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return f64::NAN;
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(proc_stat)
-        .filter(|&(pgrp, _)| pgrp == pgid)
-        .map(|(_, cpu)| cpu)
-        .sum()
-}
-
-/// Clock ticks per second for /proc times, asked of `getconf` once (it is sampled per process).
-fn clock_ticks() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100.0)
-    })
-}
-
-/// Peak resident set size (VmHWM) of a process, in MiB.
-pub fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
 
 /// A working directory for one process; `BENCH_KEEP=1` keeps it (logs) after the run.
 fn tempdir(prefix: &str) -> std::io::Result<tempfile::TempDir> {
@@ -82,34 +20,6 @@ fn tempdir(prefix: &str) -> std::io::Result<tempfile::TempDir> {
         .prefix(prefix)
         .disable_cleanup(std::env::var_os("BENCH_KEEP").is_some())
         .tempdir()
-}
-
-async fn wait_for_port(port: u16, limit: Duration) -> anyhow::Result<()> {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("nothing listens on port {port} after {limit:?}")
-}
-
-async fn wait_http_ok(url: &str, limit: Duration) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let client = reqwest::Client::new();
-    while started.elapsed() < limit {
-        if let Ok(r) = client.get(url).send().await
-            && r.status().is_success()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("{url} not ready after {limit:?}")
 }
 
 /// A collector under test: the gateway or rotel, killed on drop.
@@ -325,8 +235,7 @@ pub fn start_trace_post(
 pub struct Mlflow {
     pub url: String,
     pub backend_uri: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
+    server: MlflowServer,
     _dir: tempfile::TempDir,
 }
 
@@ -336,29 +245,28 @@ impl Mlflow {
         let dir = tempdir("bench-mlflow-")?;
         let backend_uri =
             backend_uri.unwrap_or_else(|| format!("sqlite:///{}/mlflow.db", dir.path().display()));
-        let port = free_port();
-        let mut child = Command::new(repo_root().join(".venv/bin/python"))
-            .arg(repo_root().join("tests/support/mlflow_server.py"))
-            .arg(repo_root().join(".venv/bin/mlflow"))
-            .arg(port.to_string())
-            .arg(dir.path())
-            .arg(&backend_uri)
-            .arg(MLFLOW_WORKERS.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("mlflow.log"))?)
-            .spawn()
-            .context("start MLflow (run scripts/setup-mlflow.sh first)")?;
-        let stdin = child.stdin.take();
-        let url = format!("http://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("mlflow.log"))?;
+        let (state, backend) = (dir.path().to_path_buf(), backend_uri.clone());
+        // The launcher waits for /health on a thread: it blocks.
+        let server = tokio::task::spawn_blocking(move || {
+            MlflowServer::launch(Launch {
+                port: free_port(),
+                state_dir: &state,
+                backend_uri: Some(&backend),
+                workers: MLFLOW_WORKERS,
+                remove_state: false,
+                log: Some(log),
+                ready_within: Duration::from_secs(180),
+            })
+        })
+        .await
+        .context("start MLflow (run scripts/setup-mlflow.sh first)")?;
         let mlflow = Self {
-            url,
+            url: server.url.clone(),
             backend_uri,
-            child,
-            stdin,
+            server,
             _dir: dir,
         };
-        wait_http_ok(&format!("{}/health", mlflow.url), Duration::from_secs(180)).await?;
         mlflow.warm_up().await?;
         Ok(mlflow)
     }
@@ -439,7 +347,7 @@ impl Mlflow {
 
     /// CPU seconds used so far by the server and its workers.
     pub fn cpu_seconds(&self) -> f64 {
-        group_cpu_seconds(self.child.id())
+        fixtures::procfs::group_cpu_seconds(self.server.pgid())
     }
 
     pub async fn create_experiment(&self, name: &str) -> anyhow::Result<String> {
@@ -460,116 +368,3 @@ impl Mlflow {
 
 /// MLflow's own default (`mlflow server` starts 4 uvicorn workers).
 const MLFLOW_WORKERS: usize = 4;
-
-impl Drop for Mlflow {
-    fn drop(&mut self) {
-        self.stdin.take();
-        let _ = self.child.wait();
-    }
-}
-
-/// A private PostgreSQL cluster (Debian's package) in a temporary directory.
-pub struct Postgres {
-    pub uri: String,
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Postgres {
-    pub fn start() -> anyhow::Result<Self> {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .context("PostgreSQL is not installed; run scripts/bench-setup.sh")?
-            .flatten()
-            .map(|d| d.path().join("bin"))
-            .find(|b| b.join("initdb").exists())
-            .context("no initdb under /usr/lib/postgresql")?;
-        let dir = tempdir("bench-pg-")?;
-        let data = dir.path().join("data");
-        let as_root = is_root();
-        if as_root {
-            // initdb refuses to run as root; the cluster belongs to the postgres user.
-            run(Command::new("chown")
-                .args(["postgres:postgres"])
-                .arg(dir.path()))?;
-        }
-        let port = free_port();
-        run(pg_command(&bin, "initdb", as_root)
-            .args(["-A", "trust", "-U", "postgres", "-D"])
-            .arg(&data))?;
-        run(pg_command(&bin, "pg_ctl", as_root)
-            .arg("-D")
-            .arg(&data)
-            .arg("-o")
-            .arg(format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1",
-                dir.path().display()
-            ))
-            .arg("-l")
-            .arg(dir.path().join("postgres.log"))
-            .args(["-w", "start"]))?;
-        run(pg_command(&bin, "psql", as_root).args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-q",
-            "-c",
-            "CREATE DATABASE mlflow",
-        ]))?;
-        Ok(Self {
-            uri: format!("postgresql+psycopg://postgres@127.0.0.1:{port}/mlflow"),
-            bin,
-            dir,
-        })
-    }
-
-    pub fn version(&self) -> String {
-        Command::new(self.bin.join("postgres"))
-            .arg("--version")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let _ = pg_command(&self.bin, "pg_ctl", is_root())
-            .arg("-D")
-            .arg(self.dir.path().join("data"))
-            .args(["-m", "immediate", "stop"])
-            .stdout(Stdio::null())
-            .status();
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-}
-
-fn pg_command(bin: &Path, tool: &str, as_root: bool) -> Command {
-    if as_root {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(bin.join(tool));
-        c
-    } else {
-        Command::new(bin.join(tool))
-    }
-}
-
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let out = cmd.output()?;
-    if !out.status.success() {
-        bail!(
-            "{:?} failed: {}",
-            cmd.get_program(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
