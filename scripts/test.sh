@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine with Rust and Python 3: installs the pinned MLflow
 # into .venv, checks formatting and lints, then runs unit and end-to-end tests. The end-to-end
-# tests start their own MLflow servers (SQLite, loopback) through tests/support. The benchmark
-# binary runs its sent == delivered smoke check under `cargo test`; the manifests in deploy/ are
-# rendered and validated last.
+# tests start their own MLflow servers (SQLite, loopback) through the shared fixtures
+# (fixtures/). The benchmark binary runs its sent == delivered smoke check under `cargo test`;
+# the manifests in deploy/ are rendered and validated last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-mlflow.sh

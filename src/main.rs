@@ -9,7 +9,7 @@ use mlflow_otlp_gateway::Gateway;
 use mlflow_otlp_gateway::config::{Config, LogFormat};
 
 /// mimalloc (the default feature): mapping and batching allocate per trace, and glibc's malloc
-/// and free were ~23 % of the gateway's CPU at its ceiling (BENCHMARKS.md, "Allocator").
+/// and free were a fifth of the gateway's CPU at its ceiling (BENCHMARKS.md, "Decisions").
 /// `--no-default-features` builds with the system allocator.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -21,8 +21,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 
 /// Arenas committed as they are used, not up front: with mimalloc's Linux default (eager, since
-/// Linux overcommits) the gateway's RSS at 10k spans/s was 56 MiB; committed on demand, 28 MiB,
-/// as with glibc. It must be set before the first allocation reserves the first arena, which
+/// Linux overcommits) the gateway's RSS at 10k spans/s doubled; committed on demand it is
+/// glibc's. It must be set before the first allocation reserves the first arena, which
 /// happens before `main`; so it runs as an ELF initializer.
 #[cfg(all(feature = "mimalloc", target_os = "linux"))]
 #[used]

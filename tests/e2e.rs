@@ -1,5 +1,5 @@
 //! End-to-end: OTLP in through the gateway, checked through a real MLflow 3.17.2 server's own
-//! REST API (SQLite, loopback), started by the harness in `tests/support`.
+//! REST API (SQLite, loopback), started by the shared fixtures (`fixtures/`).
 
 mod support;
 

@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Sta
 use prost::Message;
 
 /// Spans per trace: an HTTP root and nine children (retrievals, LLM calls, tool calls), one agent
-/// turn; the same shape as the MLflow throughput probes in shared/reference.
+/// turn; the same shape as the MLflow probes in benches/probes.
 pub const SPANS_PER_TRACE: usize = 10;
 /// Marks a template trace id; the last two bytes hold the trace's index in the request.
 const TRACE_MARK: &[u8; 14] = b"\xfe\xedTRACEIDMARKS";

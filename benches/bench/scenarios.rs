@@ -32,7 +32,7 @@ const SUSTAINED_GRACE: Duration = Duration::from_secs(3);
 /// Trials per search (each ~12 s), which bounds scenario 2's run time.
 const SUSTAINED_TRIALS: usize = 4;
 /// Client threads used to find MLflow's own StartTraceV3 ceiling: on SQLite, 8 gave more than
-/// 1, 2 or 4 in two series on this machine (39 / 32-38 and 45 / 35-38 per s).
+/// 1, 2 or 4, so the ceiling the gateway is held to is MLflow's best.
 const TRACE_INFO_CLIENTS: usize = 8;
 /// The gateway's TraceInfo writers in every scenario but scenario 2's ceiling search: what it
 /// ships with. Eight, as many as the ceiling's clients, made fewer complete traces on SQLite
@@ -43,11 +43,11 @@ pub(crate) const GATEWAY_TRACE_INFO_CONCURRENCY: usize =
 /// half of scenario 5's run time (52-54 s per reading on PostgreSQL, where the other three of
 /// MLflow's four workers sat idle).
 const INGEST_CLIENTS: usize = 4;
-/// Traces ready for the first ceiling reading, per second of its window: MLflow did 30-90/s
-/// over the rounds, and ran out of 80/s worth on a fast hour of the Intel host.
+/// Traces ready for the first ceiling reading, per second of its window: twice the most MLflow
+/// has done on two cores, so a fast hour does not run out.
 const FIRST_CEILING_TRACES_PER_SEC: f64 = 160.0;
 /// The second reading gets at least this multiple of the first's rate in traces (what the first
-/// left counts): it was 0.8-1.4 times the first over the rounds; running out stops the run.
+/// left counts): it has read 0.8-1.4 times the first; running out stops the run.
 const AFTER_OVER_BEFORE: f64 = 2.0;
 /// ...and never less than this many per second.
 const MIN_CEILING_TRACES_PER_SEC: f64 = 40.0;
@@ -783,10 +783,10 @@ async fn complete_traces(opts: &Options) -> anyhow::Result<String> {
             None
         };
         let mlflow = Mlflow::start(postgres.as_ref().map(|p| p.uri.clone())).await?;
-        // Kept-alive connections, as the gateway uses; the first round measured fresh ones the
-        // same within noise (BENCHMARKS.md, "Changes"). Measured before and after the gateway's
-        // run: the ceiling drifted 34-55/s between runs on this machine, so one reading taken
-        // minutes away from the gateway's window made the ratio swing with it.
+        // Kept-alive connections, as the gateway uses; fresh ones measured the same within
+        // noise. Measured before and after the gateway's run: the ceiling drifts between runs,
+        // so one reading taken minutes away from the gateway's window made the ratio swing
+        // with it.
         let window = opts.secs(CEILING_WINDOW_SECS);
         let mut traces = CeilingTraces::new(&mlflow).await?;
         traces

@@ -1,21 +1,20 @@
 """What MLflow's readers make of a trace whose TraceInfo landed before its spans, with and
 without the `mlflow.trace.spansLocation = TRACKING_STORE` tag in the StartTraceV3 body:
 `mlflow.search_traces` and GetTrace before the spans, and the stored trace after them.
-Uses the shared probe helpers (../shared/reference/mlflow-probe/common.py).
 
 Usage: MLFLOW_URL=http://127.0.0.1:5077 .venv/bin/python benches/probes/spans_location_tag.py
 Without the tag the client warns "Failed to download trace data" and GetTrace answers 500; with
-it search skips the trace and GetTrace answers 404 until the spans land (README, "Forward").
+it search skips the trace and GetTrace answers 404 until the spans land (docs/internals.md, "Delivery").
 """
 import datetime
 import os
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '../../../shared/reference/mlflow-probe'))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("MLFLOW_URL", "http://127.0.0.1:5077")
 import mlflow  # noqa: E402
-from common import (  # noqa: E402
+from mlflow_calls import (  # noqa: E402
     URL, get_trace_full, make_request, make_span, new_span_id, new_trace_id, post_otlp,
     start_trace_v3, unique_experiment,
 )

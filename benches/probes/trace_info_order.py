@@ -1,20 +1,19 @@
 """Complete traces/s on a real MLflow for the two orders the gateway can write in: spans first,
 then StartTraceV3 (`mlflow.trace_info_first = false`, the MLflow SDK's order) and StartTraceV3
 first with root-derived times, then spans (the default). Same traces, same concurrency, phases
-one after the other, rounds alternating; then checks that both orders stored the same fields.
-Uses the shared probe helpers (../shared/reference/mlflow-probe/common.py).
+one after the other, repeats alternating; then checks that both orders stored the same fields.
 
-Usage: MLFLOW_URL=http://127.0.0.1:5077 .venv/bin/python benches/probes/trace_info_order.py [traces] [rounds]
-Results (BENCHMARKS.md, fifth round): 33-40 vs 22-25 complete traces/s on SQLite.
+Usage: MLFLOW_URL=http://127.0.0.1:5077 .venv/bin/python benches/probes/trace_info_order.py [traces] [repeats]
+Results: BENCHMARKS.md, "Decisions" (TraceInfo first).
 """
 import os
 import json, sys, threading, time, datetime
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '../../../shared/reference/mlflow-probe'))
-from common import URL, make_request, make_span, new_span_id, new_trace_id, get_trace_full, post_otlp, unique_experiment
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mlflow_calls import URL, make_request, make_span, new_span_id, new_trace_id, get_trace_full, post_otlp, unique_experiment
 import requests
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 300
-ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 2
+REPEATS = int(sys.argv[2]) if len(sys.argv) > 2 else 2
 WRITERS = 4
 exp = unique_experiment("order")
 
@@ -68,7 +67,8 @@ def post_infos(traces):
             with lock:
                 i = idx[0]; idx[0] += 1
             if i >= len(traces): return
-            # A fresh connection per call: a kept one waits ~40 ms per reply (mlflow-rest.md 0.11).
+            # A fresh connection per call: on a kept-alive one each Flask reply waits ~40 ms for a
+            # delayed ACK between its header and body writes.
             r = requests.post(f"{URL}/api/3.0/mlflow/traces", json=traces[i][2])
             assert r.status_code == 200, r.text[:200]
     ts = [threading.Thread(target=worker) for _ in range(WRITERS)]
@@ -78,14 +78,14 @@ def timed(f, *a):
     t0 = time.perf_counter(); f(*a); return time.perf_counter() - t0
 
 last = {}
-for r in range(ROUNDS):
+for r in range(REPEATS):
     for order in ("spans_first", "info_first"):
         traces, batches = build(N)
         if order == "spans_first":
             a = timed(post_spans, batches); b = timed(post_infos, traces)
         else:
             b = timed(post_infos, traces); a = timed(post_spans, batches)
-        print(f"{order:12s} round {r}: {N / (a + b):6.1f} complete traces/s  (spans {a:.2f} s = {10 * N / a:.0f} spans/s, StartTraceV3 {b:.2f} s = {N / b:.1f}/s)", flush=True)
+        print(f"{order:12s} repeat {r}: {N / (a + b):6.1f} complete traces/s  (spans {a:.2f} s = {10 * N / a:.0f} spans/s, StartTraceV3 {b:.2f} s = {N / b:.1f}/s)", flush=True)
         last[order] = traces
 
 # Check what the info-first traces look like in MLflow.

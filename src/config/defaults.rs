@@ -19,7 +19,7 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Real OTLP compresses 4-8x; 64 MiB leaves headroom for that and stops zip bombs long before OOM.
 pub const DEFAULT_MAX_DECOMPRESSED_BYTES: usize = 64 * 1024 * 1024;
 /// Decoded request bytes all requests hold at once: one largest body. Four concurrent bombs
-/// then cost one limit between them, not four (BENCHMARKS.md, "Refused bodies").
+/// then cost one limit between them, not four (BENCHMARKS.md, scenario 6).
 pub const DEFAULT_MAX_INFLIGHT_DECOMPRESSED_BYTES: usize = DEFAULT_MAX_DECOMPRESSED_BYTES;
 /// The deepest message nesting MLflow's decoder reads (see `otlp::schema::MLFLOW_MAX_NESTING`).
 pub const DEFAULT_MAX_NESTING_DEPTH: usize = crate::otlp::schema::MLFLOW_MAX_NESTING;
@@ -28,8 +28,8 @@ pub const MIN_NESTING_DEPTH: usize = 6;
 /// Beyond this many concurrent export requests the gateway is saturated; refuse instead of queueing.
 pub const DEFAULT_MAX_INFLIGHT_REQUESTS: usize = 1024;
 /// CPUs left to delivery when `receiver.ingest_concurrency` is not set: with every CPU checking
-/// and mapping requests under overload, delivery collapsed (scenario 2, 512 spans/request:
-/// 24k spans/s delivered flat out against 207k sustained; BENCHMARKS.md).
+/// and mapping requests under overload, delivery fell to a tenth of its sustained rate
+/// (BENCHMARKS.md, "Decisions").
 pub const INGEST_RESERVED_CPUS: usize = 1;
 
 /// `receiver.ingest_concurrency` when not set: the CPUs this process may use (cgroup quotas
@@ -41,33 +41,35 @@ pub fn default_ingest_concurrency() -> usize {
         .saturating_sub(INGEST_RESERVED_CPUS)
         .max(1)
 }
-/// 256 MiB of decoded spans waiting for MLflow: minutes of MLflow's ~1.5k spans/s ceiling.
+/// 256 MiB of decoded spans waiting for MLflow: minutes of what one MLflow server ingests.
 pub const DEFAULT_MAX_QUEUE_BYTES: usize = 256 * 1024 * 1024;
 /// Seconds a refused client is told to wait; short, since the queue drains at MLflow's pace.
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(2);
-/// MLflow ingests best at 100-500 spans per request (mlflow-rest.md §9); more only adds latency.
+/// MLflow ingested most spans per second at 100-500 spans per request (its per-request cost is
+/// paid less often; beyond that each post only holds the database longer).
 pub const DEFAULT_BATCH_MAX_SPANS: usize = 500;
 /// Keeps one MLflow request well below proxies' common 8-16 MiB body limits.
 pub const DEFAULT_BATCH_MAX_BYTES: usize = 4 * 1024 * 1024;
 /// Same as the Collector's batch processor: low latency while still forming useful batches.
 pub const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_millis(200);
 /// With TraceInfo first a span worker waits for its batch's StartTraceV3 calls before posting,
-/// so four keep about two span posts and two batches' TraceInfos in flight (scenario 5:
-/// PostgreSQL +14 % complete traces/s over two, SQLite the same; BENCHMARKS.md).
+/// so four keep about two span posts and two batches' TraceInfos in flight; two completed fewer
+/// traces on PostgreSQL and as many on SQLite (BENCHMARKS.md, "Decisions").
 pub const DEFAULT_EXPORT_CONCURRENCY: usize = 4;
-/// Beside four span workers, four writers completed more traces than eight on SQLite (+9 % and
-/// +28 % in two A/Bs: its writers queue on one lock) and as many on PostgreSQL (BENCHMARKS.md).
+/// Beside four span workers, four writers completed more traces than eight on SQLite (its
+/// writers queue on one lock) and as many on PostgreSQL (BENCHMARKS.md, "Decisions").
 pub const DEFAULT_TRACE_INFO_CONCURRENCY: usize = 4;
 /// A 500-span batch of 10-span traces hands four writers ~13 TraceInfos each: 16 lets each
-/// write its share at once (BENCHMARKS.md), and bounds what one lost connection sends again.
+/// write its share at once against a fast backend, and bounds what one lost connection sends
+/// again.
 pub const DEFAULT_TRACE_INFO_PIPELINE_DEPTH: usize = 16;
 /// Spans may run this many traces ahead of their TraceInfo: seconds of StartTraceV3 writes on
 /// SQLite, enough to keep span batches flowing while TraceInfo catches up in between.
 pub const DEFAULT_MAX_INCOMPLETE_TRACES: usize = 200;
 /// TraceInfo before spans: MLflow inserts a trace row about twice as fast as it merges into one
-/// that spans created; complete traces 1.4-1.6x faster on SQLite, same result (BENCHMARKS.md).
+/// that spans created, with the same stored result (BENCHMARKS.md, "Decisions").
 pub const DEFAULT_TRACE_INFO_FIRST: bool = true;
-/// About 15 minutes of SQLite's ~60 TraceInfo writes/s; each job is well under 2 KiB.
+/// Several minutes of what MLflow on SQLite writes; each job is well under 2 KiB.
 pub const DEFAULT_TRACE_INFO_QUEUE: usize = 50_000;
 /// One slow MLflow call must not stall a worker forever; generous for 1000-span batches (~1 s).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -98,7 +100,8 @@ pub const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_SPOOL_COMPRESSION: SpoolCompression = SpoolCompression::Zstd;
 /// Big enough that rotation is rare, small enough that a delivered segment frees space soon.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
-/// About 20 minutes of MLflow's ~1.5k spans/s ceiling at ~1 KiB per span (see README sizing).
+/// Tens of minutes of what one MLflow server ingests, at ~1 KiB per span stored as is (README,
+/// "Sizing the data directory").
 pub const DEFAULT_MAX_DISK_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 /// Feedback usually follows its response within minutes; an hour covers slow span pipelines.
 pub const DEFAULT_FEEDBACK_PENDING_TTL: Duration = Duration::from_secs(3600);
@@ -113,6 +116,6 @@ pub const DEFAULT_FEEDBACK_MAX_BODY_BYTES: usize = 64 * 1024;
 /// Per token or client address: far above a human's clicking, low enough to stop a runaway loop.
 pub const DEFAULT_FEEDBACK_RATE_PER_SECOND: f64 = 50.0;
 pub const DEFAULT_FEEDBACK_RATE_BURST: u32 = 100;
-/// client_request_id -> trace entries remembered (~230 bytes each, ~5 MiB in all): minutes of
-/// traffic at typical rates, 10-20 s at 1000 traces/s; misses fall back to an MLflow search.
+/// client_request_id -> trace entries remembered (a few MiB in all): minutes of traffic at
+/// typical rates, seconds at 1000 traces/s; misses fall back to an MLflow search.
 pub const DEFAULT_REQUEST_ID_INDEX_CAPACITY: usize = 20_000;

@@ -145,8 +145,8 @@ impl RequestMapper<'_> {
 const TYPICAL_RUN_SPANS: usize = 8;
 
 /// Consecutive non-root spans of one trace under one resource (SDKs export a trace's spans
-/// together), so the trace table is locked and searched once per run, not once per span: at
-/// 10-span traces that was 3.5 % of the gateway's CPU (BENCHMARKS.md, scenario 1 profile).
+/// together), so the trace table is locked and searched once per run, not once per span
+/// (BENCHMARKS.md, "Decisions").
 struct ChildRun {
     trace_id: [u8; 16],
     /// The mapped attributes of the run's spans, in order.
@@ -159,7 +159,7 @@ impl ChildRun {
     fn new(trace_id: [u8; 16], mut attributes: Vec<KeyValue>) -> Self {
         let first_len = attributes.len();
         // Room for the run's other spans, which carry about as many: growing the list span by
-        // span was ~2 % of the gateway's CPU at its ceiling.
+        // span reallocates it several times.
         attributes.reserve(first_len * TYPICAL_RUN_SPANS);
         Self {
             trace_id,

@@ -1,8 +1,9 @@
 //! The StartTraceV3 body that completes a trace's TraceInfo once its root span is in MLflow.
 //!
 //! StartTraceV3 overwrites every top-level field it is given and resets the ones it is not
-//! (mlflow-rest.md §0.6), so the body is always complete: time, duration and state from the root
-//! span, the client request id, all metadata and tags.
+//! (MLflow 3.17.2's `SqlAlchemyStore.start_trace` sets an existing row's time, duration, state
+//! and client request id from the call, given or not), so the body is always complete: time,
+//! duration and state from the root span, the client request id, all metadata and tags.
 
 use std::collections::BTreeMap;
 

@@ -12,7 +12,7 @@ use crate::vocab::Generations;
 /// children do not open a new entry that would later be miscounted as a trace without root.
 /// SDKs export a trace's spans within seconds of each other. Two generations dropped whole,
 /// rather than per-entry expiry from one table of every trace, keep the memory at 16 bytes
-/// per root and its upkeep off the ingest path (BENCHMARKS.md, "Changes", fourteenth round).
+/// per root and its upkeep off the ingest path (BENCHMARKS.md, "Decisions").
 const SEEN_ROOT_GENERATION: Duration = Duration::from_secs(15);
 
 struct Awaiting {

@@ -16,7 +16,7 @@ const FSYNC_BUCKETS: &[f64] = &[0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025
 /// TraceInfos per writer run: 1 (nothing to pipeline) up to the default depth of 16 and past it.
 const RUN_CALLS_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 12.0, 16.0, 32.0, 64.0];
 
-/// MLflow call buckets: StartTraceV3 takes 10-20 ms on an idle server (mlflow-rest.md §9), a
+/// MLflow call buckets: StartTraceV3 takes tens of milliseconds on an idle server, a
 /// span batch 0.1-1 s; a loaded SQLite server seconds.
 const MLFLOW_CALL_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 

@@ -5,8 +5,8 @@
 //! spans the gateway must change are decoded and re-encoded. Every other span is checked in
 //! place (ids, times, a full structural walk with UTF-8 checks, so anything prost or MLflow's
 //! decoder would refuse is found here) and copied byte for byte into the spooled request. A
-//! decode of the whole request allocated ~30 times per span and was the largest share of the
-//! gateway's CPU at 10k spans/s (BENCHMARKS.md, "Changes").
+//! decode of the whole request allocated for every field of every span and was the largest
+//! share of the gateway's CPU (BENCHMARKS.md, "Decisions").
 //!
 //! Layers, bottom up: `wire` (fields), `schema` (what OTLP messages hold; the check and the
 //! UTF-8 repair), `span` and `request` (views), `encode`, and `json` beside them.

@@ -12,7 +12,7 @@ use super::span::{AttributeAt, SpanView};
 use super::wire::{FieldValue, Fields, RawField, WireError, put_delimited};
 
 /// Room made per span in a scope's attribute list: GenAI spans carry 10-20, and growing the
-/// list as it fills cost reallocations (2 % of the gateway's CPU when the list was per span).
+/// list as it fills costs reallocations.
 const TYPICAL_ATTRIBUTES: usize = 16;
 
 /// Fields kept as encoded, with their numbers: written back before (number 1) or after
@@ -272,8 +272,8 @@ fn parse_scope_spans(
     max_depth: usize,
     out: &mut ParsedRequest,
 ) -> Result<(ScopeSpansView, usize), WireError> {
-    // Sized before the walk: growing the list of ~170-byte views one doubling at a time moved
-    // each span several times (~2 % of the gateway's CPU at 10k spans/s).
+    // Sized before the walk: growing the list of views one doubling at a time moves each span
+    // several times.
     let span_count = Fields::new(&buf)
         .map_while(Result::ok)
         .filter(|f| f.number == 2)

@@ -293,8 +293,8 @@ pub fn check_key_value(
 /// string, bool, int or double, each field once and in that order. `None` for anything else,
 /// valid or not, which `check_key_value` then walks by the schema: this shortcut accepts only
 /// what that walk accepts, and leaves every error to it. Attributes are most of a span's
-/// fields: the walk was ~17 % of the gateway's CPU at 200k spans/s, mostly in them, and about
-/// half that with this shortcut (BENCHMARKS.md, "Changes").
+/// fields, and walking them by the schema tables was most of the check's cost; this shortcut
+/// halves it (BENCHMARKS.md, "Decisions").
 pub fn plain_key_value(buf: &[u8]) -> Option<Range<usize>> {
     let delimited = |buf: &[u8], pos: &mut usize| read_delimited(buf, pos).ok();
     // Tags with field numbers below 16 are one byte: (number << 3) | wire type.

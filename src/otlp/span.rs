@@ -35,9 +35,9 @@ pub struct SpanView {
     /// `status.code` (0, unset, when the span has no status).
     pub status_code: i32,
     /// Where its attributes are in its scope's `attributes`: found while the span was checked,
-    /// so that picking the mapped ones does not walk the span again (three walks per span were
-    /// ~12 % of the gateway's CPU at 10k spans/s; BENCHMARKS.md, "Changes"). One list per
-    /// scope, not one per span: a list per span was an allocation per span.
+    /// so that picking the mapped ones does not walk the span again (BENCHMARKS.md,
+    /// "Decisions"). One list per scope, not one per span: a list per span was an allocation
+    /// per span.
     attributes: Range<usize>,
     /// The span re-encoded after the gateway changed it (root enrichment, fitted values).
     rewritten: Option<Bytes>,
@@ -200,7 +200,7 @@ impl SpanView {
     /// Sets string attributes without decoding the span: its attributes with these keys are
     /// left out and the new ones appended (protobuf allows fields in any order). A span that
     /// already holds every value is forwarded as received. For roots, whose decode and
-    /// re-encode was ~6 % of the gateway's CPU at its ceiling.
+    /// re-encode was a visible share of the gateway's CPU at its ceiling.
     /// `attributes` is the list of the span's scope (`ScopeSpansView::attributes`).
     pub fn set_string_attributes(
         &mut self,

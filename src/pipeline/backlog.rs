@@ -8,14 +8,13 @@ use std::time::Duration;
 ///
 /// Spans first, normally: when more batches exist than export workers, MLflow is what holds
 /// spans back, and all TraceInfo writers but one step aside. On SQLite every StartTraceV3 takes
-/// the same database lock as a span batch, and concurrent TraceInfo writes were measured to
-/// halve span throughput (BENCHMARKS.md). One writer keeps TraceInfos moving.
+/// the same database lock as a span batch, and concurrent TraceInfo writes halved span
+/// throughput (BENCHMARKS.md, "Decisions"). One writer keeps TraceInfos moving.
 ///
 /// But not without bound: once more than `max_incomplete` delivered traces wait for their
 /// TraceInfo, span batches wait and every TraceInfo writer goes. Under a sustained overload
 /// MLflow then fills with complete traces (client request id, metadata, tags) instead of a
-/// growing pile of spans-only traces that complete only when the load stops (BENCHMARKS.md,
-/// scenario 5).
+/// growing pile of spans-only traces that complete only when the load stops.
 #[derive(Clone, Debug)]
 pub struct SpanBacklog {
     batches: Arc<AtomicUsize>,

@@ -19,11 +19,9 @@ pub const MAGIC: [u8; 4] = *b"GWS1";
 pub const MAGIC_ZSTD: [u8; 4] = *b"GWSZ";
 pub const HEADER_LEN: usize = 12;
 /// One of zstd's fast levels. Spooled OTLP repeats its attribute keys, resource and scope in
-/// every span, so even these find most of the gain: on requests of the load generator's (52 KB,
-/// 100 spans; `zstd -b -B52K` on this project's host) level 1 compressed 13.3x at 1.38 GB/s,
-/// -3 11.2x at 2.18 GB/s; on a variant with random ids and varied texts 6.2x at 0.74 GB/s
-/// against 5.4x at 0.99 GB/s. This runs on every acknowledged request; a sixth more disk is
-/// the cheaper side of that trade.
+/// every span, so even these find most of the gain: -3 shrinks a request nearly as much as
+/// level 1 at well over 1.5 times its speed (BENCHMARKS.md, "Decisions"). This runs on every
+/// acknowledged request; a little more disk is the cheaper side of that trade.
 const ZSTD_LEVEL: i32 = -3;
 /// Frames larger than this are corrupt by definition (records are bounded by the receiver's
 /// decompressed-size limit, far below).

@@ -44,8 +44,8 @@ pub struct SpoolRecord {
 }
 
 /// A record's header on disk. Written from a borrowed record: copying the roots' TraceInfo jobs
-/// (their metadata and tag maps) only to serialize them was ~1 % of the gateway's CPU at 10k
-/// spans/s. Read back, it owns what it holds.
+/// (their metadata and tag maps) only to serialize them was a copy of every trace's facts. Read
+/// back, it owns what it holds.
 #[derive(Serialize, Deserialize)]
 struct RecordHeader<'a> {
     experiment: Cow<'a, ExperimentRef>,

@@ -1,7 +1,7 @@
 //! A map that forgets in bulk: two generations, the older dropped whole when the newer fills.
 //! Used where a cache only needs "the most recent N", so no per-entry order or expiry is kept:
 //! evicting entry by entry churned the tables (insert, remove, tombstones) on every trace and
-//! kept an order queue beside them (BENCHMARKS.md, "Changes", fourteenth round).
+//! kept an order queue beside them (BENCHMARKS.md, "Decisions").
 
 use std::borrow::Borrow;
 use std::collections::HashMap;

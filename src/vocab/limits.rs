@@ -1,4 +1,6 @@
-//! MLflow's field limits (mlflow-rest.md §5, §10) and the fitting of values to them.
+//! MLflow's field limits and the fitting of values to them. The figures are MLflow 3.17.2's:
+//! `mlflow/tracing/constant.py` (`MAX_CHARS_IN_TRACE_INFO_*`) and the trace tables in
+//! `mlflow/store/tracking/dbmodels/models.py`.
 //!
 //! The gateway never forwards a value MLflow is known to reject or silently mangle: it shortens
 //! it first and counts the shortening in `gateway_truncations_total{field}`.
@@ -9,7 +11,8 @@ pub const MAX_CLIENT_REQUEST_ID_CHARS: usize = 50;
 pub const MAX_METADATA_VALUE_CHARS: usize = 250;
 /// Tag values come back cut to 4096 characters.
 pub const MAX_TAG_VALUE_CHARS: usize = 4096;
-/// `session.id` / `gen_ai.conversation.id` over 250 characters make MLflow reject the whole batch.
+/// `session.id` / `gen_ai.conversation.id` over 250 characters make MLflow reject the whole batch
+/// (its trace table's `session_id` column is 250 characters wide).
 pub const MAX_SESSION_ID_CHARS: usize = 250;
 /// Tag and metadata keys.
 pub const MAX_KEY_CHARS: usize = 250;

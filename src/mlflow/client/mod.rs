@@ -3,11 +3,10 @@
 //! Two connection pools. `/v1/traces` and StartTraceV3 reuse connections; the other Flask-served
 //! `/api/...` routes (feedback, experiments, health) get a fresh connection per call, because on a
 //! reused connection every reply of those routes arrives ~40 ms late (delayed ACK between its two
-//! TCP writes; mlflow-rest.md §0.11). StartTraceV3 is the exception because it is the one REST
+//! TCP writes). StartTraceV3 is the exception because it is the one REST
 //! call made per trace: with several calls in flight the 40 ms is hidden (MLflow's StartTraceV3
-//! rate was the same kept-alive and fresh, 35 vs 35-38/s on SQLite and PostgreSQL), while a
-//! fresh connection per trace cost the gateway about a quarter of its CPU at 1000 traces/s
-//! (BENCHMARKS.md).
+//! rate was the same kept-alive and fresh), while a fresh connection per trace cost the gateway
+//! about a quarter of its CPU at 1000 traces/s (BENCHMARKS.md, "Decisions").
 //!
 //! After a payload call times out, MLflow may be frozen (a GC or VM pause, a stopped process, a
 //! saturated worker) with the request still waiting in its socket. Resending the payload on every

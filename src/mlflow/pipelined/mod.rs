@@ -4,15 +4,13 @@
 //! StartTraceV3 is the one call the gateway makes per trace (1000/s at 10k spans/s). Through the
 //! shared client (reqwest over hyper-util's pool) every call crossed three tasks and took a
 //! round trip of its own: a write, a read or two, a quick-ack option and a wake-up or two of the
-//! other runtime thread, per trace (strace over scenario 1: about seven system calls per trace,
-//! six times rotel's count per span). Here the TraceInfo writer owns its connection and writes a
-//! run of requests at once (HTTP/1.1 pipelining, which MLflow's uvicorn and every HTTP/1.1
-//! server answer in order), then reads the replies: one write and a few reads per run.
+//! other runtime thread, per trace (BENCHMARKS.md, "Decisions"). Here the TraceInfo writer owns
+//! its connection and writes a run of requests at once (HTTP/1.1 pipelining, which MLflow's
+//! uvicorn and every HTTP/1.1 server answer in order), then reads the replies: one write and a
+//! few reads per run.
 //!
 //! Owning the socket also lets the writer ask for quick ACKs (`quick_ack`), which removes the
-//! ~40 ms that every StartTraceV3 on a kept-alive connection otherwise waited for a delayed ACK:
-//! against a real MLflow, one writer at 2 traces/s, the calls' mean went from 78 ms (shared pool)
-//! to 47 ms (BENCHMARKS.md).
+//! ~40 ms that every StartTraceV3 on a kept-alive connection otherwise waited for a delayed ACK.
 //!
 //! Used only where it behaves exactly like the shared client: plain `http://`, no credentials in
 //! the URL, and no proxy configured in the environment (reqwest honours `HTTP_PROXY`/

@@ -4,7 +4,7 @@
 //! By default (`mlflow.trace_info_first`) a batch's TraceInfos are written before its spans:
 //! MLflow inserts a new trace row about twice as fast as it merges a StartTraceV3 into the row
 //! that spans created, and takes the spans into a finalized trace no slower, so complete traces
-//! land 1.4-1.6x faster on SQLite with the same stored result (BENCHMARKS.md, scenario 5).
+//! land sooner with the same stored result (BENCHMARKS.md, "Decisions").
 //! Otherwise spans go first, as the MLflow SDK sends them, and `SpanBacklog` balances the two.
 
 mod isolate;

@@ -35,11 +35,10 @@ const MAX_GROUP: usize = 256;
 const HOT_TAIL_MAX_BYTES: usize = 8 << 20;
 /// With `fsync = "always"`, the active segment is zero-filled ahead of its appends, so that a
 /// group commit overwrites allocated blocks: its fdatasync then writes the data, without the
-/// block allocation and inode write an append makes it do. Measured on this project's host
-/// (ext4, 40 KB records): 75-81 µs of CPU and 187-202 µs per write and fdatasync into room
-/// filled 4 MiB at a time, against 107-114 µs and 260-311 µs appending. The writer fills (and
-/// syncs) the room between groups, when no request waits, since the fill on a request's path
-/// doubled the ack p99 at 10k spans/s; appends that outrun the room grow the file themselves.
+/// block allocation and inode write an append makes it do: less CPU and a faster sync
+/// (BENCHMARKS.md, "Decisions"). The writer fills (and syncs) the room between groups, when no
+/// request waits, since the fill on a request's path doubled the ack p99 ("Tried and not
+/// kept"); appends that outrun the room grow the file themselves.
 /// The first step is small, so a quiet gateway whose segments are reclaimed often writes few
 /// zeros; each step doubles the last, up to the largest.
 const ZERO_FILL_FIRST_STEP: u64 = 64 << 10;
@@ -47,9 +46,9 @@ const ZERO_FILL_MAX_STEP: u64 = 1 << 20;
 /// An append makes its own group commit (`SegmentLog::write_in_place`) only if the last one
 /// ended at least this long ago. A request that comes sooner is likely one of a stream: it
 /// joins the writer's next group, which commits all that came during the last fsync with one
-/// more. Committing in place regardless cut the ceiling at 100 spans per request by 28 %
-/// (192k against 265k spans/s, 2600 requests/s): one fsync per request, a worker waiting on
-/// each. At 10k spans/s a request comes every 10 ms on average.
+/// more. Committing in place regardless cut the ceiling by a quarter (one fsync per request, a
+/// worker waiting on each; BENCHMARKS.md, "Tried and not kept"). At 10k spans/s in 100-span
+/// requests, one comes every 10 ms on average.
 const IN_PLACE_AFTER_QUIET: Duration = Duration::from_millis(2);
 /// Zeros are written from this buffer, a chunk per call.
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];

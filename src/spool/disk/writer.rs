@@ -87,8 +87,8 @@ impl SegmentLog {
     /// is idle (nothing queued, nobody writing, no commit in the last `IN_PLACE_AFTER_QUIET`);
     /// hands the request back otherwise. A request that finds the writer idle would wait for
     /// nobody else, so the hand-over to the writer and back (a blocking thread woken for the
-    /// write, a worker woken for the answer) only cost: at 10k spans/s, 2.5 of the 5.7
-    /// wake-ups a request caused. This worker waits for the disk meanwhile, which is why it
+    /// write, a worker woken for the answer) only cost: nearly half the thread wake-ups a
+    /// request caused (BENCHMARKS.md, "Decisions"). This worker waits for the disk meanwhile, which is why it
     /// needs another worker for the other connections (`can_write_in_place`); at most one does
     /// at a time (the write token), and while it does, later requests queue for the writer and
     /// are committed together as before.
