@@ -2,8 +2,8 @@
 # Installs the pinned MLflow into the project-local venv (.venv) once. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-want="$(grep -E '^mlflow==' scripts/requirements-mlflow.txt | cut -d= -f3)"
-if [ -x .venv/bin/mlflow ] && [ "$(.venv/bin/python -c 'import mlflow; print(mlflow.__version__)' 2>/dev/null)" = "$want" ]; then
+want="$(grep -E '^mlflow(\[auth\])?==' scripts/requirements-mlflow.txt | cut -d= -f3)"
+if [ -x .venv/bin/mlflow ] && [ "$(.venv/bin/python -c 'import mlflow, flask_wtf; print(mlflow.__version__)' 2>/dev/null)" = "$want" ]; then
   exit 0
 fi
 echo "==> installing MLflow $want into .venv (first run only; takes a few minutes)" >&2

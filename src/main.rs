@@ -61,6 +61,21 @@ struct Args {
     /// Bearer tokens for the feedback API, one per line.
     #[arg(long, env = "GATEWAY_FEEDBACK_TOKENS_FILE")]
     feedback_tokens_file: Option<PathBuf>,
+    /// Plain-HTTP probe listener (only /healthz and /readyz), for mTLS set-ups.
+    #[arg(long, env = "GATEWAY_PROBE_ADDR")]
+    probe_addr: Option<String>,
+    /// PEM certificate chain for TLS on all listeners (with --tls-key-file).
+    #[arg(long, env = "GATEWAY_TLS_CERT_FILE")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key for TLS on all listeners.
+    #[arg(long, env = "GATEWAY_TLS_KEY_FILE")]
+    tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates that client certificates must chain to (mTLS).
+    #[arg(long, env = "GATEWAY_TLS_CLIENT_CA_FILE")]
+    tls_client_ca_file: Option<PathBuf>,
+    /// Every OTLP and feedback request must authenticate as a tenant.
+    #[arg(long, env = "GATEWAY_AUTH_REQUIRED", num_args = 0..=1, default_missing_value = "true")]
+    auth_required: Option<bool>,
     /// MLflow tracking server URL (overrides MLFLOW_TRACKING_URI).
     #[arg(long, global = true)]
     mlflow_tracking_uri: Option<String>,
@@ -120,8 +135,8 @@ async fn replay_dead_letters(config: Config) -> anyhow::Result<bool> {
         .data_dir
         .clone()
         .context("replay-dead-letters needs --data-dir (or GATEWAY_DATA_DIR / data_dir)")?;
-    let client = mlflow_otlp_gateway::mlflow::MlflowClient::new(&config.mlflow)?;
-    let report = mlflow_otlp_gateway::pipeline::replay::replay(&dir, &client)
+    let identities = mlflow_otlp_gateway::mlflow::Identities::new(&config)?;
+    let report = mlflow_otlp_gateway::pipeline::replay::replay(&dir, &identities)
         .await
         .with_context(|| format!("replaying dead letters in {}", dir.display()))?;
     println!(
@@ -158,6 +173,13 @@ fn load(args: &Args) -> anyhow::Result<Config> {
     if let Some(f) = &args.feedback_tokens_file {
         config.feedback.tokens_file = Some(f.clone());
     }
+    if let Some(a) = &args.probe_addr {
+        config.server.probe_addr = Some(a.clone());
+    }
+    apply_tls_args(&mut config, args)?;
+    if let Some(required) = args.auth_required {
+        config.auth.required = required;
+    }
     if let Some(f) = args.log_format {
         config.log.format = f;
     }
@@ -165,6 +187,41 @@ fn load(args: &Args) -> anyhow::Result<Config> {
         config.log.level = l.clone();
     }
     Ok(config)
+}
+
+/// The TLS flags over `[server.tls]`: each replaces its key; a certificate and key given only
+/// as flags make the section.
+fn apply_tls_args(config: &mut Config, args: &Args) -> anyhow::Result<()> {
+    let tls = &mut config.server.tls;
+    match (tls.as_mut(), &args.tls_cert_file, &args.tls_key_file) {
+        (Some(tls), cert, key) => {
+            if let Some(cert) = cert {
+                tls.cert_file = cert.clone();
+            }
+            if let Some(key) = key {
+                tls.key_file = key.clone();
+            }
+        }
+        (None, Some(cert), Some(key)) => {
+            *tls = Some(mlflow_otlp_gateway::config::TlsConfig {
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+                client_ca_file: None,
+            });
+        }
+        (None, None, None) => {}
+        (None, _, _) => anyhow::bail!(
+            "TLS needs both a certificate and a key (--tls-cert-file and --tls-key-file, or \
+             GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE)"
+        ),
+    }
+    if let Some(ca) = &args.tls_client_ca_file {
+        match tls.as_mut() {
+            Some(tls) => tls.client_ca_file = Some(ca.clone()),
+            None => anyhow::bail!("--tls-client-ca-file needs TLS (a certificate and a key)"),
+        }
+    }
+    Ok(())
 }
 
 async fn wait_for_signal() -> anyhow::Result<&'static str> {

@@ -17,11 +17,12 @@ use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
+use mlflow_otlp_gateway::auth::Tenants;
 use mlflow_otlp_gateway::config::Config;
 use mlflow_otlp_gateway::map::traces::TraceTracker;
-use mlflow_otlp_gateway::mlflow::MlflowClient;
 use mlflow_otlp_gateway::mlflow::experiments::Experiments;
-use mlflow_otlp_gateway::pipeline::ingest::{Ingest, IngestError, RequestContext};
+use mlflow_otlp_gateway::mlflow::{Identities, MlflowClient};
+use mlflow_otlp_gateway::pipeline::ingest::{Ingest, IngestError, Parts, RequestContext};
 use mlflow_otlp_gateway::pipeline::request_ids::RequestIdIndex;
 use mlflow_otlp_gateway::receive::budget::DecodeBudget;
 use mlflow_otlp_gateway::receive::decode::{self, DecodeLimits, Encoding, Format};
@@ -735,12 +736,16 @@ async fn ingest(body: Bytes, format: Format, encoding: Encoding) -> Result<Outco
     // Nothing listens there: experiments resolve later, at delivery, as while MLflow is down.
     cfg.mlflow.tracking_uri = "http://127.0.0.1:9".into();
     let spool = Spool::memory(64 << 20);
+    let client = MlflowClient::new(&cfg.mlflow).expect("client");
     let ingest = Ingest::new(
         &cfg,
         Arc::new(TraceTracker::new(1000, Duration::from_secs(60))),
-        Experiments::new(MlflowClient::new(&cfg.mlflow).expect("client"), false),
-        spool.clone(),
-        Arc::new(RequestIdIndex::new(1000)),
+        Parts {
+            experiments: Experiments::new(Identities::gateway_only(client), false),
+            tenants: Arc::new(Tenants::from_config(&cfg).expect("tenants")),
+            spool: spool.clone(),
+            request_ids: Arc::new(RequestIdIndex::new(1000)),
+        },
     );
     let limits = DecodeLimits {
         max_decompressed_bytes: 64 << 20,
@@ -756,6 +761,7 @@ async fn ingest(body: Bytes, format: Format, encoding: Encoding) -> Result<Outco
     let ctx = RequestContext {
         transport,
         experiment_header: Some("1".into()),
+        tenant: None,
     };
     let accepted = ingest.accept(parsed, ctx).await.map_err(|e| match e {
         IngestError::InvalidArgument(m) => format!("invalid: {m}"),

@@ -257,6 +257,7 @@ impl Mlflow {
                 remove_state: false,
                 log: Some(log),
                 ready_within: Duration::from_secs(180),
+                basic_auth: None,
             })
         })
         .await

@@ -1,5 +1,6 @@
-//! The gateway's background loops: MLflow's health for readiness, and housekeeping (traces that
-//! never got their root, gauges, metric upkeep, spool space).
+//! The gateway's background loops: MLflow's health for readiness, housekeeping (traces that
+//! never got their root, gauges, metric upkeep, spool space), and the credentials files
+//! (tenants' tokens, the listeners' certificates) re-read when they change.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -7,11 +8,13 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Tenants;
 use crate::map::traces::TraceTracker;
 use crate::mlflow::{ErrorClass, MlflowClient};
 use crate::ops::health::Health;
 use crate::ops::readiness;
 use crate::spool::Spool;
+use crate::tls::ServerTls;
 
 /// How often expired traces-awaiting-root are swept, gauges and spool readiness refreshed.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
@@ -21,6 +24,48 @@ const RECLAIM_INTERVAL: Duration = Duration::from_secs(10);
 /// exporter's own default is 5 s; at 10 s the samples held between drains stay a few hundred
 /// KiB even at tens of thousands of spans a second.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How often tokens files and certificates are checked for changes: a rotated Kubernetes
+/// Secret takes effect within this, plus the kubelet's own sync delay.
+const CREDENTIALS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Re-reads the tenants' tokens files and the listeners' certificate, key and client CA when
+/// they change. A change that does not make a valid configuration is logged and the last good
+/// one stays.
+pub(super) fn watch_credentials(
+    tenants: Arc<Tenants>,
+    tls: Option<Arc<ServerTls>>,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tls_failing = false;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(CREDENTIALS_RELOAD_INTERVAL) => {}
+            }
+            let tenants = tenants.clone();
+            let tls = tls.clone();
+            // File reads off the runtime's threads.
+            let reloaded = tokio::task::spawn_blocking(move || {
+                tenants.reload();
+                tls.map(|t| t.reload())
+            })
+            .await;
+            match reloaded {
+                Ok(Some(Ok(true))) => {
+                    tls_failing = false;
+                    tracing::info!("TLS certificate reloaded; new connections use it");
+                }
+                Ok(Some(Err(e))) if !tls_failing => {
+                    tls_failing = true;
+                    tracing::error!(error = %e, "TLS files changed but cannot be used; keeping the last good certificate");
+                }
+                _ => {}
+            }
+        }
+    })
+}
 
 /// Asks MLflow's `/health` and checks the gateway's credentials every `interval`, and records
 /// what readiness makes of it.

@@ -7,11 +7,14 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::StartError;
+use crate::auth::Tenants;
+use crate::auth::tokens::read_tokens_file;
 use crate::config::Config;
-use crate::feedback::auth::{self, Authenticator};
+use crate::feedback::auth::{FeedbackAuth, RateLimiter};
+use crate::feedback::resolve::TraceFinder;
 use crate::feedback::service::FeedbackService;
 use crate::feedback::store::FeedbackStore;
-use crate::mlflow::MlflowClient;
+use crate::mlflow::Identities;
 use crate::mlflow::experiments::Experiments;
 use crate::mlflow::retry::RetryPolicy;
 use crate::ops::health::Health;
@@ -21,17 +24,29 @@ use crate::pipeline::export::{SpanExporter, run_span_workers, run_trace_info_wor
 use crate::pipeline::request_ids::RequestIdIndex;
 use crate::receive::budget::DecodeBudget;
 use crate::receive::decode::DecodeLimits;
-use crate::spool::Spool;
 use crate::spool::deadletter::DeadLetters;
 use crate::spool::disk::{LogOptions, SegmentLog};
+use crate::spool::{Spool, SpoolShares};
 use crate::vocab::ExperimentRef;
+
+/// Each tenant's share of a spool of `capacity` bytes.
+fn shares(config: &Config, capacity: u64) -> SpoolShares {
+    SpoolShares::new(
+        capacity,
+        config
+            .tenants
+            .iter()
+            .map(|t| (t.name.clone(), t.max_spool_share)),
+    )
+}
 
 pub(super) fn open_spool(config: &Config) -> Result<Spool, StartError> {
     let Some(dir) = &config.data_dir else {
         tracing::warn!(
             "no data_dir: accepted spans are queued in memory only and lost if the process dies"
         );
-        return Ok(Spool::memory(config.queue.max_bytes));
+        return Ok(Spool::memory(config.queue.max_bytes)
+            .with_shares(shares(config, config.queue.max_bytes as u64)));
     };
     let spool_dir = dir.join("spool");
     let (log, report) = SegmentLog::open(
@@ -58,18 +73,21 @@ pub(super) fn open_spool(config: &Config) -> Result<Spool, StartError> {
             "replaying spool from an earlier run"
         );
     }
-    Ok(Spool::disk(log, config.queue.max_bytes))
+    Ok(Spool::disk(log, config.queue.max_bytes)
+        .with_shares(shares(config, config.spool.max_disk_bytes)))
 }
 
 pub(super) fn build_feedback(
     config: &Config,
     request_ids: Arc<RequestIdIndex>,
-    client: MlflowClient,
+    tenants: Arc<Tenants>,
+    identities: Identities,
+    experiments: Experiments,
 ) -> Result<FeedbackService, StartError> {
     let mut tokens = config.feedback.tokens.clone();
     if let Some(path) = &config.feedback.tokens_file {
         tokens.extend(
-            auth::read_tokens_file(path).map_err(|source| StartError::TokensFile {
+            read_tokens_file(path).map_err(|source| StartError::TokensFile {
                 path: path.clone(),
                 source,
             })?,
@@ -98,18 +116,24 @@ pub(super) fn build_feedback(
             known.push(ExperimentRef::Id(id.clone()));
         }
     }
-    if tokens.is_empty() {
+    let limiter = RateLimiter::new(
+        config.feedback.rate_limit_per_second,
+        config.feedback.rate_limit_burst,
+    );
+    let gate = FeedbackAuth::new(tenants.clone(), &tokens, limiter);
+    if gate.is_open() {
         tracing::warn!(
-            "feedback API has no tokens configured: it accepts unauthenticated requests"
+            "feedback API has no tokens or tenants configured: it accepts unauthenticated requests"
         );
     }
+    let finder = TraceFinder::new(identities.clone(), experiments, request_ids, known);
     Ok(FeedbackService::new(
         config.feedback.clone(),
         store,
-        request_ids,
-        Authenticator::new(&tokens),
-        client,
-        known,
+        gate,
+        tenants,
+        identities,
+        finder,
     ))
 }
 
@@ -128,7 +152,8 @@ pub(super) fn decode_limits(config: &Config) -> DecodeLimits {
 /// (shutdown) drains front to back; the handle ends when the last stage has.
 pub(super) fn start_pipeline(
     config: &Config,
-    client: &MlflowClient,
+    identities: &Identities,
+    tenants: Arc<Tenants>,
     experiments: Experiments,
     spool: &Spool,
     health: &Arc<Health>,
@@ -151,7 +176,8 @@ pub(super) fn start_pipeline(
         )
     };
     let exporter = Arc::new(SpanExporter {
-        client: client.clone(),
+        identities: identities.clone(),
+        tenants,
         experiments,
         policy: policy.clone(),
         trace_infos: infos_tx,
@@ -172,7 +198,7 @@ pub(super) fn start_pipeline(
         backlog.clone(),
     ));
     let infos = tokio::spawn(run_trace_info_workers(
-        client.clone(),
+        identities.clone(),
         policy,
         health.clone(),
         infos_rx,

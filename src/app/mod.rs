@@ -14,17 +14,20 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Tenants;
+use crate::auth::tenants::TenantsError;
 use crate::config::{self, Config};
 use crate::map::traces::TraceTracker;
 use crate::mlflow::experiments::Experiments;
-use crate::mlflow::{self, MlflowClient};
+use crate::mlflow::{self, Identities};
 use crate::ops::api::ApiState;
 use crate::ops::health::Health;
-use crate::pipeline::ingest::Ingest;
+use crate::pipeline::ingest::{Ingest, Parts};
 use crate::pipeline::request_ids::RequestIdIndex;
 use crate::receive::grpc::GrpcReceiver;
 use crate::receive::http::HttpReceiver;
 use crate::spool::Spool;
+use crate::tls::{ServerTls, TlsError};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +52,10 @@ pub enum StartError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tenants(#[from] TenantsError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// What was left when shutdown finished.
@@ -65,6 +72,8 @@ pub struct Gateway {
     pub otlp_grpc_addr: SocketAddr,
     pub otlp_http_addr: SocketAddr,
     pub api_addr: SocketAddr,
+    /// The plain probe port, when `server.probe_addr` is set.
+    pub probe_addr: Option<SocketAddr>,
     health: Arc<Health>,
     stop_receivers: CancellationToken,
     spool: Spool,
@@ -87,9 +96,18 @@ impl Gateway {
             })?;
         }
         let metrics = crate::ops::metrics::handle();
-        let client = MlflowClient::new(&config.mlflow)?;
+        let tenants = Arc::new(Tenants::from_config(&config)?);
+        let tls = config
+            .server
+            .tls
+            .as_ref()
+            .map(ServerTls::load)
+            .transpose()?
+            .map(Arc::new);
+        let identities = Identities::new(&config)?;
+        let client = identities.gateway().clone();
         let experiments =
-            Experiments::new(client.clone(), config.mlflow.create_missing_experiments);
+            Experiments::new(identities.clone(), config.mlflow.create_missing_experiments);
         let health = Arc::new(Health::new());
         let tracker = Arc::new(TraceTracker::new(
             config.traces.max_pending,
@@ -100,26 +118,48 @@ impl Gateway {
         let ingest = Arc::new(Ingest::new(
             &config,
             tracker.clone(),
-            experiments.clone(),
-            spool.clone(),
-            request_ids.clone(),
+            Parts {
+                experiments: experiments.clone(),
+                tenants: tenants.clone(),
+                spool: spool.clone(),
+                request_ids: request_ids.clone(),
+            },
         ));
-        let feedback = Arc::new(build::build_feedback(&config, request_ids, client.clone())?);
-        let pipeline = build::start_pipeline(&config, &client, experiments, &spool, &health)?;
+        let feedback = Arc::new(build::build_feedback(
+            &config,
+            request_ids,
+            tenants.clone(),
+            identities.clone(),
+            experiments.clone(),
+        )?);
+        let pipeline = build::start_pipeline(
+            &config,
+            &identities,
+            tenants.clone(),
+            experiments,
+            &spool,
+            &health,
+        )?;
 
         let grpc_listener = servers::bind("otlp_grpc", addrs.otlp_grpc).await?;
         let http_listener = servers::bind("otlp_http", addrs.otlp_http).await?;
         let api_listener = servers::bind("api", addrs.api).await?;
+        let probe_listener = match addrs.probe {
+            Some(addr) => Some(servers::bind("probe", addr).await?),
+            None => None,
+        };
         let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
         let otlp_grpc_addr = local(&grpc_listener, addrs.otlp_grpc);
         let otlp_http_addr = local(&http_listener, addrs.otlp_http);
         let api_addr = local(&api_listener, addrs.api);
+        let probe_addr = probe_listener.as_ref().and_then(|l| l.local_addr().ok());
 
         let stop_receivers = CancellationToken::new();
         let stop_api = CancellationToken::new();
         let limits = build::decode_limits(&config);
         let grpc = servers::serve_grpc(
             grpc_listener,
+            tls.clone(),
             GrpcReceiver::service(
                 ingest.clone(),
                 config.receiver.max_message_bytes,
@@ -130,6 +170,7 @@ impl Gateway {
         );
         let http = servers::serve_http(
             http_listener,
+            tls.clone(),
             HttpReceiver {
                 ingest,
                 max_message_bytes: config.receiver.max_message_bytes,
@@ -137,16 +178,19 @@ impl Gateway {
             },
             stop_receivers.clone(),
         );
+        let api_state = ApiState {
+            health: health.clone(),
+            metrics,
+        };
         let api = servers::serve_api(
             api_listener,
-            ApiState {
-                health: health.clone(),
-                metrics,
-            },
+            tls.clone(),
+            api_state.clone(),
             feedback.clone(),
             stop_api.clone(),
         );
-        let background_tasks = vec![
+        let mut background_tasks = vec![
+            background::watch_credentials(tenants, tls.clone(), stop_api.clone()),
             background::watch_mlflow(
                 client,
                 health.clone(),
@@ -156,6 +200,9 @@ impl Gateway {
             background::housekeeping(tracker, spool.clone(), stop_api.clone()),
             tokio::spawn(feedback.run(stop_api.clone())),
         ];
+        if let Some(listener) = probe_listener {
+            background_tasks.push(servers::serve_probes(listener, api_state, stop_api.clone()));
+        }
         health.set_spool_check(background::spool_room(
             spool.clone(),
             config.queue.max_bytes as u64,
@@ -167,6 +214,10 @@ impl Gateway {
             otlp_grpc = %otlp_grpc_addr,
             otlp_http = %otlp_http_addr,
             api = %api_addr,
+            tls = tls.is_some(),
+            mtls = tls.as_ref().is_some_and(|t| t.requires_client_certs()),
+            tenants = config.tenants.len(),
+            auth_required = config.auth.required,
             mlflow = %config.mlflow.tracking_uri,
             default_experiment = %config.default_experiment(),
             "gateway started"
@@ -175,6 +226,7 @@ impl Gateway {
             otlp_grpc_addr,
             otlp_http_addr,
             api_addr,
+            probe_addr,
             health,
             stop_receivers,
             spool,

@@ -119,3 +119,6 @@ pub const DEFAULT_FEEDBACK_RATE_BURST: u32 = 100;
 /// client_request_id -> trace entries remembered (a few MiB in all): minutes of traffic at
 /// typical rates, seconds at 1000 traces/s; misses fall back to an MLflow search.
 pub const DEFAULT_REQUEST_ID_INDEX_CAPACITY: usize = 20_000;
+/// A tenant may fill the whole spool unless its share is set: one tenant of several should be
+/// given less, so that its backlog cannot refuse the others.
+pub const DEFAULT_TENANT_SPOOL_SHARE: f64 = 1.0;

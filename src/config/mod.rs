@@ -4,6 +4,7 @@
 //! structs are the configuration reference; `config/gateway.toml` mirrors them key by key.
 //! Validation collects every problem before failing, so `--check-config` reports them all at once.
 
+mod access;
 mod defaults;
 mod mapping;
 mod sections;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use access::{AuthConfig, TenantConfig, TenantMlflowIdentity, TlsConfig};
 pub use defaults::*;
 pub use mapping::{DEFAULT_TAG_PREFIXES, MappingConfig, RuleConfig, Target};
 pub use sections::*;
@@ -45,6 +47,10 @@ pub struct Config {
     pub mapping: MappingConfig,
     /// Feedback and expectations API.
     pub feedback: FeedbackConfig,
+    /// Whether every request must authenticate as a tenant.
+    pub auth: AuthConfig,
+    /// The tenants of a shared gateway; none: open, as a sidecar.
+    pub tenants: Vec<TenantConfig>,
     /// Logging.
     pub log: LogConfig,
     /// Directory for durable state (pending feedback, spool). Created if missing.
@@ -68,6 +74,8 @@ impl Default for Config {
             routing: RoutingConfig::default(),
             mapping: MappingConfig::default(),
             feedback: FeedbackConfig::default(),
+            auth: AuthConfig::default(),
+            tenants: Vec::new(),
             log: LogConfig::default(),
             data_dir: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
@@ -95,6 +103,7 @@ pub struct Addrs {
     pub otlp_grpc: SocketAddr,
     pub otlp_http: SocketAddr,
     pub api: SocketAddr,
+    pub probe: Option<SocketAddr>,
 }
 
 impl Config {
@@ -143,6 +152,9 @@ impl Config {
         if let Some(v) = get("MLFLOW_TRACKING_INSECURE_TLS") {
             self.mlflow.insecure_tls =
                 matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes");
+        }
+        for tenant in &mut self.tenants {
+            tenant.resolve_mlflow_identity(lookup);
         }
     }
 

@@ -19,6 +19,12 @@ pub struct ServerConfig {
     pub otlp_http_addr: String,
     /// Side API: `/healthz`, `/readyz`, `/metrics`, feedback.
     pub api_addr: String,
+    /// A plain-HTTP listener serving only `/healthz` and `/readyz`, for probes that cannot
+    /// present a client certificate when mTLS is on (kubelet's). Off unless set; keep it off
+    /// the network (a NetworkPolicy that admits nobody to it). Env GATEWAY_PROBE_ADDR.
+    pub probe_addr: Option<String>,
+    /// TLS on all three listeners; absent: plaintext.
+    pub tls: Option<super::access::TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -27,6 +33,8 @@ impl Default for ServerConfig {
             otlp_grpc_addr: DEFAULT_OTLP_GRPC_ADDR.into(),
             otlp_http_addr: DEFAULT_OTLP_HTTP_ADDR.into(),
             api_addr: DEFAULT_API_ADDR.into(),
+            probe_addr: None,
+            tls: None,
         }
     }
 }

@@ -39,7 +39,11 @@ fn shipped_config_file_names_every_key() {
         .lines()
         .map(|line| line.trim_start().trim_start_matches('#').trim_start())
         .filter_map(|line| {
-            let section = line.strip_prefix('[').and_then(|l| l.strip_suffix(']'));
+            // `[server.tls]` names `tls`; `[[tenants]]` names `tenants`.
+            let section = line
+                .starts_with('[')
+                .then(|| line.trim_matches(|c| c == '[' || c == ']'))
+                .and_then(|s| s.rsplit('.').next());
             section.or_else(|| line.split_once(" = ").map(|(key, _)| key.trim()))
         })
         .collect();
@@ -132,4 +136,96 @@ fn default_experiment_prefers_id_then_name_then_zero() {
     assert_eq!(cfg.default_experiment(), ExperimentRef::Name("chat".into()));
     cfg.mlflow.experiment_id = Some("4".into());
     assert_eq!(cfg.default_experiment(), ExperimentRef::Id("4".into()));
+}
+
+#[test]
+fn auth_required_without_tenants_is_refused_with_the_reason() {
+    let cfg = Config::from_toml("[auth]\nrequired = true\n", Path::new("x.toml")).unwrap();
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("auth.required") && err.contains("[[tenants]]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tenant_problems_are_reported_together() {
+    let toml = r#"
+        [auth]
+        required = true
+        [feedback]
+        tokens = ["fb"]
+        [[tenants]]
+        name = "a b"
+        tokens = ["same"]
+        experiments = ["a-*"]
+        default_experiment = "b-prod"
+        max_spool_share = 1.5
+        [[tenants]]
+        name = "b"
+        tokens = ["same"]
+        client_cert_subjects = ["svc-b"]
+        experiments = []
+        mlflow_token_env = "B_TOKEN"
+        max_spans_per_second = -1
+    "#;
+    let mut cfg = Config::from_toml(toml, Path::new("x.toml")).unwrap();
+    cfg.apply_mlflow_env(&env(&[]));
+    let err = cfg.validate().unwrap_err().to_string();
+    for expected in [
+        "tenants[0] (a b).name",
+        "a token is also tenant 'a b's",
+        "default_experiment: 'b-prod' is not among its experiments",
+        "max_spool_share",
+        "needs server.tls.client_ca_file",
+        "tenants[1] (b).experiments",
+        "B_TOKEN not set",
+        "max_spans_per_second",
+        "feedback.tokens / feedback.tokens_file",
+    ] {
+        assert!(err.contains(expected), "missing '{expected}' in:\n{err}");
+    }
+}
+
+#[test]
+fn tenant_identities_come_from_the_environment() {
+    let toml = r#"
+        [[tenants]]
+        name = "a"
+        tokens = ["t"]
+        experiments = ["a-*"]
+        mlflow_username_env = "A_USER"
+        mlflow_password_env = "A_PASSWORD"
+    "#;
+    let mut cfg = Config::from_toml(toml, Path::new("x.toml")).unwrap();
+    cfg.apply_mlflow_env(&env(&[("A_USER", "alice"), ("A_PASSWORD", "pw")]));
+    cfg.validate().expect("valid");
+    assert!(matches!(
+        &cfg.tenants[0].mlflow,
+        TenantMlflowIdentity::Basic { username, .. } if username == "alice"
+    ));
+    assert!(
+        !format!("{cfg:?}").contains("pw\""),
+        "the password never shows in Debug output"
+    );
+}
+
+#[test]
+fn tls_files_must_hold_pem_of_the_right_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not pem").unwrap();
+    let toml = format!(
+        "[server.tls]\ncert_file = {junk:?}\nkey_file = {junk:?}\nclient_ca_file = {missing:?}\n",
+        missing = dir.path().join("missing.pem")
+    );
+    let cfg = Config::from_toml(&toml, Path::new("x.toml")).unwrap();
+    let err = cfg.validate().unwrap_err().to_string();
+    for key in [
+        "server.tls.cert_file",
+        "server.tls.key_file",
+        "server.tls.client_ca_file",
+    ] {
+        assert!(err.contains(key), "missing {key} in:\n{err}");
+    }
 }

@@ -18,6 +18,8 @@ impl Config {
         self.check_routing(&mut errors);
         self.check_mapping(&mut errors);
         self.check_feedback(&mut errors);
+        self.check_tls(&mut errors);
+        self.check_tenants(&mut errors);
         self.check_storage_and_log(&mut errors);
         match addrs {
             Some(addrs) if errors.is_empty() => Ok(addrs),
@@ -39,10 +41,15 @@ impl Config {
         let grpc = addr("server.otlp_grpc_addr", &self.server.otlp_grpc_addr);
         let http = addr("server.otlp_http_addr", &self.server.otlp_http_addr);
         let api = addr("server.api_addr", &self.server.api_addr);
+        let probe = match &self.server.probe_addr {
+            Some(value) => Some(addr("server.probe_addr", value)?),
+            None => None,
+        };
         Some(Addrs {
             otlp_grpc: grpc?,
             otlp_http: http?,
             api: api?,
+            probe,
         })
     }
 

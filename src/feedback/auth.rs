@@ -1,75 +1,136 @@
-//! Bearer-token authentication (constant-time comparison of digests, so neither content nor
-//! length leaks through timing) and per-client token-bucket rate limiting.
+//! Who may use the feedback API: a tenant (its token or client certificate, with `feedback`
+//! on), or, on a gateway without `auth.required`, a holder of one of `feedback.tokens` (or
+//! anyone, with none configured). Then per-client rate limiting.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
-
+use crate::auth::tokens::{self, TokenDigest};
+use crate::auth::{AuthError, Tenant, Tenants};
 use crate::config::Secret;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
-    #[error("missing bearer token: send 'Authorization: Bearer <token>'")]
-    Missing,
-    #[error("invalid token")]
-    Invalid,
+/// Who a feedback request is.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// Its tenant: it may reach only traces in its experiments. None: unscoped.
+    pub tenant: Option<Arc<Tenant>>,
+    /// The rate limit's key (never the secret itself).
+    key: String,
 }
 
-pub struct Authenticator {
-    digests: Vec<[u8; 32]>,
+impl Principal {
+    pub fn tenant_name(&self) -> Option<&str> {
+        self.tenant.as_deref().map(|t| &*t.name)
+    }
 }
 
-fn digest(s: &str) -> [u8; 32] {
-    Sha256::digest(s.as_bytes()).into()
+/// Why a feedback request is not served.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Denial {
+    /// 401 / UNAUTHENTICATED.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// 403 / PERMISSION_DENIED.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 429 / RESOURCE_EXHAUSTED, with the seconds until it may retry.
+    #[error("rate limit exceeded")]
+    RateLimited(f64),
 }
 
-impl Authenticator {
-    pub fn new(tokens: &[Secret]) -> Self {
+impl Denial {
+    /// Metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Denial::Unauthenticated(_) => "unauthenticated",
+            Denial::Forbidden(_) => "forbidden",
+            Denial::RateLimited(_) => "rate_limited",
+        }
+    }
+}
+
+/// The feedback API's gate.
+pub struct FeedbackAuth {
+    tenants: Arc<Tenants>,
+    /// `feedback.tokens` and `feedback.tokens_file`: unscoped tokens.
+    legacy: Vec<(TokenDigest, usize)>,
+    limiter: RateLimiter,
+}
+
+impl FeedbackAuth {
+    pub fn new(tenants: Arc<Tenants>, legacy_tokens: &[Secret], limiter: RateLimiter) -> Self {
         Self {
-            digests: tokens.iter().map(|t| digest(t.expose())).collect(),
+            tenants,
+            legacy: legacy_tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (tokens::digest(t.expose()), i))
+                .collect(),
+            limiter,
         }
     }
 
-    pub fn enabled(&self) -> bool {
-        !self.digests.is_empty()
+    /// Whether anything at all is asked of callers.
+    pub fn is_open(&self) -> bool {
+        self.tenants.is_empty() && self.legacy.is_empty()
     }
 
-    /// Checks an `Authorization` header value. Returns the index of the matching token (a
-    /// rate-limit key that is not the secret), or None when auth is off.
-    pub fn check(&self, authorization: Option<&str>) -> Result<Option<usize>, AuthError> {
-        if !self.enabled() {
-            return Ok(None);
-        }
-        let token = authorization
-            .and_then(|v| {
-                let (scheme, rest) = v.trim().split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-            })
-            .filter(|t| !t.is_empty())
-            .ok_or(AuthError::Missing)?;
-        let presented = digest(token);
-        let mut found = None;
-        // Compare against every token, so timing does not reveal which one matched.
-        for (i, d) in self.digests.iter().enumerate() {
-            if bool::from(d.ct_eq(&presented)) {
-                found = Some(i);
+    /// Authenticates a request (its `Authorization` value, its client certificate's subjects,
+    /// its address), then takes one request from its rate limit.
+    pub fn check(
+        &self,
+        authorization: Option<&str>,
+        cert_subjects: &[String],
+        peer_ip: &str,
+    ) -> Result<Principal, Denial> {
+        let principal = self.identify(authorization, cert_subjects, peer_ip)?;
+        self.limiter
+            .check(&principal.key)
+            .map_err(Denial::RateLimited)?;
+        Ok(principal)
+    }
+
+    fn identify(
+        &self,
+        authorization: Option<&str>,
+        cert_subjects: &[String],
+        peer_ip: &str,
+    ) -> Result<Principal, Denial> {
+        let legacy = || {
+            tokens::bearer(authorization)
+                .and_then(|t| tokens::find(&self.legacy, &tokens::digest(t)))
+                .map(|i| Principal {
+                    tenant: None,
+                    key: format!("token:{i}"),
+                })
+        };
+        match self.tenants.authenticate(authorization, cert_subjects) {
+            Ok(Some(tenant)) if !tenant.feedback => Err(Denial::Forbidden(format!(
+                "tenant '{}' may not use the feedback API",
+                tenant.name
+            ))),
+            Ok(Some(tenant)) => Ok(Principal {
+                key: format!("tenant:{}", tenant.name),
+                tenant: Some(tenant),
+            }),
+            // A feedback token is not a tenant's: an unscoped caller.
+            Err(AuthError::Invalid) if !self.tenants.required() => {
+                legacy().ok_or_else(|| Denial::Unauthenticated(AuthError::Invalid.to_string()))
             }
+            Err(e) => Err(Denial::Unauthenticated(e.to_string())),
+            Ok(None) if self.legacy.is_empty() => Ok(Principal {
+                tenant: None,
+                key: format!("ip:{peer_ip}"),
+            }),
+            Ok(None) => match tokens::bearer(authorization) {
+                None => Err(Denial::Unauthenticated(
+                    "missing bearer token: send 'Authorization: Bearer <token>'".into(),
+                )),
+                Some(_) => legacy().ok_or_else(|| Denial::Forbidden("invalid token".into())),
+            },
         }
-        found.map(Some).ok_or(AuthError::Invalid)
     }
-}
-
-/// Reads tokens from a file: one per line, blank lines and `#` comments ignored.
-pub fn read_tokens_file(path: &std::path::Path) -> std::io::Result<Vec<Secret>> {
-    Ok(std::fs::read_to_string(path)?
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(Secret::new)
-        .collect())
 }
 
 struct Bucket {
@@ -126,39 +187,4 @@ impl RateLimiter {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_are_checked() {
-        let auth = Authenticator::new(&[Secret::new("alpha"), Secret::new("beta")]);
-        assert_eq!(auth.check(None), Err(AuthError::Missing));
-        assert_eq!(auth.check(Some("Basic abc")), Err(AuthError::Missing));
-        assert_eq!(auth.check(Some("Bearer nope")), Err(AuthError::Invalid));
-        assert_eq!(auth.check(Some("Bearer beta")), Ok(Some(1)));
-        assert_eq!(auth.check(Some("bearer  alpha ")), Ok(Some(0)));
-        assert_eq!(Authenticator::new(&[]).check(None), Ok(None));
-    }
-
-    #[test]
-    fn buckets_refuse_past_the_burst_per_client() {
-        let rl = RateLimiter::new(1.0, 2);
-        assert!(rl.check("a").is_ok());
-        assert!(rl.check("a").is_ok());
-        let wait = rl.check("a").unwrap_err();
-        assert!(wait > 0.0 && wait <= 1.0);
-        assert!(rl.check("b").is_ok(), "another client has its own bucket");
-        assert!(RateLimiter::new(0.0, 1).check("a").is_ok());
-    }
-
-    #[test]
-    fn token_files_skip_comments() {
-        let f = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(f.path(), "# team tokens\nabc\n\n  def  \n").unwrap();
-        let t = read_tokens_file(f.path()).unwrap();
-        assert_eq!(
-            t.iter().map(Secret::expose).collect::<Vec<_>>(),
-            vec!["abc", "def"]
-        );
-    }
-}
+mod tests;

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use serde_json::Value;
 use tonic::{Request, Response, Status};
 
-use super::auth::AuthError;
+use super::auth::{Denial, Principal};
 use super::model::{AssessmentRequest, Kind, RequestExtras, check_idempotency_key};
 use super::service::{FeedbackService, Outcome, SubmitError};
 use super::store::Status as RecordStatus;
+use crate::tls::PeerInfo;
 
 pub mod proto {
     tonic::include_proto!("gateway.feedback.v1");
@@ -29,36 +30,30 @@ impl GrpcFeedback {
         FeedbackServiceServer::new(Self { service }).max_decoding_message_size(limit)
     }
 
-    fn guard<T>(&self, request: &Request<T>) -> Result<(), Status> {
+    fn guard<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
         let auth = request
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
-        let key = match self.service.auth.check(auth) {
-            Ok(Some(token)) => format!("token:{token}"),
-            Ok(None) => format!(
-                "ip:{}",
-                request
-                    .remote_addr()
-                    .map(|a| a.ip().to_string())
-                    .unwrap_or_default()
-            ),
-            Err(AuthError::Missing) => {
-                metrics::counter!("gateway_feedback_rejected_total", "reason" => "unauthenticated")
+        let peer = request.extensions().get::<PeerInfo>();
+        let ip = request
+            .remote_addr()
+            .or(peer.map(|p| p.remote))
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let subjects = peer.map_or(&[][..], PeerInfo::cert_subjects);
+        self.service
+            .gate
+            .check(auth, subjects, &ip)
+            .map_err(|denial| {
+                metrics::counter!("gateway_feedback_rejected_total", "reason" => denial.reason())
                     .increment(1);
-                return Err(Status::unauthenticated(AuthError::Missing.to_string()));
-            }
-            Err(AuthError::Invalid) => {
-                metrics::counter!("gateway_feedback_rejected_total", "reason" => "forbidden")
-                    .increment(1);
-                return Err(Status::permission_denied(AuthError::Invalid.to_string()));
-            }
-        };
-        self.service.limiter.check(&key).map_err(|_| {
-            metrics::counter!("gateway_feedback_rejected_total", "reason" => "rate_limited")
-                .increment(1);
-            Status::resource_exhausted("rate limit exceeded")
-        })
+                match denial {
+                    Denial::Unauthenticated(m) => Status::unauthenticated(m),
+                    Denial::Forbidden(m) => Status::permission_denied(m),
+                    Denial::RateLimited(_) => Status::resource_exhausted(denial.to_string()),
+                }
+            })
     }
 
     async fn log(
@@ -66,7 +61,7 @@ impl GrpcFeedback {
         kind: Kind,
         request: Request<LogAssessmentRequest>,
     ) -> Result<Response<AssessmentStatus>, Status> {
-        self.guard(&request)?;
+        let caller = self.guard(&request)?;
         let user = request
             .metadata()
             .get("x-user-id")
@@ -104,9 +99,10 @@ impl GrpcFeedback {
             },
         )
         .map_err(bad)?;
-        match self.service.submit(request, key.as_deref()).await {
+        match self.service.submit(request, key.as_deref(), &caller).await {
             Ok(outcome) => Ok(Response::new(status(outcome))),
             Err(e @ SubmitError::Rejected(_)) => Err(Status::invalid_argument(e.to_string())),
+            Err(e @ SubmitError::NotFound) => Err(Status::not_found(e.to_string())),
             Err(e @ SubmitError::Full(_)) => Err(Status::unavailable(e.to_string())),
             Err(e @ SubmitError::Storage(_)) => {
                 tracing::error!(error = %e, "feedback not stored");
@@ -175,10 +171,10 @@ impl FeedbackApi for GrpcFeedback {
         &self,
         request: Request<GetFeedbackRequest>,
     ) -> Result<Response<AssessmentStatus>, Status> {
-        self.guard(&request)?;
+        let caller = self.guard(&request)?;
         let id = request.into_inner().feedback_id;
         self.service
-            .get(&id)
+            .get(&id, &caller)
             .map(|o| Response::new(status(o)))
             .ok_or_else(|| Status::not_found(format!("no feedback with id '{id}'")))
     }

@@ -2,7 +2,6 @@
 //! `GET /v1/feedback/{feedback_id}`.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -13,10 +12,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
-use super::auth::AuthError;
+use super::auth::{Denial, Principal};
 use super::model::{AssessmentRequest, InvalidField, Kind, RequestExtras, check_idempotency_key};
 use super::service::{FeedbackService, SubmitError};
 use super::store::Status;
+use crate::tls::PeerInfo;
 
 pub fn router(service: Arc<FeedbackService>) -> Router {
     let limit = service.max_body_bytes();
@@ -40,36 +40,42 @@ fn rejected(reason: &'static str) {
     metrics::counter!("gateway_feedback_rejected_total", "reason" => reason).increment(1);
 }
 
-/// Authentication, then rate limiting (per token, or per client address without auth).
-/// Returns the refusal, if any.
-fn guard(service: &FeedbackService, headers: &HeaderMap, peer: SocketAddr) -> Option<Response> {
+/// Authentication, then rate limiting (per tenant or token, or per client address without
+/// auth): the caller, or the refusal.
+fn guard(
+    service: &FeedbackService,
+    headers: &HeaderMap,
+    peer: &PeerInfo,
+) -> Result<Principal, Denial> {
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let key = match service.auth.check(auth) {
-        Ok(Some(token)) => format!("token:{token}"),
-        Ok(None) => format!("ip:{}", peer.ip()),
-        Err(e @ AuthError::Missing) => {
-            rejected("unauthenticated");
-            let mut r = error(StatusCode::UNAUTHORIZED, e.to_string(), None);
+    service
+        .gate
+        .check(auth, peer.cert_subjects(), &peer.remote.ip().to_string())
+        .inspect_err(|denial| rejected(denial.reason()))
+}
+
+/// The answer to a refused caller.
+fn denied(denial: Denial) -> Response {
+    let mut r = match &denial {
+        Denial::Unauthenticated(m) => error(StatusCode::UNAUTHORIZED, m.clone(), None),
+        Denial::Forbidden(m) => error(StatusCode::FORBIDDEN, m.clone(), None),
+        Denial::RateLimited(_) => error(StatusCode::TOO_MANY_REQUESTS, denial.to_string(), None),
+    };
+    match denial {
+        Denial::Unauthenticated(_) => {
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return Some(r);
         }
-        Err(e @ AuthError::Invalid) => {
-            rejected("forbidden");
-            return Some(error(StatusCode::FORBIDDEN, e.to_string(), None));
+        Denial::RateLimited(wait) => {
+            if let Ok(v) = HeaderValue::from_str(&(wait.ceil().max(1.0) as u64).to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
         }
-    };
-    if let Err(wait) = service.limiter.check(&key) {
-        rejected("rate_limited");
-        let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded", None);
-        if let Ok(v) = HeaderValue::from_str(&(wait.ceil().max(1.0) as u64).to_string()) {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return Some(r);
+        Denial::Forbidden(_) => {}
     }
-    None
+    r
 }
 
 fn invalid(e: InvalidField) -> Response {
@@ -79,7 +85,7 @@ fn invalid(e: InvalidField) -> Response {
 
 async fn post_feedback(
     state: State<Arc<FeedbackService>>,
-    peer: ConnectInfo<SocketAddr>,
+    peer: ConnectInfo<PeerInfo>,
     query: Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
@@ -89,7 +95,7 @@ async fn post_feedback(
 
 async fn post_expectation(
     state: State<Arc<FeedbackService>>,
-    peer: ConnectInfo<SocketAddr>,
+    peer: ConnectInfo<PeerInfo>,
     query: Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
@@ -100,14 +106,15 @@ async fn post_expectation(
 async fn submit(
     kind: Kind,
     State(service): State<Arc<FeedbackService>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<PeerInfo>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = guard(&service, &headers, peer) {
-        return r;
-    }
+    let caller = match guard(&service, &headers, &peer) {
+        Ok(caller) => caller,
+        Err(denial) => return denied(denial),
+    };
     let json: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
@@ -137,7 +144,7 @@ async fn submit(
         Ok(r) => r,
         Err(e) => return invalid(e),
     };
-    match service.submit(request, key.as_deref()).await {
+    match service.submit(request, key.as_deref(), &caller).await {
         Ok(outcome) => {
             let status = match outcome.status {
                 Status::Logged => StatusCode::CREATED,
@@ -146,6 +153,7 @@ async fn submit(
             (status, axum::Json(outcome.to_json())).into_response()
         }
         Err(e @ SubmitError::Rejected(_)) => error(StatusCode::BAD_REQUEST, e.to_string(), None),
+        Err(e @ SubmitError::NotFound) => error(StatusCode::NOT_FOUND, e.to_string(), None),
         Err(e @ SubmitError::Full(_)) => {
             let mut r = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None);
             r.headers_mut()
@@ -165,14 +173,15 @@ async fn submit(
 
 async fn get_feedback(
     State(service): State<Arc<FeedbackService>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<PeerInfo>,
     headers: HeaderMap,
     Path(feedback_id): Path<String>,
 ) -> Response {
-    if let Some(r) = guard(&service, &headers, peer) {
-        return r;
-    }
-    match service.get(&feedback_id) {
+    let caller = match guard(&service, &headers, &peer) {
+        Ok(caller) => caller,
+        Err(denial) => return denied(denial),
+    };
+    match service.get(&feedback_id, &caller) {
         Some(outcome) => (StatusCode::OK, axum::Json(outcome.to_json())).into_response(),
         None => error(
             StatusCode::NOT_FOUND,

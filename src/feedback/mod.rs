@@ -5,5 +5,6 @@ pub mod auth;
 pub mod grpc;
 pub mod http;
 pub mod model;
+pub mod resolve;
 pub mod service;
 pub mod store;

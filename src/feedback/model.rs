@@ -285,8 +285,13 @@ impl AssessmentRequest {
     /// The gateway's id for this request, also used as MLflow's `assessment_id` (at most 50
     /// characters): a hash of the kind, the target and the idempotency key, or of the whole
     /// request when the client sent no key, so an identical retry is the same assessment.
-    pub fn feedback_id(&self, idempotency_key: Option<&str>) -> String {
+    pub fn feedback_id(&self, idempotency_key: Option<&str>, tenant: Option<&str>) -> String {
         let mut h = Sha256::new();
+        // A tenant's ids are its own: the same key from another tenant is another request.
+        if let Some(t) = tenant {
+            h.update(format!("tenant:{t}"));
+            h.update([0]);
+        }
         h.update(self.kind.as_str());
         h.update([0]);
         match &self.target {
@@ -457,22 +462,34 @@ mod tests {
     #[test]
     fn feedback_ids_are_stable_short_and_key_scoped() {
         let r = parse(json!({"client_request_id": "a", "name": "n", "value": 1})).unwrap();
-        let id = r.feedback_id(None);
-        assert_eq!(id, r.feedback_id(None));
+        let id = r.feedback_id(None, None);
+        assert_eq!(id, r.feedback_id(None, None));
         assert!(id.len() <= 50);
-        assert_ne!(id, r.feedback_id(Some("k1")));
-        assert_eq!(r.feedback_id(Some("k1")), r.feedback_id(Some("k1")));
+        assert_ne!(id, r.feedback_id(Some("k1"), None));
+        assert_eq!(
+            r.feedback_id(Some("k1"), None),
+            r.feedback_id(Some("k1"), None)
+        );
         let mut other = r.clone();
         other.value = json!(2);
         assert_ne!(
-            other.feedback_id(None),
+            other.feedback_id(None, None),
             id,
             "a different vote is a new assessment"
         );
         assert_eq!(
-            other.feedback_id(Some("k1")),
-            r.feedback_id(Some("k1")),
+            other.feedback_id(Some("k1"), None),
+            r.feedback_id(Some("k1"), None),
             "the key decides"
+        );
+        assert_ne!(
+            r.feedback_id(Some("k1"), Some("team-a")),
+            r.feedback_id(Some("k1"), Some("team-b")),
+            "each tenant's keys are its own"
+        );
+        assert_ne!(
+            r.feedback_id(Some("k1"), Some("team-a")),
+            r.feedback_id(Some("k1"), None)
         );
     }
 

@@ -2,26 +2,22 @@
 //! assessment, or keep it pending (durably) until the trace is in MLflow or the request expires.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::auth::{Authenticator, RateLimiter};
-use super::model::{AssessmentRequest, TargetRef};
+use super::auth::{FeedbackAuth, Principal};
+use super::model::AssessmentRequest;
+use super::resolve::{Found, TraceFinder};
 use super::store::{FeedbackStore, Record, Status, StoreError};
+use crate::auth::Tenants;
 use crate::config::FeedbackConfig;
+use crate::mlflow::Identities;
 use crate::mlflow::assessments::AssessmentOutcome;
-use crate::mlflow::{MlflowClient, MlflowError};
-use crate::pipeline::request_ids::{IndexedTrace, RequestIdIndex};
-use crate::vocab::ExperimentRef;
-use crate::vocab::now_ms;
+use crate::vocab::{labels, now_ms};
 
-/// The experiments searched for an unknown client request id are re-listed this often.
-const EXPERIMENT_LIST_TTL: Duration = Duration::from_secs(30);
-/// Most experiments one search covers (most recently updated first).
-const MAX_SEARCH_EXPERIMENTS: usize = 100;
 /// Records tried per worker tick, so one tick stays short.
 const MAX_ATTEMPTS_PER_TICK: usize = 200;
 /// Longest wait between attempts for one pending record.
@@ -70,6 +66,9 @@ pub enum SubmitError {
     Rejected(String),
     #[error("too many feedback requests are pending ({0}); retry later")]
     Full(usize),
+    /// The target is another tenant's (answered as not found, so ids cannot be probed).
+    #[error("no trace with this target among your experiments")]
+    NotFound,
     #[error(transparent)]
     Storage(#[from] StoreError),
 }
@@ -78,16 +77,15 @@ enum Attempt {
     Logged(String),
     NotYet(String),
     Rejected(String),
+    Elsewhere,
 }
 
 pub struct FeedbackService {
     pub store: FeedbackStore,
-    pub index: Arc<RequestIdIndex>,
-    pub auth: Authenticator,
-    pub limiter: RateLimiter,
-    client: MlflowClient,
-    known_experiments: Vec<ExperimentRef>,
-    experiment_list: Mutex<Option<(Instant, Vec<String>)>>,
+    pub gate: FeedbackAuth,
+    tenants: Arc<Tenants>,
+    identities: Identities,
+    finder: TraceFinder,
     cfg: FeedbackConfig,
     wake: Notify,
 }
@@ -96,19 +94,17 @@ impl FeedbackService {
     pub fn new(
         cfg: FeedbackConfig,
         store: FeedbackStore,
-        index: Arc<RequestIdIndex>,
-        auth: Authenticator,
-        client: MlflowClient,
-        known_experiments: Vec<ExperimentRef>,
+        gate: FeedbackAuth,
+        tenants: Arc<Tenants>,
+        identities: Identities,
+        finder: TraceFinder,
     ) -> Self {
         Self {
             store,
-            index,
-            auth,
-            limiter: RateLimiter::new(cfg.rate_limit_per_second, cfg.rate_limit_burst),
-            client,
-            known_experiments,
-            experiment_list: Mutex::new(None),
+            gate,
+            tenants,
+            identities,
+            finder,
             cfg,
             wake: Notify::new(),
         }
@@ -118,8 +114,12 @@ impl FeedbackService {
         self.cfg.max_body_bytes
     }
 
-    pub fn get(&self, feedback_id: &str) -> Option<Outcome> {
-        self.store.get(feedback_id).map(|r| Outcome::of(&r))
+    /// A record the caller may see: its own tenant's (or, unscoped, one without a tenant).
+    pub fn get(&self, feedback_id: &str, caller: &Principal) -> Option<Outcome> {
+        self.store
+            .get(feedback_id)
+            .filter(|r| r.tenant.as_deref() == caller.tenant_name())
+            .map(|r| Outcome::of(&r))
     }
 
     /// Logs the assessment now if its trace is in MLflow, else keeps it pending. The same
@@ -129,17 +129,29 @@ impl FeedbackService {
         &self,
         request: AssessmentRequest,
         idempotency_key: Option<&str>,
+        caller: &Principal,
     ) -> Result<Outcome, SubmitError> {
         let kind = request.kind.as_str();
-        let feedback_id = request.feedback_id(idempotency_key);
+        let tenant = caller.tenant_name();
+        let tenant_name = caller.tenant.as_ref().map(|t| &t.name);
+        let feedback_id = request.feedback_id(idempotency_key, tenant);
         tracing::Span::current().record("feedback_id", feedback_id.as_str());
         if let Some(existing) = self.store.get(&feedback_id)
             && existing.status != Status::Expired
+            && existing.tenant.as_deref() == tenant
         {
-            metrics::counter!("gateway_feedback_duplicates_total", "kind" => kind).increment(1);
+            metrics::counter!(
+                "gateway_feedback_duplicates_total",
+                labels(&[("kind", kind)], tenant_name)
+            )
+            .increment(1);
             return Ok(Outcome::of(&existing));
         }
-        metrics::counter!("gateway_feedback_received_total", "kind" => kind).increment(1);
+        metrics::counter!(
+            "gateway_feedback_received_total",
+            labels(&[("kind", kind)], tenant_name)
+        )
+        .increment(1);
         let now = now_ms();
         let mut record = Record {
             feedback_id,
@@ -152,19 +164,35 @@ impl FeedbackService {
             attempts: 1,
             trace_id: None,
             detail: None,
+            tenant: tenant.map(str::to_string),
         };
         match self.attempt(&record).await {
             Attempt::Logged(trace_id) => {
                 record.status = Status::Logged;
                 record.trace_id = Some(trace_id);
                 self.store.put(&record)?;
-                metrics::counter!("gateway_feedback_logged_total", "kind" => kind).increment(1);
+                metrics::counter!(
+                    "gateway_feedback_logged_total",
+                    labels(&[("kind", kind)], tenant_name)
+                )
+                .increment(1);
+            }
+            Attempt::Elsewhere => {
+                metrics::counter!(
+                    "gateway_feedback_rejected_total",
+                    labels(&[("reason", "not_found")], tenant_name)
+                )
+                .increment(1);
+                return Err(SubmitError::NotFound);
             }
             Attempt::NotYet(reason) => {
                 let pending = self.store.pending_count();
                 if pending >= self.cfg.max_pending {
-                    metrics::counter!("gateway_feedback_rejected_total", "reason" => "pending_full")
-                        .increment(1);
+                    metrics::counter!(
+                        "gateway_feedback_rejected_total",
+                        labels(&[("reason", "pending_full")], tenant_name)
+                    )
+                    .increment(1);
                     return Err(SubmitError::Full(pending));
                 }
                 record.detail = Some(reason);
@@ -173,8 +201,11 @@ impl FeedbackService {
                 self.wake.notify_one();
             }
             Attempt::Rejected(message) => {
-                metrics::counter!("gateway_feedback_rejected_total", "reason" => "mlflow")
-                    .increment(1);
+                metrics::counter!(
+                    "gateway_feedback_rejected_total",
+                    labels(&[("reason", "mlflow")], tenant_name)
+                )
+                .increment(1);
                 return Err(SubmitError::Rejected(message));
             }
         }
@@ -182,21 +213,27 @@ impl FeedbackService {
     }
 
     async fn attempt(&self, record: &Record) -> Attempt {
-        let trace_id = match &record.request.target {
-            TargetRef::TraceId(t) => t.clone(),
-            TargetRef::ClientRequestId(crid) => match self.resolve(crid).await {
-                Ok(Some(t)) => t,
-                Ok(None) => {
-                    return Attempt::NotYet(
-                        "no trace with this client_request_id has reached MLflow yet".into(),
-                    );
-                }
-                Err(e) => return Attempt::NotYet(format!("cannot search MLflow: {e}")),
-            },
+        let tenant = record
+            .tenant
+            .as_deref()
+            .and_then(|name| self.tenants.get(name))
+            .map(|t| &**t);
+        if record.tenant.is_some() && tenant.is_none() {
+            return Attempt::Rejected(format!(
+                "tenant '{}' is no longer configured",
+                record.tenant.as_deref().unwrap_or_default()
+            ));
+        }
+        let trace_id = match self.finder.find(&record.request.target, tenant).await {
+            Ok(Found::Trace(t)) => t,
+            Ok(Found::NotYet(reason)) => return Attempt::NotYet(reason),
+            Ok(Found::Elsewhere) => return Attempt::Elsewhere,
+            Err(e) => return Attempt::NotYet(format!("cannot search MLflow: {e}")),
         };
         let body = record.request.mlflow_body(&record.feedback_id, &trace_id);
         match self
-            .client
+            .identities
+            .of(record.tenant.as_deref())
             .log_assessment(&trace_id, &record.feedback_id, &body)
             .await
         {
@@ -207,53 +244,6 @@ impl FeedbackService {
             Err(e) if e.is_retryable() => Attempt::NotYet(e.to_string()),
             Err(e) => Attempt::Rejected(e.to_string()),
         }
-    }
-
-    /// client_request_id -> MLflow trace id: the pipeline's index, then MLflow's search.
-    async fn resolve(&self, crid: &str) -> Result<Option<String>, MlflowError> {
-        if let Some(t) = self.index.get(crid) {
-            return Ok(Some(t.trace_id));
-        }
-        let experiments = self.search_experiments().await?;
-        let Some(found) = self
-            .client
-            .find_trace_by_client_request_id(&experiments, crid)
-            .await?
-        else {
-            return Ok(None);
-        };
-        self.index.insert(
-            crid.to_string(),
-            IndexedTrace {
-                trace_id: found.trace_id.clone(),
-                experiment: ExperimentRef::Id(found.experiment_id),
-            },
-        );
-        Ok(Some(found.trace_id))
-    }
-
-    /// Active experiments to search: the most recently updated ones, plus those this
-    /// gateway routes to by configuration.
-    async fn search_experiments(&self) -> Result<Vec<String>, MlflowError> {
-        let mut cached = self.experiment_list.lock().await;
-        if let Some((at, ids)) = cached.as_ref()
-            && at.elapsed() < EXPERIMENT_LIST_TTL
-        {
-            return Ok(ids.clone());
-        }
-        let mut ids = self
-            .client
-            .recent_experiments(MAX_SEARCH_EXPERIMENTS)
-            .await?;
-        for known in &self.known_experiments {
-            if let ExperimentRef::Id(id) = known
-                && !ids.contains(id)
-            {
-                ids.push(id.clone());
-            }
-        }
-        *cached = Some((Instant::now(), ids.clone()));
-        Ok(ids)
     }
 
     /// Retries pending records until logged or expired; prunes finished ones.
@@ -301,7 +291,14 @@ impl FeedbackService {
                     record.status = Status::Logged;
                     record.trace_id = Some(trace_id);
                     record.detail = None;
-                    metrics::counter!("gateway_feedback_logged_total", "kind" => kind).increment(1);
+                    metrics::counter!(
+                        "gateway_feedback_logged_total",
+                        labels(
+                            &[("kind", kind)],
+                            record.tenant.as_deref().map(Arc::from).as_ref()
+                        )
+                    )
+                    .increment(1);
                     tracing::info!(feedback_id = %record.feedback_id, attempts = record.attempts,
                         "pending feedback logged");
                 }
@@ -314,11 +311,33 @@ impl FeedbackService {
                     record.next_attempt_ms = now + backoff.as_millis() as u64;
                     record.detail = Some(reason);
                 }
+                Attempt::Elsewhere => {
+                    record.status = Status::Expired;
+                    record.detail = Some(
+                        "no trace with this target among the tenant's \
+                        experiments"
+                            .into(),
+                    );
+                    metrics::counter!(
+                        "gateway_feedback_rejected_total",
+                        labels(
+                            &[("reason", "not_found")],
+                            record.tenant.as_deref().map(Arc::from).as_ref()
+                        )
+                    )
+                    .increment(1);
+                }
                 Attempt::Rejected(reason) => {
                     record.status = Status::Expired;
                     record.detail = Some(format!("MLflow rejected the assessment: {reason}"));
-                    metrics::counter!("gateway_feedback_rejected_total", "reason" => "mlflow")
-                        .increment(1);
+                    metrics::counter!(
+                        "gateway_feedback_rejected_total",
+                        labels(
+                            &[("reason", "mlflow")],
+                            record.tenant.as_deref().map(Arc::from).as_ref()
+                        )
+                    )
+                    .increment(1);
                     tracing::error!(feedback_id = %record.feedback_id, %reason,
                         "MLflow rejected pending feedback");
                 }

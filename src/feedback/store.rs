@@ -44,6 +44,9 @@ pub struct Record {
     pub attempts: u32,
     pub trace_id: Option<String>,
     pub detail: Option<String>,
+    /// The tenant that sent it: only it may read it, and it is logged under its identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +223,7 @@ mod tests {
             attempts: 0,
             trace_id: None,
             detail: None,
+            tenant: None,
         }
     }
 

@@ -4,6 +4,7 @@
 use serde_json::{Value, json};
 
 use super::MlflowClient;
+use super::client::Experiment;
 use super::error::MlflowError;
 
 /// How MLflow answered an assessment.
@@ -89,8 +90,8 @@ impl MlflowClient {
         }))
     }
 
-    /// Up to `max` active experiments, most recently updated first.
-    pub async fn recent_experiments(&self, max: usize) -> Result<Vec<String>, MlflowError> {
+    /// Up to `max` active experiments (id and name), most recently updated first.
+    pub async fn recent_experiments(&self, max: usize) -> Result<Vec<Experiment>, MlflowError> {
         let reply = self
             .post_json(
                 "api/2.0/mlflow/experiments/search",
@@ -105,9 +106,25 @@ impl MlflowClient {
             .as_array()
             .map(|a| {
                 a.iter()
-                    .filter_map(|e| e["experiment_id"].as_str().map(str::to_string))
+                    .filter_map(|e| serde_json::from_value(e.clone()).ok())
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    /// The experiment a trace is in; `None` when MLflow does not know the trace (yet).
+    pub async fn trace_experiment(&self, trace_id: &str) -> Result<Option<String>, MlflowError> {
+        match self
+            .get_json(&format!("api/3.0/mlflow/traces/{trace_id}"), &[])
+            .await
+        {
+            Ok(v) => Ok(
+                v["trace"]["trace_info"]["trace_location"]["mlflow_experiment"]["experiment_id"]
+                    .as_str()
+                    .map(str::to_string),
+            ),
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }

@@ -44,6 +44,10 @@ pub enum MlflowError {
     },
     #[error("unexpected reply from MLflow: {0}")]
     BadReply(String),
+    /// MLflow refused a tenant's own credentials or permission (its `basic-auth` app): that
+    /// tenant's data cannot go until an operator grants it, and no other tenant is affected.
+    #[error("MLflow denied the tenant's identity ({status}): {message}")]
+    Denied { status: u16, message: String },
 }
 
 impl MlflowError {
@@ -59,6 +63,7 @@ impl MlflowError {
                 ErrorClass::Retryable
             }
             MlflowError::BadReply(_) => ErrorClass::Retryable,
+            MlflowError::Denied { .. } => ErrorClass::Permanent,
             MlflowError::Status {
                 status, message, ..
             } => classify_status(*status, message),
@@ -78,7 +83,9 @@ impl MlflowError {
 
     pub fn status(&self) -> Option<u16> {
         match self {
-            MlflowError::Status { status, .. } => Some(*status),
+            MlflowError::Status { status, .. } | MlflowError::Denied { status, .. } => {
+                Some(*status)
+            }
             _ => None,
         }
     }
@@ -90,6 +97,7 @@ impl MlflowError {
             MlflowError::Timeout => "timeout",
             MlflowError::Stalled => "stalled",
             MlflowError::BadReply(_) => "bad_reply",
+            MlflowError::Denied { .. } => "denied",
             MlflowError::Status { status, .. } => match status {
                 401 | 403 => "auth",
                 404 => "not_found",

@@ -8,6 +8,8 @@ use dashmap::DashMap;
 
 use super::client::MlflowClient;
 use super::error::MlflowError;
+use super::identities::Identities;
+use crate::auth::Tenant;
 use crate::vocab::ExperimentRef;
 
 /// Resolved experiments are re-checked this often, so a deletion is noticed within a minute.
@@ -39,42 +41,94 @@ impl ResolveError {
 
 #[derive(Clone)]
 struct Entry {
-    result: Result<String, ResolveError>,
+    result: Result<Resolved, ResolveError>,
     at: Instant,
+}
+
+/// An active experiment.
+#[derive(Debug, Clone)]
+struct Resolved {
+    id: String,
+    name: String,
+}
+
+/// Who may create a missing experiment, and under which identity.
+enum Create<'a> {
+    As(&'a MlflowClient),
+    Never(&'static str),
 }
 
 /// Shared resolver.
 #[derive(Clone)]
 pub struct Experiments {
-    client: MlflowClient,
+    identities: Identities,
     create_missing: bool,
     cache: Arc<DashMap<ExperimentRef, Entry>>,
     unavailable_since: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 impl Experiments {
-    pub fn new(client: MlflowClient, create_missing: bool) -> Self {
+    pub fn new(identities: Identities, create_missing: bool) -> Self {
         Self {
-            client,
+            identities,
             create_missing,
             cache: Arc::new(DashMap::new()),
             unavailable_since: Arc::new(std::sync::Mutex::new(None)),
         }
     }
 
-    /// The cached answer, if fresh.
-    pub fn cached(&self, r: &ExperimentRef) -> Option<Result<String, ResolveError>> {
+    fn fresh(&self, r: &ExperimentRef) -> Option<Result<Resolved, ResolveError>> {
         let e = self.cache.get(r)?;
         (e.at.elapsed() < CACHE_TTL).then(|| e.result.clone())
     }
 
-    /// Resolves to an active experiment id. Definite answers are cached; transient failures
-    /// are not.
+    /// The cached answer, if fresh.
+    pub fn cached(&self, r: &ExperimentRef) -> Option<Result<String, ResolveError>> {
+        self.fresh(r).map(|hit| hit.map(|e| e.id))
+    }
+
+    /// Resolves to an active experiment id, creating a missing one when
+    /// `mlflow.create_missing_experiments` allows. Definite answers are cached; transient
+    /// failures are not.
     pub async fn resolve(&self, r: &ExperimentRef) -> Result<String, ResolveError> {
-        if let Some(hit) = self.cached(r) {
-            return hit;
+        self.resolve_for(r, None).await
+    }
+
+    /// `resolve` for a tenant's data: a missing experiment is created only if the tenant may
+    /// (`create_experiments`), under the tenant's own identity when it has one.
+    pub async fn resolve_for(
+        &self,
+        r: &ExperimentRef,
+        tenant: Option<&Tenant>,
+    ) -> Result<String, ResolveError> {
+        let create = match tenant {
+            Some(t) if t.create_experiments => Create::As(self.identities.of(Some(&t.name))),
+            Some(_) => Create::Never("its tenant may not create experiments"),
+            None if self.create_missing => Create::As(self.identities.gateway()),
+            None => Create::Never("mlflow.create_missing_experiments is off"),
+        };
+        self.resolve_with(r, create).await.map(|e| e.id)
+    }
+
+    /// The name of the experiment with this id (never created).
+    pub async fn name_of(&self, id: &str) -> Result<String, ResolveError> {
+        self.resolve_with(&ExperimentRef::Id(id.to_string()), Create::Never(""))
+            .await
+            .map(|e| e.name)
+    }
+
+    async fn resolve_with(
+        &self,
+        r: &ExperimentRef,
+        create: Create<'_>,
+    ) -> Result<Resolved, ResolveError> {
+        match self.fresh(r) {
+            // A missing name that this caller may create is looked up (and created) again.
+            Some(Err(ResolveError::Missing(_))) if matches!(create, Create::As(_)) => {}
+            Some(hit) => return hit,
+            None => {}
         }
-        let result = self.lookup(r).await;
+        let result = self.lookup(r, create).await;
         let unavailable = matches!(&result, Err(ResolveError::Unavailable(e)) if e.is_retryable());
         *self
             .unavailable_since
@@ -83,6 +137,20 @@ impl Experiments {
         if !matches!(result, Err(ResolveError::Unavailable(_))) {
             self.cache.insert(
                 r.clone(),
+                Entry {
+                    result: result.clone(),
+                    at: Instant::now(),
+                },
+            );
+        }
+        if let Ok(e) = &result {
+            // What one form taught holds for the other.
+            let other = match r {
+                ExperimentRef::Id(_) => ExperimentRef::Name(e.name.clone()),
+                ExperimentRef::Name(_) => ExperimentRef::Id(e.id.clone()),
+            };
+            self.cache.insert(
+                other,
                 Entry {
                     result: result.clone(),
                     at: Instant::now(),
@@ -113,29 +181,43 @@ impl Experiments {
         self.cache.remove(r);
     }
 
-    async fn lookup(&self, r: &ExperimentRef) -> Result<String, ResolveError> {
+    async fn lookup(
+        &self,
+        r: &ExperimentRef,
+        create: Create<'_>,
+    ) -> Result<Resolved, ResolveError> {
+        let client = self.identities.gateway();
         match r {
-            ExperimentRef::Id(id) => match self.client.get_experiment(id).await? {
+            ExperimentRef::Id(id) => match client.get_experiment(id).await? {
                 None => Err(ResolveError::Missing(format!("id {id}"))),
                 Some(exp) if !exp.is_active() => {
                     Err(ResolveError::Deleted(format!("'{}' (id {id})", exp.name)))
                 }
-                Some(exp) => Ok(exp.experiment_id),
+                Some(exp) => Ok(Resolved {
+                    id: exp.experiment_id,
+                    name: exp.name,
+                }),
             },
-            ExperimentRef::Name(name) => match self.client.get_experiment_by_name(name).await? {
+            ExperimentRef::Name(name) => match client.get_experiment_by_name(name).await? {
                 Some(exp) if !exp.is_active() => Err(ResolveError::Deleted(format!(
                     "'{name}' (id {})",
                     exp.experiment_id
                 ))),
-                Some(exp) => Ok(exp.experiment_id),
-                None if self.create_missing => {
-                    let id = self.client.create_experiment(name).await?;
-                    tracing::info!(experiment = %name, experiment_id = %id, "created experiment");
-                    Ok(id)
-                }
-                None => Err(ResolveError::Missing(format!(
-                    "'{name}' (and mlflow.create_missing_experiments is off)"
-                ))),
+                Some(exp) => Ok(Resolved {
+                    id: exp.experiment_id,
+                    name: exp.name,
+                }),
+                None => match create {
+                    Create::As(creator) => {
+                        let id = creator.create_experiment(name).await?;
+                        tracing::info!(experiment = %name, experiment_id = %id, tenant = creator.tenant().unwrap_or(""), "created experiment");
+                        Ok(Resolved {
+                            id,
+                            name: name.clone(),
+                        })
+                    }
+                    Create::Never(why) => Err(ResolveError::Missing(format!("'{name}' ({why})"))),
+                },
             },
         }
     }

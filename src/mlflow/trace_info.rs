@@ -63,9 +63,10 @@ impl TraceInfoConnection {
                 replies
                     .into_iter()
                     .map(|reply| {
-                        reply.and_then(|(status, retry_after, body)| {
-                            status_outcome(status, retry_after, body).map(drop)
-                        })
+                        self.client
+                            .scoped(reply.and_then(|(status, retry_after, body)| {
+                                status_outcome(status, retry_after, body).map(drop)
+                            }))
                     })
                     .collect()
             })

@@ -25,6 +25,14 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// The probes alone (`server.probe_addr`): liveness and readiness, nothing else.
+pub fn probe_router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
 /// Liveness: the process serves requests.
 async fn healthz() -> &'static str {
     "ok\n"

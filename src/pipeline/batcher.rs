@@ -17,6 +17,8 @@ use crate::vocab::ExperimentRef;
 /// Spans for one experiment, ready for one `/v1/traces` request.
 pub struct Batch {
     pub experiment: ExperimentRef,
+    /// The tenant whose spans these are (a batch holds one tenant's): its MLflow identity.
+    pub tenant: Option<Arc<str>>,
     /// Encoded `ExportTraceServiceRequest`s; concatenated they are one valid request.
     pub bodies: Vec<Bytes>,
     pub span_count: usize,
@@ -32,6 +34,9 @@ pub struct Batch {
     pub oldest: Instant,
 }
 
+/// What a batch is for: one tenant's spans for one experiment.
+type BatchKey = (Option<Arc<str>>, ExperimentRef);
+
 /// A root span's TraceInfo job, with its record's acknowledgement and place in the batch. The
 /// job is shared with the TraceInfo queue, which takes it while the batch waits for its write:
 /// cloning each job (its metadata and tag maps) for the queue cost a copy of every trace's
@@ -44,9 +49,10 @@ pub struct BatchRoot {
 }
 
 impl Batch {
-    fn new(experiment: ExperimentRef) -> Self {
+    fn new((tenant, experiment): BatchKey) -> Self {
         Self {
             experiment,
+            tenant,
             bodies: Vec::new(),
             span_count: 0,
             bytes: 0,
@@ -93,7 +99,7 @@ pub async fn run(
         backlog.handed_over();
         output.send(batch)
     };
-    let mut pending: HashMap<ExperimentRef, Batch> = HashMap::new();
+    let mut pending: HashMap<BatchKey, Batch> = HashMap::new();
     // Kept across the loop and replaced only once it yields: cut off by the age timer, a read
     // from disk would be given back and done again.
     let next = spool.next();
@@ -112,7 +118,7 @@ pub async fn run(
                 let Some(delivery) = delivery else { break };
                 next.set(spool.next());
                 let env = Envelope::from(delivery);
-                let key = env.experiment.clone();
+                let key = (env.tenant.clone(), env.experiment.clone());
                 let batch = pending
                     .entry(key.clone())
                     .or_insert_with(|| Batch::new(key.clone()));
@@ -140,7 +146,7 @@ pub async fn run(
         }
         // Checked after every record too, so a steady stream cannot starve the age limit.
         let now = Instant::now();
-        let due: Vec<ExperimentRef> = pending
+        let due: Vec<BatchKey> = pending
             .iter()
             .filter(|(_, b)| b.oldest + cfg.timeout <= now)
             .map(|(k, _)| k.clone())
@@ -171,6 +177,7 @@ mod tests {
     fn record(exp: &str, spans: usize) -> SpoolRecord {
         SpoolRecord {
             experiment: ExperimentRef::Id(exp.into()),
+            tenant: None,
             span_count: spans,
             roots: vec![],
             received_ms: 0,

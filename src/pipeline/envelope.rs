@@ -1,5 +1,7 @@
 //! What travels through the pipeline: spans for one experiment plus the context they came with.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -12,6 +14,8 @@ use crate::vocab::ExperimentRef;
 /// and TraceInfo writes are all done.
 pub struct Envelope {
     pub experiment: ExperimentRef,
+    /// The tenant that sent it; None without tenants.
+    pub tenant: Option<Arc<str>>,
     /// An encoded `ExportTraceServiceRequest`.
     pub body: Bytes,
     pub span_count: usize,
@@ -25,6 +29,7 @@ impl From<Delivery> for Envelope {
     fn from(d: Delivery) -> Self {
         Self {
             experiment: d.record.experiment,
+            tenant: d.record.tenant.map(Arc::from),
             body: d.record.body,
             span_count: d.record.span_count,
             roots: d.record.roots,

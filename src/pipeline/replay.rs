@@ -8,7 +8,7 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::mlflow::MlflowClient;
+use crate::mlflow::Identities;
 use crate::spool::deadletter::{self, DeadLetter};
 
 /// What a replay did.
@@ -19,8 +19,9 @@ pub struct ReplayReport {
     pub unreadable: usize,
 }
 
-/// Sends every dead letter in `data_dir` again; rewrites the file with what still fails.
-pub async fn replay(data_dir: &Path, client: &MlflowClient) -> std::io::Result<ReplayReport> {
+/// Sends every dead letter in `data_dir` again, each under its tenant's MLflow identity (the
+/// gateway's for letters without one); rewrites the file with what still fails.
+pub async fn replay(data_dir: &Path, identities: &Identities) -> std::io::Result<ReplayReport> {
     let path = deadletter::file_in(data_dir);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -42,6 +43,7 @@ pub async fn replay(data_dir: &Path, client: &MlflowClient) -> std::io::Result<R
             keep.push('\n');
             continue;
         };
+        let client = identities.of(letter.tenant.as_deref());
         // Batches whose experiment could not be resolved carry its name; resolve it now.
         let experiment_id = match letter.experiment_id.strip_prefix("name:") {
             Some(name) => match client.get_experiment_by_name(name).await {

@@ -10,6 +10,8 @@ use crate::vocab::Generations;
 pub struct IndexedTrace {
     pub trace_id: String,
     pub experiment: ExperimentRef,
+    /// The tenant that sent the trace; None without tenants.
+    pub tenant: Option<std::sync::Arc<str>>,
 }
 
 /// Two generations of at most half the capacity each: the most recent `capacity / 2` ids are
@@ -56,6 +58,7 @@ mod tests {
         IndexedTrace {
             trace_id: id.into(),
             experiment: ExperimentRef::Id("1".into()),
+            tenant: None,
         }
     }
 

@@ -4,10 +4,11 @@
 //! client in `partial_success`.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use crate::map::{refusals, spans};
 use crate::otlp::{ParsedRequest, ResourceSpansView};
-use crate::vocab::Transport;
+use crate::vocab::{Transport, labels};
 
 /// A request's spans after screening.
 pub struct Screened {
@@ -15,46 +16,50 @@ pub struct Screened {
     /// Spans the request held, all of them.
     pub received: usize,
     pub rejected: usize,
+    /// Of `rejected`, the spans routed to an experiment their tenant may not write to.
+    pub forbidden: usize,
     /// What the first rejection was, for `partial_success.error_message`.
     pub problem: Option<String>,
     /// Spans whose text was repaired (see `otlp::schema::repaired`).
     pub repaired: usize,
     /// See `ParsedRequest::unknown_field`.
     pub unknown_field: Option<String>,
+    transport: Transport,
+    /// Its tenant, for the `tenant` label of its metrics.
+    tenant: Option<Arc<str>>,
 }
 
 impl Screened {
     /// Counts `spans` rejected for `reason`; `problem` explains it if it is the first.
-    pub fn reject(
-        &mut self,
-        transport: Transport,
-        reason: &'static str,
-        spans: usize,
-        problem: impl FnOnce() -> String,
-    ) {
+    pub fn reject(&mut self, reason: &'static str, spans: usize, problem: impl FnOnce() -> String) {
         self.rejected += spans;
-        metrics::counter!("gateway_receiver_spans_rejected_total",
-            "transport" => transport.as_str(), "reason" => reason)
-        .increment(spans as u64);
+        let labels = labels(
+            &[("transport", self.transport.as_str()), ("reason", reason)],
+            self.tenant.as_ref(),
+        );
+        metrics::counter!("gateway_receiver_spans_rejected_total", labels).increment(spans as u64);
         if self.problem.is_none() {
             self.problem = Some(problem());
         }
     }
 }
 
-/// Screens a request read by the codec.
-pub fn screen(request: ParsedRequest, transport: Transport) -> Screened {
+/// Screens a request read by the codec; `tenant` labels its metrics.
+pub fn screen(request: ParsedRequest, transport: Transport, tenant: Option<Arc<str>>) -> Screened {
     let received = request.received_spans();
     let mut out = Screened {
         resource_spans: Vec::new(),
         received,
         rejected: 0,
+        forbidden: 0,
         problem: None,
         repaired: request.repaired_spans,
         unknown_field: request.unknown_field,
+        transport,
+        tenant,
     };
     for r in request.rejected {
-        out.reject(transport, r.fault.reason(), r.spans, || {
+        out.reject(r.fault.reason(), r.spans, || {
             format!("{}: {}", r.subject, r.fault)
         });
     }
@@ -62,9 +67,7 @@ pub fn screen(request: ParsedRequest, transport: Transport) -> Screened {
     for rs in resource_spans.iter_mut() {
         if let Err(refusal) = refusals::check_resource(rs.resource.as_ref()) {
             let spans = rs.take_all_spans();
-            out.reject(transport, refusal.reason(), spans, || {
-                format!("resource: {refusal}")
-            });
+            out.reject(refusal.reason(), spans, || format!("resource: {refusal}"));
             continue;
         }
         for ss in rs.scope_spans.iter_mut() {
@@ -86,15 +89,15 @@ pub fn screen(request: ParsedRequest, transport: Transport) -> Screened {
                 }
             });
             for (reason, problem) in rejections {
-                out.reject(transport, reason, 1, || problem);
+                out.reject(reason, 1, || problem);
             }
         }
     }
     let duplicates = drop_duplicates(&mut resource_spans);
     if duplicates > 0 {
-        metrics::counter!("gateway_receiver_spans_duplicate_total",
-            "transport" => transport.as_str())
-        .increment(duplicates as u64);
+        let labels = labels(&[("transport", transport.as_str())], out.tenant.as_ref());
+        metrics::counter!("gateway_receiver_spans_duplicate_total", labels)
+            .increment(duplicates as u64);
     }
     out.resource_spans = resource_spans;
     out

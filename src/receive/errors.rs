@@ -49,19 +49,29 @@ pub struct ProtoDuration {
 pub fn http_status(err: &IngestError) -> StatusCode {
     match err {
         IngestError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-        IngestError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+        IngestError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+        IngestError::PermissionDenied(_) => StatusCode::FORBIDDEN,
+        IngestError::QueueFull { .. } | IngestError::OverQuota { .. } => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
         IngestError::TooManyRequests { .. }
         | IngestError::ShuttingDown { .. }
+        | IngestError::Undecided { .. }
         | IngestError::Storage { .. } => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
+
+/// The `WWW-Authenticate` challenge of a 401 (RFC 6750).
+pub const BEARER_CHALLENGE: &str = "Bearer realm=\"mlflow-otlp-gateway\"";
 
 /// gRPC status for an ingest error.
 pub fn grpc_status(err: &IngestError) -> tonic::Status {
     let message = err.to_string();
     match err {
         IngestError::InvalidArgument(_) => tonic::Status::invalid_argument(message),
-        IngestError::QueueFull { retry_after, .. } => {
+        IngestError::Unauthenticated(_) => tonic::Status::unauthenticated(message),
+        IngestError::PermissionDenied(_) => tonic::Status::permission_denied(message),
+        IngestError::QueueFull { retry_after, .. } | IngestError::OverQuota { retry_after, .. } => {
             let retry = RetryInfo {
                 retry_delay: Some(ProtoDuration {
                     seconds: retry_after.as_secs() as i64,
@@ -84,6 +94,7 @@ pub fn grpc_status(err: &IngestError) -> tonic::Status {
         }
         IngestError::TooManyRequests { .. }
         | IngestError::ShuttingDown { .. }
+        | IngestError::Undecided { .. }
         | IngestError::Storage { .. } => tonic::Status::unavailable(message),
     }
 }
@@ -101,6 +112,8 @@ pub fn partial_success(accepted: Accepted) -> Option<ExportTracePartialSuccess> 
 pub fn rpc_code_for_http(status: StatusCode) -> i32 {
     match status.as_u16() {
         400 => tonic::Code::InvalidArgument as i32,
+        401 => tonic::Code::Unauthenticated as i32,
+        403 => tonic::Code::PermissionDenied as i32,
         413 => tonic::Code::InvalidArgument as i32,
         415 => tonic::Code::InvalidArgument as i32,
         429 => tonic::Code::ResourceExhausted as i32,

@@ -25,8 +25,9 @@ use tonic::server::NamedService;
 use super::budget::{self, Charge};
 use super::decode::{self, DecodeError, DecodeLimits, Encoding, Format};
 use super::errors::{grpc_status, partial_success};
-use super::intake::{self, Admitted, Refused};
+use super::intake::{self, Admitted, Credentials, Refused};
 use crate::pipeline::ingest::Ingest;
+use crate::tls::PeerInfo;
 use crate::vocab::{EXPERIMENT_HEADER, Transport};
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -68,9 +69,15 @@ impl GrpcReceiver {
     }
 
     async fn handle(&self, req: http::Request<Body>) -> Result<ExportTraceServiceResponse, Status> {
-        let admitted = intake::admit(&self.ingest, Transport::Grpc).map_err(|e| grpc_status(&e))?;
         let (parts, body) = req.into_parts();
         let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let peer = parts.extensions.get::<PeerInfo>();
+        let credentials = Credentials {
+            authorization: header("authorization"),
+            cert_subjects: peer.map_or(&[], PeerInfo::cert_subjects),
+        };
+        let admitted = intake::admit(&self.ingest, Transport::Grpc, credentials)
+            .map_err(|e| grpc_status(&e))?;
         let encoding = match header("grpc-encoding").unwrap_or("identity") {
             "identity" => Encoding::Identity,
             "gzip" => Encoding::Gzip,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -13,9 +13,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse
 use prost::Message;
 
 use super::decode::{self, DecodeError, DecodeLimits, Format};
-use super::errors::{RpcStatus, http_status, partial_success, rpc_code_for_http};
-use super::intake::{self, Refused};
-use crate::pipeline::ingest::{Accepted, Ingest};
+use super::errors::{BEARER_CHALLENGE, RpcStatus, http_status, partial_success, rpc_code_for_http};
+use super::intake::{self, Credentials, Refused};
+use crate::pipeline::ingest::{Accepted, Ingest, IngestError};
+use crate::tls::PeerInfo;
 use crate::vocab::{EXPERIMENT_HEADER, Transport};
 
 #[derive(Clone)]
@@ -61,6 +62,18 @@ fn error_response(
     response
 }
 
+/// An ingest error's answer; a 401 carries the `WWW-Authenticate` challenge.
+fn ingest_error_response(e: &IngestError, format: Format) -> Response {
+    let mut response = error_response(http_status(e), format, e.to_string(), e.retry_after());
+    if matches!(e, IngestError::Unauthenticated(_)) {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(BEARER_CHALLENGE),
+        );
+    }
+    response
+}
+
 fn decode_error_response(err: DecodeError, format: Format, retry_after: Duration) -> Response {
     let (status, retry) = match err {
         DecodeError::UnsupportedContentType(_) | DecodeError::UnsupportedEncoding(_) => {
@@ -99,7 +112,12 @@ fn success_response(format: Format, accepted: Accepted) -> Response {
     }
 }
 
-async fn export(State(rx): State<HttpReceiver>, headers: HeaderMap, body: Body) -> Response {
+async fn export(
+    State(rx): State<HttpReceiver>,
+    peer: Option<Extension<ConnectInfo<PeerInfo>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let header_str = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let retry_after = rx.limits.retry_after;
     let format = match decode::parse_content_type(header_str(header::CONTENT_TYPE)) {
@@ -110,9 +128,13 @@ async fn export(State(rx): State<HttpReceiver>, headers: HeaderMap, body: Body) 
         Format::Protobuf => Transport::HttpProtobuf,
         Format::Json => Transport::HttpJson,
     };
-    let admitted = match intake::admit(&rx.ingest, transport) {
+    let credentials = Credentials {
+        authorization: header_str(header::AUTHORIZATION),
+        cert_subjects: peer.as_ref().map_or(&[], |p| p.0.0.cert_subjects()),
+    };
+    let admitted = match intake::admit(&rx.ingest, transport, credentials) {
         Ok(admitted) => admitted,
-        Err(e) => return error_response(http_status(&e), format, e.to_string(), e.retry_after()),
+        Err(e) => return ingest_error_response(&e, format),
     };
     let encoding = match decode::parse_encoding(header_str(header::CONTENT_ENCODING)) {
         Ok(e) => e,
@@ -145,9 +167,7 @@ async fn export(State(rx): State<HttpReceiver>, headers: HeaderMap, body: Body) 
     match taken {
         Ok(accepted) => success_response(format, accepted),
         Err(Refused::Decode(e)) => decode_error_response(e, format, retry_after),
-        Err(Refused::Ingest(e)) => {
-            error_response(http_status(&e), format, e.to_string(), e.retry_after())
-        }
+        Err(Refused::Ingest(e)) => ingest_error_response(&e, format),
         Err(Refused::Internal(e)) => {
             tracing::error!(error = %e, "internal error while decoding");
             error_response(

@@ -1,12 +1,13 @@
-//! One way in for both receivers: a request takes an in-flight slot before its body is read
-//! (`admit`), then its turn for the CPU work, its decode (on the blocking pool when large), and
-//! ingest's screening, routing, mapping and spooling (`Admitted::take_in`).
+//! One way in for both receivers: a request is authenticated and takes an in-flight slot before
+//! its body is read (`admit`), then its turn for the CPU work, its decode (on the blocking pool
+//! when large), and ingest's screening, routing, mapping and spooling (`Admitted::take_in`).
 
 use std::sync::Arc;
 
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::decode::DecodeError;
+use crate::auth::Tenant;
 use crate::otlp::ParsedRequest;
 use crate::pipeline::ingest::{Accepted, Ingest, IngestError, RequestContext};
 use crate::vocab::Transport;
@@ -28,15 +29,34 @@ pub enum Refused {
 pub struct Admitted {
     ingest: Arc<Ingest>,
     transport: Transport,
+    tenant: Option<Arc<Tenant>>,
     _slot: OwnedSemaphorePermit,
 }
 
-/// Takes an in-flight slot for one request, or refuses (saturated, shutting down).
-pub fn admit(ingest: &Arc<Ingest>, transport: Transport) -> Result<Admitted, IngestError> {
+/// A request's credentials: its `Authorization` value and its client certificate's subjects.
+#[derive(Debug, Default)]
+pub struct Credentials<'a> {
+    pub authorization: Option<&'a str>,
+    pub cert_subjects: &'a [String],
+}
+
+/// Authenticates one request and takes an in-flight slot for it, or refuses (unknown
+/// credentials, over quota, saturated, shutting down).
+pub fn admit(
+    ingest: &Arc<Ingest>,
+    transport: Transport,
+    credentials: Credentials<'_>,
+) -> Result<Admitted, IngestError> {
+    let tenant = ingest.authenticate(
+        transport,
+        credentials.authorization,
+        credentials.cert_subjects,
+    )?;
     let slot = ingest.admit(transport)?;
     Ok(Admitted {
         ingest: ingest.clone(),
         transport,
+        tenant,
         _slot: slot,
     })
 }
@@ -75,6 +95,7 @@ impl Admitted {
         let ctx = RequestContext {
             transport: self.transport,
             experiment_header,
+            tenant: self.tenant,
         };
         self.ingest
             .accept(request, ctx)

@@ -26,6 +26,9 @@ pub struct DeadLetter {
     /// StartTraceV3 bodies for the trace roots among these spans.
     #[serde(default)]
     pub trace_infos: Vec<Value>,
+    /// The tenant whose spans these are (replayed under its MLflow identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 impl DeadLetter {
@@ -43,7 +46,14 @@ impl DeadLetter {
             spans,
             body: STANDARD.encode(body),
             trace_infos,
+            tenant: None,
         }
+    }
+
+    /// The same letter, marked as `tenant`'s.
+    pub fn of_tenant(mut self, tenant: Option<&str>) -> Self {
+        self.tenant = tenant.map(str::to_string);
+        self
     }
 }
 
@@ -74,8 +84,11 @@ impl DeadLetters {
     }
 
     pub fn write(&self, letter: &DeadLetter) {
-        metrics::counter!("gateway_dead_letters_total").increment(1);
-        metrics::counter!("gateway_dead_letter_spans_total").increment(letter.spans as u64);
+        let tenant = letter.tenant.as_deref().map(std::sync::Arc::from);
+        let labels = || crate::vocab::labels(&[], tenant.as_ref());
+        metrics::counter!("gateway_dead_letters_total", labels()).increment(1);
+        metrics::counter!("gateway_dead_letter_spans_total", labels())
+            .increment(letter.spans as u64);
         let Some(path) = &self.path else {
             tracing::error!(experiment_id = %letter.experiment_id, reason = %letter.reason,
                 spans = letter.spans, "rejected spans dropped (no data_dir for dead letters)");

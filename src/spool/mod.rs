@@ -7,17 +7,16 @@
 pub mod deadletter;
 pub mod disk;
 pub mod frame;
+mod record;
+mod shares;
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use crate::map::trace_info::TraceInfoJob;
-use crate::vocab::ExperimentRef;
+pub use record::{RecordError, SpoolRecord};
+pub use shares::SpoolShares;
 
 /// In durable mode records wait on disk, so the reader keeps at most this much read back
 /// ahead of delivery (or `queue.max_bytes`, if smaller): several full batches for every export
@@ -30,94 +29,6 @@ pub struct Prepared {
     record: SpoolRecord,
     /// Its frame, for the disk spool.
     frame: Option<disk::Frame>,
-}
-
-/// What one accepted request (for one experiment) leaves in the spool.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SpoolRecord {
-    pub experiment: ExperimentRef,
-    pub span_count: usize,
-    pub roots: Vec<TraceInfoJob>,
-    pub received_ms: u64,
-    /// An encoded `ExportTraceServiceRequest`; requests concatenate into one batch as is.
-    pub body: Bytes,
-}
-
-/// A record's header on disk. Written from a borrowed record: copying the roots' TraceInfo jobs
-/// (their metadata and tag maps) only to serialize them was a copy of every trace's facts. Read
-/// back, it owns what it holds.
-#[derive(Serialize, Deserialize)]
-struct RecordHeader<'a> {
-    experiment: Cow<'a, ExperimentRef>,
-    span_count: usize,
-    roots: Cow<'a, [TraceInfoJob]>,
-    received_ms: u64,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RecordError {
-    #[error("record too short")]
-    Short,
-    #[error("record header: {0}")]
-    Header(#[from] serde_json::Error),
-}
-
-impl SpoolRecord {
-    /// The record alone (`encode_into`).
-    #[cfg(test)]
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.encoded_len());
-        self.encode_into(&mut out);
-        out
-    }
-
-    /// `header_len (u32 LE) | header JSON | body`, appended to `out`: the disk spool frames
-    /// the record in the same buffer (`frame::encode_with`).
-    pub fn encode_into(&self, out: &mut Vec<u8>) {
-        self.encode_header_into(out);
-        out.extend_from_slice(&self.body);
-    }
-
-    /// What precedes the body in `encode_into`: the disk spool compresses it and the body
-    /// without joining them.
-    pub fn encode_header_into(&self, out: &mut Vec<u8>) {
-        // The header is written in place after room for its length.
-        let start = out.len();
-        out.extend_from_slice(&[0; 4]);
-        // Writing plain structs into a Vec cannot fail.
-        let _ = serde_json::to_writer(
-            &mut *out,
-            &RecordHeader {
-                experiment: Cow::Borrowed(&self.experiment),
-                span_count: self.span_count,
-                roots: Cow::Borrowed(&self.roots),
-                received_ms: self.received_ms,
-            },
-        );
-        let header_len = (out.len() - start - 4) as u32;
-        out[start..start + 4].copy_from_slice(&header_len.to_le_bytes());
-    }
-
-    pub fn decode(bytes: Bytes) -> Result<Self, RecordError> {
-        let len = bytes
-            .get(..4)
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_le_bytes)
-            .ok_or(RecordError::Short)? as usize;
-        let header_bytes = bytes.get(4..4 + len).ok_or(RecordError::Short)?;
-        let header: RecordHeader = serde_json::from_slice(header_bytes)?;
-        Ok(Self {
-            experiment: header.experiment.into_owned(),
-            span_count: header.span_count,
-            roots: header.roots.into_owned(),
-            received_ms: header.received_ms,
-            body: bytes.slice(4 + len..),
-        })
-    }
-
-    pub fn encoded_len(&self) -> usize {
-        self.body.len() + 256 + self.roots.len() * 512
-    }
 }
 
 /// Identifies a record in the spool.
@@ -133,6 +44,9 @@ pub enum SpoolError {
     Full(String),
     #[error("spool is closed")]
     Closed,
+    /// The tenant's undelivered records hold its whole share of the spool.
+    #[error("{0}")]
+    TenantShare(String),
     #[error("spool write failed: {0}")]
     Io(String),
 }
@@ -163,6 +77,8 @@ struct AckInner {
     spool: Spool,
     id: Option<RecordId>,
     remaining: AtomicUsize,
+    /// The tenant's share this record was charged, and how much.
+    charged: Option<(String, u64)>,
 }
 
 /// End-to-end acknowledgement of one record: split into parts (its spans, each TraceInfo);
@@ -172,17 +88,26 @@ struct AckInner {
 pub struct Ack(Arc<AckInner>);
 
 impl Ack {
-    fn new(spool: Spool, id: Option<RecordId>, parts: usize) -> Self {
+    fn new(
+        spool: Spool,
+        id: Option<RecordId>,
+        parts: usize,
+        charged: Option<(String, u64)>,
+    ) -> Self {
         Self(Arc::new(AckInner {
             spool,
             id,
             remaining: AtomicUsize::new(parts.max(1)),
+            charged,
         }))
     }
 
     /// Marks one part delivered (or given up and dead-lettered).
     pub fn done(&self) {
         if self.0.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some((tenant, bytes)) = &self.0.charged {
+                self.0.spool.1.release(Some(tenant), *bytes);
+            }
             self.0.spool.ack(self.0.id);
         }
     }
@@ -190,7 +115,7 @@ impl Ack {
 
 /// Shared handle to the spool.
 #[derive(Clone)]
-pub struct Spool(Arc<Inner>);
+pub struct Spool(Arc<Inner>, Arc<SpoolShares>);
 
 enum Inner {
     Memory {
@@ -224,25 +149,32 @@ impl Spool {
     /// A memory-only spool bounded by `max_memory` bytes.
     pub fn memory(max_memory: usize) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        Self(Arc::new(Inner::Memory {
+        let inner = Inner::Memory {
             tx,
             rx: tokio::sync::Mutex::new(rx),
             memory: Arc::new(Semaphore::new(max_memory)),
             max_memory,
             open: std::sync::RwLock::new(true),
             closed: tokio_util::sync::CancellationToken::new(),
-        }))
+        };
+        Self(Arc::new(inner), Arc::default())
     }
 
     /// A durable spool over a segment log; `max_memory` (capped at `DURABLE_READ_AHEAD_BYTES`)
     /// bounds what is read back at once.
     pub fn disk(log: disk::SegmentLog, max_memory: usize) -> Self {
         let max_memory = max_memory.min(DURABLE_READ_AHEAD_BYTES);
-        Self(Arc::new(Inner::Disk {
+        let inner = Inner::Disk {
             log,
             memory: Arc::new(Semaphore::new(max_memory)),
             max_memory,
-        }))
+        };
+        Self(Arc::new(inner), Arc::default())
+    }
+
+    /// Holds each tenant to its share of the spool (`SpoolShares`); set before any append.
+    pub fn with_shares(self, shares: SpoolShares) -> Self {
+        Self(self.0, Arc::new(shares))
     }
 
     pub fn is_durable(&self) -> bool {
@@ -269,6 +201,26 @@ impl Spool {
     /// Appends a prepared record; Ok means it is safe (durable per the fsync policy, or queued).
     pub async fn append_prepared(&self, prepared: Prepared) -> Result<(), SpoolError> {
         let Prepared { record, frame } = prepared;
+        let stored = match &frame {
+            Some(frame) => frame.stored_len() as u64,
+            None => record.encoded_len() as u64,
+        };
+        let tenant = record.tenant.clone();
+        self.1
+            .charge(tenant.as_deref(), stored)
+            .map_err(SpoolError::TenantShare)?;
+        let appended = self.append_charged(record, frame).await;
+        if appended.is_err() {
+            self.1.release(tenant.as_deref(), stored);
+        }
+        appended
+    }
+
+    async fn append_charged(
+        &self,
+        record: SpoolRecord,
+        frame: Option<disk::Frame>,
+    ) -> Result<(), SpoolError> {
         match &*self.0 {
             Inner::Memory {
                 tx,
@@ -311,8 +263,12 @@ impl Spool {
                 };
                 let (record, permit) = next?;
                 let parts = 1 + record.roots.len();
+                let charged = record
+                    .tenant
+                    .clone()
+                    .map(|t| (t, record.encoded_len() as u64));
                 Some(Delivery {
-                    ack: Ack::new(self.clone(), None, parts),
+                    ack: Ack::new(self.clone(), None, parts, charged),
                     record,
                     permit,
                 })
@@ -330,10 +286,12 @@ impl Spool {
                 let want = (next.record_len as usize).clamp(1, *max_memory) as u32;
                 let permit = memory.clone().acquire_many_owned(want).await.ok()?;
                 log.consume_position(id);
+                let charged =
+                    |record: &SpoolRecord| record.tenant.clone().map(|t| (t, u64::from(next.len)));
                 if let Some(record) = log.take_hot(id) {
                     let parts = 1 + record.roots.len();
                     return Some(Delivery {
-                        ack: Ack::new(self.clone(), Some(id), parts),
+                        ack: Ack::new(self.clone(), Some(id), parts, charged(&record)),
                         record,
                         permit,
                     });
@@ -351,7 +309,7 @@ impl Spool {
                         Ok(record) => {
                             let parts = 1 + record.roots.len();
                             return Some(Delivery {
-                                ack: Ack::new(self.clone(), Some(id), parts),
+                                ack: Ack::new(self.clone(), Some(id), parts, charged(&record)),
                                 record,
                                 permit,
                             });
@@ -424,7 +382,10 @@ pub(crate) mod tests {
     use super::*;
     use crate::config::{FsyncPolicy, SpoolCompression};
     use crate::map::rules::TraceFacts;
+    use crate::map::trace_info::TraceInfoJob;
     use crate::map::trace_info::TraceState;
+    use crate::vocab::ExperimentRef;
+    use bytes::Bytes;
 
     /// A disk log's options as the gateway's defaults have them, with `fsync`: 1 MiB segments,
     /// room enough on disk for any test.
@@ -441,6 +402,7 @@ pub(crate) mod tests {
     pub fn record(n: u8) -> SpoolRecord {
         SpoolRecord {
             experiment: ExperimentRef::Name(format!("exp-{n}")),
+            tenant: None,
             span_count: n as usize,
             roots: vec![TraceInfoJob {
                 trace_id: [n; 16],

@@ -3,9 +3,11 @@
 //! the one small container several keep their caches in.
 
 pub mod generations;
+pub mod glob;
 pub mod limits;
 
 pub use generations::Generations;
+pub use glob::glob_matches;
 
 /// MLflow's header (HTTP) and metadata (gRPC) for the experiment of an OTLP request; the
 /// gateway takes it on its receivers and sends it on `/v1/traces`.
@@ -52,4 +54,23 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Metric labels, with `tenant` added when there is one: a gateway without tenants keeps its
+/// series as they were, and each tenant's are its own.
+pub fn labels(
+    pairs: &[(&'static str, &'static str)],
+    tenant: Option<&std::sync::Arc<str>>,
+) -> Vec<metrics::Label> {
+    let mut labels: Vec<metrics::Label> = pairs
+        .iter()
+        .map(|(k, v)| metrics::Label::from_static_parts(k, v))
+        .collect();
+    if let Some(t) = tenant {
+        labels.push(metrics::Label::new(
+            "tenant",
+            metrics::SharedString::from(t.clone()),
+        ));
+    }
+    labels
 }

@@ -22,10 +22,11 @@ use base64::Engine;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, USER_AGENT};
 use reqwest::{Client, Url};
 
+use super::error::MlflowError;
 use super::pipelined::{self, PipelinedConnection, Target};
 use super::trace_info::TraceInfoConnection;
 
-use crate::config::MlflowConfig;
+use crate::config::{MlflowConfig, Secret, TenantMlflowIdentity};
 use stall::StallGate;
 
 mod rest;
@@ -51,6 +52,33 @@ pub struct MlflowClient {
     start_trace_target: Option<Target>,
     timeout: Duration,
     stall: Arc<StallGate>,
+    /// The tenant whose own identity this client carries (`for_tenant`); None: the gateway's.
+    tenant: Option<Arc<str>>,
+}
+
+/// What goes in `Authorization`.
+enum Credentials<'a> {
+    None,
+    Bearer(&'a Secret),
+    Basic(&'a str, &'a Secret),
+}
+
+impl Credentials<'_> {
+    fn header(&self) -> Result<Option<HeaderValue>, ClientBuildError> {
+        let text = match self {
+            Credentials::None => return Ok(None),
+            Credentials::Bearer(token) => format!("Bearer {}", token.expose()),
+            Credentials::Basic(user, password) => {
+                let pair = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{user}:{}", password.expose()));
+                format!("Basic {pair}")
+            }
+        };
+        let mut v = HeaderValue::from_str(&text)
+            .map_err(|_| ClientBuildError("MLflow credentials are not valid in a header".into()))?;
+        v.set_sensitive(true);
+        Ok(Some(v))
+    }
 }
 
 /// Connecting takes a round trip; longer than this means the host is not there.
@@ -67,7 +95,48 @@ impl std::fmt::Debug for MlflowClient {
 }
 
 impl MlflowClient {
+    /// A client with the gateway's own identity (`mlflow.token`, or `username`/`password`).
     pub fn new(cfg: &MlflowConfig) -> Result<Self, ClientBuildError> {
+        let identity = match (&cfg.username, &cfg.password, &cfg.token) {
+            (Some(user), Some(password), _) => Credentials::Basic(user, password),
+            (_, _, Some(token)) => Credentials::Bearer(token),
+            _ => Credentials::None,
+        };
+        Self::build(cfg, identity, Arc::default(), None)
+    }
+
+    /// The same server under a tenant's own identity, sharing this client's stall gate (a
+    /// frozen MLflow is frozen for every identity). Its 401s and 403s are `Denied`: permanent
+    /// for that tenant's data, never a readiness problem of the gateway.
+    pub fn for_tenant(
+        &self,
+        cfg: &MlflowConfig,
+        tenant: &str,
+        identity: &TenantMlflowIdentity,
+    ) -> Result<Self, ClientBuildError> {
+        let credentials = match identity {
+            TenantMlflowIdentity::Token(token) => Credentials::Bearer(token),
+            TenantMlflowIdentity::Basic { username, password } => {
+                Credentials::Basic(username, password)
+            }
+            TenantMlflowIdentity::Gateway | TenantMlflowIdentity::Missing(_) => {
+                return Ok(self.clone());
+            }
+        };
+        Self::build(
+            cfg,
+            credentials,
+            self.stall.clone(),
+            Some(Arc::from(tenant)),
+        )
+    }
+
+    fn build(
+        cfg: &MlflowConfig,
+        credentials: Credentials<'_>,
+        stall: Arc<StallGate>,
+        tenant: Option<Arc<str>>,
+    ) -> Result<Self, ClientBuildError> {
         // reqwest is built without a default crypto provider; ring is installed once here.
         // An Err only means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -78,17 +147,7 @@ impl MlflowClient {
             base.set_path(&path);
         }
         let mut headers = HeaderMap::new();
-        if let (Some(user), Some(password)) = (&cfg.username, &cfg.password) {
-            let token = base64::engine::general_purpose::STANDARD
-                .encode(format!("{user}:{}", password.expose()));
-            let mut v = HeaderValue::from_str(&format!("Basic {token}"))
-                .map_err(|_| ClientBuildError("username/password not valid in a header".into()))?;
-            v.set_sensitive(true);
-            headers.insert(AUTHORIZATION, v);
-        } else if let Some(token) = &cfg.token {
-            let mut v = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-                .map_err(|_| ClientBuildError("token not valid in a header".into()))?;
-            v.set_sensitive(true);
+        if let Some(v) = credentials.header()? {
             headers.insert(AUTHORIZATION, v);
         }
         let mut roots = Vec::new();
@@ -141,8 +200,27 @@ impl MlflowClient {
             pooled: build(usize::MAX)?,
             rest: build(0)?,
             timeout: cfg.request_timeout,
-            stall: Arc::default(),
+            stall,
+            tenant,
         })
+    }
+
+    /// The tenant whose own identity this client carries, if any.
+    pub fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref()
+    }
+
+    /// A call's outcome as this identity sees it: under a tenant's identity, MLflow refusing
+    /// the credentials or the permission is that tenant's (`Denied`).
+    pub(crate) fn scoped<T>(&self, r: Result<T, MlflowError>) -> Result<T, MlflowError> {
+        match r {
+            Err(MlflowError::Status {
+                status: status @ (401 | 403),
+                message,
+                ..
+            }) if self.tenant.is_some() => Err(MlflowError::Denied { status, message }),
+            other => other,
+        }
     }
 
     pub fn base_url(&self) -> &Url {

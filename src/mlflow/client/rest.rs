@@ -45,7 +45,7 @@ impl MlflowClient {
             .header(CONTENT_TYPE, "application/x-protobuf")
             .header(crate::vocab::EXPERIMENT_HEADER, experiment_id)
             .body(body);
-        self.send_payload("spans", request).await
+        self.scoped(self.send_payload("spans", request).await)
     }
 
     /// StartTraceV3: writes a trace's TraceInfo (on a kept-alive connection, see the module doc).
@@ -55,7 +55,7 @@ impl MlflowClient {
             .post(self.start_trace_url.clone())
             .header(CONTENT_TYPE, "application/json")
             .body(body);
-        self.send_payload("trace_info", request).await
+        self.scoped(self.send_payload("trace_info", request).await)
     }
 
     /// An experiment by id; `None` when MLflow does not know it.
@@ -88,7 +88,7 @@ impl MlflowClient {
             .send()
             .await
             .map_err(transport_error)?;
-        not_found_as_none(check(reply).await)?
+        not_found_as_none(self.scoped(check(reply).await))?
             .map(|v| parse::<ExperimentReply>(v).map(|r| r.experiment))
             .transpose()
     }
@@ -105,7 +105,7 @@ impl MlflowClient {
             .send()
             .await
             .map_err(transport_error)?;
-        match check(reply).await {
+        match self.scoped(check(reply).await) {
             Ok(v) => v
                 .get("experiment_id")
                 .and_then(Value::as_str)
@@ -149,7 +149,7 @@ impl MlflowClient {
             .send()
             .await
             .map_err(transport_error)?;
-        check(reply).await
+        self.scoped(check(reply).await)
     }
 
     /// Any JSON POST on the REST API.
@@ -161,7 +161,7 @@ impl MlflowClient {
             .send()
             .await
             .map_err(transport_error)?;
-        check(reply).await
+        self.scoped(check(reply).await)
     }
 }
 

@@ -9,21 +9,24 @@ use tokio::sync::mpsc;
 use super::isolate::{self, Contents, Parts};
 use super::trace_infos::{BatchWrites, TraceInfoItem, Written};
 use super::{note_retry, worker_pool};
+use crate::auth::Tenants;
 use crate::map::trace_info::{TraceInfoJob, mlflow_trace_id};
-use crate::mlflow::MlflowClient;
 use crate::mlflow::error::MlflowError;
 use crate::mlflow::experiments::{Experiments, ResolveError};
 use crate::mlflow::retry::RetryPolicy;
+use crate::mlflow::{Identities, MlflowClient};
 use crate::ops::health::Health;
 use crate::pipeline::backlog::SpanBacklog;
 use crate::pipeline::batcher::{Batch, BatchRoot};
 use crate::spool::Ack;
 use crate::spool::deadletter::{DeadLetter, DeadLetters};
-use crate::vocab::ExperimentRef;
+use crate::vocab::{ExperimentRef, labels};
 
 /// Everything the span workers share.
 pub struct SpanExporter {
-    pub client: MlflowClient,
+    /// The gateway's MLflow identity and each tenant's own.
+    pub identities: Identities,
+    pub tenants: Arc<Tenants>,
     pub experiments: Experiments,
     pub policy: RetryPolicy,
     pub trace_infos: mpsc::Sender<TraceInfoItem>,
@@ -79,7 +82,8 @@ impl SpanExporter {
                 if self.backlog.trace_info_first() {
                     self.write_trace_infos(&id, &batch).await;
                 }
-                let delivered = self.deliver_spans(&id, body, spans, &batch).await;
+                let client = self.identities.of(batch.tenant.as_deref());
+                let delivered = self.deliver_spans(client, &id, body, spans, &batch).await;
                 (Some(id), delivered)
             }
             Err(e) => {
@@ -92,15 +96,13 @@ impl SpanExporter {
                     .iter()
                     .map(|r| r.job.body(&experiment))
                     .collect();
-                metrics::counter!("gateway_export_spans_failed_total", "reason" => "experiment")
+                let labels = labels(&[("reason", "experiment")], batch.tenant.as_ref());
+                metrics::counter!("gateway_export_spans_failed_total", labels)
                     .increment(spans as u64);
-                self.dead_letters.write(&DeadLetter::new(
-                    &experiment,
-                    &e.to_string(),
-                    spans,
-                    &body,
-                    infos,
-                ));
+                self.dead_letters.write(
+                    &DeadLetter::new(&experiment, &e.to_string(), spans, &body, infos)
+                        .of_tenant(batch.tenant.as_deref()),
+                );
                 (None, Some(Contents::default()))
             }
         };
@@ -108,6 +110,7 @@ impl SpanExporter {
             roots,
             acks,
             permits,
+            tenant: batch_tenant,
             ..
         } = batch;
         drop(permits);
@@ -120,7 +123,7 @@ impl SpanExporter {
                         .as_ref()
                         .is_none_or(|d| d.holds_root(record, &job.root_span_id)) =>
                 {
-                    self.enqueue_trace_info(id.clone(), job, ack, None)
+                    self.enqueue_trace_info(id.clone(), batch_tenant.clone(), job, ack, None)
                 }
                 // Its spans are in the dead-letter file, with its TraceInfo.
                 _ => ack.done(),
@@ -136,14 +139,17 @@ impl SpanExporter {
     /// MLflow. Returns what was delivered, or None when all was.
     async fn deliver_spans(
         &self,
+        client: &MlflowClient,
         experiment_id: &str,
         body: Bytes,
         spans: usize,
         batch: &Batch,
     ) -> Option<Contents> {
-        match self.post(experiment_id, body.clone()).await {
+        let delivered_labels = || labels(&[], batch.tenant.as_ref());
+        match self.post(client, experiment_id, body.clone()).await {
             Ok(()) => {
-                metrics::counter!("gateway_export_spans_total").increment(spans as u64);
+                metrics::counter!("gateway_export_spans_total", delivered_labels())
+                    .increment(spans as u64);
                 return None;
             }
             Err(e) if is_refusal(&e) && spans > 1 => {
@@ -170,9 +176,10 @@ impl SpanExporter {
                     .iter()
                     .map(|r| batch.record_spans.get(*r).copied().unwrap_or(0))
                     .sum::<usize>();
-            match self.post(experiment_id, part.clone()).await {
+            match self.post(client, experiment_id, part.clone()).await {
                 Ok(()) => {
-                    metrics::counter!("gateway_export_spans_total").increment(n as u64);
+                    metrics::counter!("gateway_export_spans_total", delivered_labels())
+                        .increment(n as u64);
                     delivered.add(contents);
                 }
                 Err(e) if is_refusal(&e) && range.len() > 1 => {
@@ -209,30 +216,36 @@ impl SpanExporter {
         };
         metrics::counter!("gateway_export_failures_total", "kind" => "spans", "reason" => reason)
             .increment(1);
-        metrics::counter!("gateway_export_spans_failed_total", "reason" => reason)
-            .increment(n as u64);
+        let labels = labels(&[("reason", reason)], batch.tenant.as_ref());
+        metrics::counter!("gateway_export_spans_failed_total", labels).increment(n as u64);
         let infos = roots.map(|r| r.job.body(experiment_id)).collect();
         if e.status() == Some(404) {
             self.experiments.invalidate(&batch.experiment);
         }
-        self.dead_letters.write(&DeadLetter::new(
-            experiment_id,
-            &e.to_string(),
-            n,
-            body,
-            infos,
-        ));
+        if let MlflowError::Denied { .. } = e {
+            tracing::error!(tenant = batch.tenant.as_deref().unwrap_or(""), experiment_id,
+                spans = n, error = %e, "MLflow denied the tenant's identity; spans dead-lettered");
+        }
+        self.dead_letters.write(
+            &DeadLetter::new(experiment_id, &e.to_string(), n, body, infos)
+                .of_tenant(batch.tenant.as_deref()),
+        );
     }
 
     /// Resolves the batch's experiment, waiting out MLflow outages.
     async fn resolve(&self, batch: &Batch) -> Result<String, MlflowError> {
         let experiments = &self.experiments;
+        let tenant = batch
+            .tenant
+            .as_deref()
+            .and_then(|name| self.tenants.get(name))
+            .map(|t| &**t);
         let r = self
             .policy
             .run(
                 || async {
                     experiments
-                        .resolve(&batch.experiment)
+                        .resolve_for(&batch.experiment, tenant)
                         .await
                         .map_err(|e| match e {
                             ResolveError::Unavailable(m) => m,
@@ -260,11 +273,16 @@ impl SpanExporter {
         r
     }
 
-    async fn post(&self, experiment_id: &str, body: Bytes) -> Result<(), MlflowError> {
+    async fn post(
+        &self,
+        client: &MlflowClient,
+        experiment_id: &str,
+        body: Bytes,
+    ) -> Result<(), MlflowError> {
         let result = self
             .policy
             .run(
-                || self.client.post_spans(experiment_id, body.clone()),
+                || client.post_spans(experiment_id, body.clone()),
                 |e, attempt| note_retry(&self.health, "spans", e, attempt, 1),
             )
             .await;
@@ -285,6 +303,7 @@ impl SpanExporter {
             let written = Written(writes.clone());
             self.enqueue_trace_info(
                 experiment_id.to_string(),
+                batch.tenant.clone(),
                 root.job.clone(),
                 root.ack.clone(),
                 Some(written),
@@ -296,12 +315,14 @@ impl SpanExporter {
     fn enqueue_trace_info(
         &self,
         experiment_id: String,
+        tenant: Option<Arc<str>>,
         job: Arc<TraceInfoJob>,
         ack: Ack,
         written: Option<Written>,
     ) {
         let item = TraceInfoItem {
             experiment_id,
+            tenant,
             job,
             ack,
             written,

@@ -1,7 +1,8 @@
 //! TraceInfo writes (StartTraceV3): a pool of writers taking them from one bounded queue.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -9,7 +10,7 @@ use tokio::sync::{Notify, mpsc};
 
 use super::{note_retry, worker_pool};
 use crate::map::trace_info::{TraceInfoJob, mlflow_trace_id};
-use crate::mlflow::MlflowClient;
+use crate::mlflow::Identities;
 use crate::mlflow::error::MlflowError;
 use crate::mlflow::retry::RetryPolicy;
 use crate::mlflow::trace_info::TraceInfoConnection;
@@ -20,6 +21,8 @@ use crate::spool::Ack;
 /// A TraceInfo write waiting for StartTraceV3.
 pub struct TraceInfoItem {
     pub experiment_id: String,
+    /// Whose TraceInfo it is: written under the tenant's own MLflow identity if it has one.
+    pub tenant: Option<Arc<str>>,
     pub job: Arc<TraceInfoJob>,
     /// The record's acknowledgement, one part of which is this write.
     pub ack: Ack,
@@ -67,7 +70,7 @@ impl Drop for Written {
 /// pipelining to matter, and writes them together (pipelined on its connection where it has
 /// one of its own; `TraceInfoConnection::run_limit`).
 pub async fn run_trace_info_workers(
-    client: MlflowClient,
+    identities: Identities,
     policy: RetryPolicy,
     health: Arc<Health>,
     queue: mpsc::Receiver<TraceInfoItem>,
@@ -78,16 +81,19 @@ pub async fn run_trace_info_workers(
     worker_pool(
         queue,
         workers,
-        |connection: &Arc<TraceInfoConnection>| connection.run_limit(),
-        || Arc::new(client.trace_info_connection(pipeline_depth)),
-        move |connection: Arc<TraceInfoConnection>, items: Vec<TraceInfoItem>| {
+        |connections: &Arc<WriterConnections>| connections.gateway.run_limit(),
+        || Arc::new(WriterConnections::new(identities.clone(), pipeline_depth)),
+        move |connections: Arc<WriterConnections>, items: Vec<TraceInfoItem>| {
             let (policy, health) = (policy.clone(), health.clone());
             let spans_first = spans_first.clone();
             async move {
                 let slot = spans_first.trace_info_turn().await;
                 metrics::gauge!("gateway_trace_info_queue").decrement(items.len() as f64);
                 metrics::histogram!("gateway_trace_info_run_calls").record(items.len() as f64);
-                write_trace_infos(&connection, &policy, &health, &items).await;
+                for (identity, group) in connections.by_identity(&items) {
+                    let connection = connections.connection(identity);
+                    write_trace_infos(&connection, &policy, &health, &group).await;
+                }
                 drop(slot);
                 for item in items {
                     spans_first.trace_info_done();
@@ -100,13 +106,66 @@ pub async fn run_trace_info_workers(
     .await;
 }
 
+/// One writer's connections: the gateway's, and one per tenant with its own MLflow identity,
+/// made when that tenant's first TraceInfo comes.
+pub(super) struct WriterConnections {
+    identities: Identities,
+    depth: usize,
+    gateway: Arc<TraceInfoConnection>,
+    tenants: Mutex<HashMap<Arc<str>, Arc<TraceInfoConnection>>>,
+}
+
+impl WriterConnections {
+    fn new(identities: Identities, depth: usize) -> Self {
+        Self {
+            gateway: Arc::new(identities.gateway().trace_info_connection(depth)),
+            identities,
+            depth,
+            tenants: Mutex::default(),
+        }
+    }
+
+    /// The items grouped by the identity they are written under (the gateway's: None).
+    fn by_identity<'a>(
+        &self,
+        items: &'a [TraceInfoItem],
+    ) -> Vec<(Option<&'a Arc<str>>, Vec<&'a TraceInfoItem>)> {
+        let mut groups: Vec<(Option<&Arc<str>>, Vec<&TraceInfoItem>)> = Vec::new();
+        for item in items {
+            let identity = item.tenant.as_ref().filter(|t| self.identities.has_own(t));
+            match groups.iter_mut().find(|(i, _)| *i == identity) {
+                Some((_, group)) => group.push(item),
+                None => groups.push((identity, vec![item])),
+            }
+        }
+        groups
+    }
+
+    fn connection(&self, identity: Option<&Arc<str>>) -> Arc<TraceInfoConnection> {
+        let Some(tenant) = identity else {
+            return self.gateway.clone();
+        };
+        let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        tenants
+            .entry(tenant.clone())
+            .or_insert_with(|| {
+                Arc::new(
+                    self.identities
+                        .of(Some(tenant))
+                        .trace_info_connection(self.depth),
+                )
+            })
+            .clone()
+    }
+}
+
 /// Writes each item's TraceInfo, all of them at once, then again those that failed retryably,
 /// with the retry policy's backoff between rounds, until each is written or given up.
 async fn write_trace_infos(
     connection: &TraceInfoConnection,
     policy: &RetryPolicy,
     health: &Health,
-    items: &[TraceInfoItem],
+    items: &[&TraceInfoItem],
 ) {
     let started = Instant::now();
     let mut pending: Vec<(&TraceInfoJob, Bytes)> = items

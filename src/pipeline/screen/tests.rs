@@ -23,6 +23,7 @@ fn screened(resource_spans: Vec<ResourceSpans>) -> Screened {
     screen(
         crate::otlp::parse_request(&body, 100).expect("framed"),
         Transport::HttpProtobuf,
+        None,
     )
 }
 

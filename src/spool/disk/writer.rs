@@ -132,6 +132,13 @@ pub struct Frame {
     pub(super) record_len: usize,
 }
 
+impl Frame {
+    /// Its bytes on disk.
+    pub fn stored_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
 /// A record's frame as `compression` has it. Built by the appending task, not the writer, so
 /// concurrent requests compress in parallel rather than one after another.
 pub(super) fn frame_of(record: &SpoolRecord, compression: SpoolCompression) -> Frame {

@@ -1,0 +1,106 @@
+//! A spooled record: what one accepted request (for one experiment) leaves in the spool, and
+//! its encoding on disk.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::map::trace_info::TraceInfoJob;
+use crate::vocab::ExperimentRef;
+
+/// What one accepted request (for one experiment) leaves in the spool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpoolRecord {
+    pub experiment: ExperimentRef,
+    /// The tenant that sent it (its MLflow identity and its share of the spool); None without
+    /// tenants.
+    pub tenant: Option<String>,
+    pub span_count: usize,
+    pub roots: Vec<TraceInfoJob>,
+    pub received_ms: u64,
+    /// An encoded `ExportTraceServiceRequest`; requests concatenate into one batch as is.
+    pub body: Bytes,
+}
+
+/// A record's header on disk. Written from a borrowed record: copying the roots' TraceInfo jobs
+/// (their metadata and tag maps) only to serialize them was a copy of every trace's facts. Read
+/// back, it owns what it holds.
+#[derive(Serialize, Deserialize)]
+struct RecordHeader<'a> {
+    experiment: Cow<'a, ExperimentRef>,
+    /// Absent in records written before tenants, and in records without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tenant: Option<Cow<'a, str>>,
+    span_count: usize,
+    roots: Cow<'a, [TraceInfoJob]>,
+    received_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("record too short")]
+    Short,
+    #[error("record header: {0}")]
+    Header(#[from] serde_json::Error),
+}
+
+impl SpoolRecord {
+    /// The record alone (`encode_into`).
+    #[cfg(test)]
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// `header_len (u32 LE) | header JSON | body`, appended to `out`: the disk spool frames
+    /// the record in the same buffer (`frame::encode_with`).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        self.encode_header_into(out);
+        out.extend_from_slice(&self.body);
+    }
+
+    /// What precedes the body in `encode_into`: the disk spool compresses it and the body
+    /// without joining them.
+    pub fn encode_header_into(&self, out: &mut Vec<u8>) {
+        // The header is written in place after room for its length.
+        let start = out.len();
+        out.extend_from_slice(&[0; 4]);
+        // Writing plain structs into a Vec cannot fail.
+        let _ = serde_json::to_writer(
+            &mut *out,
+            &RecordHeader {
+                experiment: Cow::Borrowed(&self.experiment),
+                tenant: self.tenant.as_deref().map(Cow::Borrowed),
+                span_count: self.span_count,
+                roots: Cow::Borrowed(&self.roots),
+                received_ms: self.received_ms,
+            },
+        );
+        let header_len = (out.len() - start - 4) as u32;
+        out[start..start + 4].copy_from_slice(&header_len.to_le_bytes());
+    }
+
+    pub fn decode(bytes: Bytes) -> Result<Self, RecordError> {
+        let len = bytes
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+            .ok_or(RecordError::Short)? as usize;
+        let header_bytes = bytes.get(4..4 + len).ok_or(RecordError::Short)?;
+        let header: RecordHeader = serde_json::from_slice(header_bytes)?;
+        Ok(Self {
+            experiment: header.experiment.into_owned(),
+            tenant: header.tenant.map(Cow::into_owned),
+            span_count: header.span_count,
+            roots: header.roots.into_owned(),
+            received_ms: header.received_ms,
+            body: bytes.slice(4 + len..),
+        })
+    }
+
+    pub fn encoded_len(&self) -> usize {
+        self.body.len() + 256 + self.roots.len() * 512
+    }
+}
