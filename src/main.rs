@@ -103,31 +103,10 @@ enum Cmd {
     /// Send the dead letters in <data_dir>/deadletter to MLflow again (after fixing what made
     /// MLflow reject them); what still fails stays in the file. Exit code 1 if any remain.
     ReplayDeadLetters,
-    /// Exit 0 when the running gateway's GET /healthz on the API port answers 200, else 1.
-    /// For container HEALTHCHECKs in images without a shell or curl.
+    /// Exit 0 when the running gateway's GET /healthz answers 200 (on the probe port if set,
+    /// else on the API port, over TLS when it speaks it), else 1. For container HEALTHCHECKs
+    /// in images without a shell or curl.
     Healthcheck,
-}
-
-/// How long `healthcheck` waits for the gateway's answer.
-const HEALTHCHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
-
-fn healthcheck(mut api: std::net::SocketAddr) -> anyhow::Result<()> {
-    use std::io::{Read, Write};
-    if api.ip().is_unspecified() {
-        api.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let mut stream = std::net::TcpStream::connect_timeout(&api, HEALTHCHECK_TIMEOUT)
-        .with_context(|| format!("connect to {api}"))?;
-    stream.set_read_timeout(Some(HEALTHCHECK_TIMEOUT))?;
-    write!(stream, "GET /healthz HTTP/1.0\r\nHost: {api}\r\n\r\n")?;
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply)?;
-    let status = reply.lines().next().unwrap_or_default();
-    anyhow::ensure!(
-        status.split_whitespace().nth(1) == Some("200"),
-        "{api}/healthz: {status}"
-    );
-    Ok(())
 }
 
 async fn replay_dead_letters(config: Config) -> anyhow::Result<bool> {
@@ -286,7 +265,7 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Cmd::Healthcheck) = args.command {
-        return match healthcheck(addrs.api) {
+        return match mlflow_otlp_gateway::ops::healthcheck::healthcheck(&config, &addrs) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("unhealthy: {e:#}");

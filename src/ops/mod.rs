@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod health;
+pub mod healthcheck;
 pub mod logging;
 pub mod metrics;
 pub mod readiness;
