@@ -6,7 +6,12 @@ opentelemetry-instrumentation-fastapi with header capture, the JS SDK with the H
 HTTP/JSON or gRPC exporter), then posts feedback for the conversation's second request through
 the gateway's feedback API, then verifies with `mlflow.search_traces` / `MlflowClient`.
 
+The same apps also export to a second gateway set up as a shared tier (TLS on every listener,
+every request a tenant's), configured only with the standard OTEL_EXPORTER_OTLP_CERTIFICATE and
+OTEL_EXPORTER_OTLP_HEADERS=authorization=Bearer%20<token>.
+
 Usage: conformance.py --mlflow URL --otlp-grpc URL --otlp-http URL --api URL
+                      [--tls-otlp-grpc URL --tls-otlp-http URL --tls-api URL --tls-ca FILE --tls-token T]
 Prints a table of SDK x exporter x result and a closing "conformance: N passed, M failed" line.
 """
 
@@ -52,6 +57,18 @@ def cases(grpc: str, http: str):
     ]
 
 
+def tls_cases(grpc: str, http: str, ca: str):
+    def env(endpoint):
+        return {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_CERTIFICATE": ca}
+
+    return [
+        ("python", "grpc, TLS + token", [PY, "python/chat_app.py", "grpc"], env(grpc)),
+        ("python", "http/protobuf, TLS + token", [PY, "python/chat_app.py", "http"], env(http)),
+        ("node", "http/protobuf, TLS + token", ["node", "node/app.js", "proto"], env(http)),
+        ("node", "grpc, TLS + token", ["node", "node/app.js", "grpc"], env(grpc)),
+    ]
+
+
 def wait_for(what, fn, timeout=90):
     started = time.time()
     last = None
@@ -66,7 +83,11 @@ def wait_for(what, fn, timeout=90):
     raise AssertionError(f"{what}: gave up after {timeout}s (last: {last!r})")
 
 
-def app_env(service, exp_id, extra):
+def app_env(service, exp_id, extra, token=None):
+    # The standard header list, values percent-encoded as the OTLP exporter specification asks.
+    headers = f"x-mlflow-experiment-id={exp_id}"
+    if token:
+        headers += f",authorization=Bearer%20{token}"
     env = dict(os.environ)
     env.update(extra)
     env.update({
@@ -76,18 +97,25 @@ def app_env(service, exp_id, extra):
             "k8s.deployment.name=chat-deploy,cloud.region=us-east-1"
         ),
         # The same header MLflow's own OTLP endpoint takes: routes to this run's experiment.
-        "OTEL_EXPORTER_OTLP_HEADERS": f"x-mlflow-experiment-id={exp_id}",
+        "OTEL_EXPORTER_OTLP_HEADERS": headers,
         "OTEL_BSP_SCHEDULE_DELAY": "200",
     })
     return env
 
 
-def run_case(sdk, exporter, argv, env_extra, exp_id, api):
+def run_case(sdk, exporter, argv, env_extra, exp_id, api, tls=None):
+    """`tls`: (CA file, token) for the shared-tier gateway."""
     case = f"{sdk.split()[0][:2]}{exporter.split('/')[0][:4]}-{uuid.uuid4().hex[:8]}"
     service = f"conformance-{case}"
-    subprocess.run(argv + [case], cwd=HERE, env=app_env(service, exp_id, env_extra), check=True, timeout=180)
-    verify(case, service, exp_id, api)
-    return "3 traces, session/user/request-id filters, metadata, feedback"
+    env = app_env(service, exp_id, env_extra, token=tls[1] if tls else None)
+    if tls:
+        # requests lets these override a session's own CA file, so Python's HTTP exporter would
+        # ignore OTEL_EXPORTER_OTLP_CERTIFICATE where they are set (README, "Tenants and TLS").
+        for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+            env.pop(var, None)
+    subprocess.run(argv + [case], cwd=HERE, env=env, check=True, timeout=180)
+    verify(case, service, exp_id, api, tls)
+    return "3 traces, session/user/request-id filters, metadata, feedback" + (" over TLS" if tls else "")
 
 
 def run_distributed(http, exp_id, api):
@@ -216,15 +244,19 @@ def run_differential(http, exp_id, api):
     return f"{len(COMPARED)} TraceInfo fields x 3 turns identical"
 
 
-def verify(case, service, exp_id, api):
+def verify(case, service, exp_id, api, tls=None):
     user, session = f"{case}-user", f"{case}-session"
     second = f"{case}-req-2"
+    headers = {"X-User-ID": user}
+    if tls:
+        headers["Authorization"] = f"Bearer {tls[1]}"
     r = requests.post(
         f"{api}/v1/feedback",
         params={"client_request_id": second},
-        headers={"X-User-ID": user},
+        headers=headers,
         json={"name": "response_is_correct", "value": True, "rationale": "conformance"},
         timeout=30,
+        verify=tls[0] if tls else True,
     )
     assert r.status_code in (201, 202), f"feedback: {r.status_code} {r.text}"
 
@@ -280,6 +312,11 @@ def main():
     ap.add_argument("--otlp-grpc", required=True)
     ap.add_argument("--otlp-http", required=True)
     ap.add_argument("--api", required=True)
+    ap.add_argument("--tls-otlp-grpc")
+    ap.add_argument("--tls-otlp-http")
+    ap.add_argument("--tls-api")
+    ap.add_argument("--tls-ca")
+    ap.add_argument("--tls-token")
     args = ap.parse_args()
     # Keep MLflow's informational logs (its exit-time flush notice) out of the summary.
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -291,6 +328,12 @@ def main():
         (sdk, exporter, lambda a=argv, e=env, s=sdk, x=exporter: run_case(s, x, a, e, exp_id, args.api))
         for sdk, exporter, argv, env in cases(args.otlp_grpc, args.otlp_http)
     ]
+    if args.tls_api:
+        tls = (args.tls_ca, args.tls_token)
+        runs += [
+            (sdk, exporter, lambda a=argv, e=env, s=sdk, x=exporter: run_case(s, x, a, e, exp_id, args.tls_api, tls))
+            for sdk, exporter, argv, env in tls_cases(args.tls_otlp_grpc, args.tls_otlp_http, args.tls_ca)
+        ]
     runs.append((
         "mlflow sdk vs python otel",
         "direct vs http/protobuf",
