@@ -241,8 +241,20 @@ fn main() -> ExitCode {
     if args.check_config {
         return match config.validate() {
             Ok(addrs) => {
+                let access = match (&config.server.tls, config.tenants.len()) {
+                    (None, 0) => "plaintext, open".to_string(),
+                    (tls, tenants) => format!(
+                        "{}, {tenants} tenant(s){}",
+                        match tls {
+                            Some(t) if t.client_ca_file.is_some() => "TLS with client certificates",
+                            Some(_) => "TLS",
+                            None => "plaintext",
+                        },
+                        if config.auth.required { ", authentication required" } else { "" }
+                    ),
+                };
                 println!(
-                    "configuration OK: OTLP gRPC {}, OTLP HTTP {}, API {}, MLflow {}, default experiment {}",
+                    "configuration OK: OTLP gRPC {}, OTLP HTTP {}, API {}, {access}, MLflow {}, default experiment {}",
                     addrs.otlp_grpc,
                     addrs.otlp_http,
                     addrs.api,
