@@ -250,7 +250,11 @@ fn main() -> ExitCode {
                             Some(_) => "TLS",
                             None => "plaintext",
                         },
-                        if config.auth.required { ", authentication required" } else { "" }
+                        if config.auth.required {
+                            ", authentication required"
+                        } else {
+                            ""
+                        }
                     ),
                 };
                 println!(

@@ -132,6 +132,8 @@ pub async fn refused_bodies(_opts: &Options) -> anyhow::Result<String> {
         {
             let sink = Sink::start().await?;
             let gateway = procs::start_gateway(&GatewayOptions {
+                tls: None,
+                tenants: Vec::new(),
                 mlflow_url: sink.url(),
                 durable: false,
                 trace_info_concurrency: 1,

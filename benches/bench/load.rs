@@ -2,10 +2,12 @@
 //! OTLP/HTTP, at a fixed rate or flat out. Reports acknowledged spans, ack latency and errors.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use bytes::{Buf, BufMut, Bytes};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Endpoint};
@@ -32,6 +34,8 @@ pub struct LoadSpec {
     pub duration: Duration,
     /// Extra headers / gRPC metadata (e.g. `x-mlflow-experiment-id` for MLflow itself).
     pub headers: Vec<(String, String)>,
+    /// With TLS (`https://` targets): the CA the gateway's certificate is trusted by.
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// Live counters, readable while the load runs (for windowed rates).
@@ -139,23 +143,72 @@ enum Sender {
     Http(reqwest::Client, String, Vec<(String, String)>),
 }
 
+/// A rustls client trusting only `ca`, offering `alpn`.
+fn client_tls(ca: &Path, alpn: &[&[u8]]) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// An HTTP client with one connection (a pool of one keeps requests on one socket), trusting
+/// `ca` when given.
+pub fn http_client(ca: Option<&Path>, timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    let builder = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .tcp_nodelay(true)
+        .timeout(timeout);
+    let builder = match ca {
+        Some(ca) => builder.use_preconfigured_tls(client_tls(ca, &[b"h2", b"http/1.1"])?),
+        None => builder,
+    };
+    Ok(builder.build()?)
+}
+
 impl Sender {
     async fn new(spec: &LoadSpec) -> anyhow::Result<Self> {
         Ok(match spec.protocol {
             Protocol::Grpc => {
-                let channel = Endpoint::from_shared(spec.target.clone())?
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await?;
+                let endpoint = Endpoint::from_shared(spec.target.clone())?.tcp_nodelay(true);
+                let channel = match &spec.ca {
+                    None => endpoint.connect().await?,
+                    Some(ca) => {
+                        // tonic is built without TLS: the connection is the load's own.
+                        let tls = Arc::new(client_tls(ca, &[b"h2"])?);
+                        let authority = endpoint.uri().authority().cloned();
+                        let authority = authority.context("gRPC target without a host")?;
+                        endpoint
+                            .connect_with_connector(tower::service_fn(move |_| {
+                                let (tls, authority) = (tls.clone(), authority.clone());
+                                async move {
+                                    let tcp =
+                                        tokio::net::TcpStream::connect(authority.as_str()).await?;
+                                    tcp.set_nodelay(true)?;
+                                    let name = rustls::pki_types::ServerName::try_from(
+                                        authority.host().to_string(),
+                                    )
+                                    .map_err(std::io::Error::other)?;
+                                    let stream = tokio_rustls::TlsConnector::from(tls)
+                                        .connect(name, tcp)
+                                        .await?;
+                                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                                }
+                            }))
+                            .await?
+                    }
+                };
                 Sender::Grpc(tonic::client::Grpc::new(channel), spec.headers.clone())
             }
             Protocol::Http => {
-                // One client per connection slot; a pool of one keeps requests on one socket.
-                let client = reqwest::Client::builder()
-                    .pool_max_idle_per_host(1)
-                    .tcp_nodelay(true)
-                    .timeout(Duration::from_secs(60))
-                    .build()?;
+                // One client per connection slot.
+                let client = http_client(spec.ca.as_deref(), Duration::from_secs(60))?;
                 let url = format!("{}/v1/traces", spec.target.trim_end_matches('/'));
                 Sender::Http(client, url, spec.headers.clone())
             }

@@ -17,6 +17,7 @@ mod payload;
 mod procs;
 mod scenarios;
 mod sink;
+mod tenancy;
 
 use std::time::Duration;
 
@@ -63,6 +64,7 @@ async fn load_only(args: &[String]) -> anyhow::Result<()> {
             .context("missing --load argument")
     };
     let spec = load::LoadSpec {
+        ca: None,
         protocol: if arg(0)? == "grpc" {
             load::Protocol::Grpc
         } else {
@@ -125,7 +127,7 @@ async fn sink_only(args: &[String]) -> anyhow::Result<()> {
 
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Scenario numbers to run (1-6).
+    /// Scenario numbers to run (1-7).
     pub only: Vec<u32>,
     /// Scale every measured duration by this factor (`--quick`: 0.25).
     pub scale: f64,
@@ -135,7 +137,7 @@ pub struct Options {
 
 impl Options {
     fn parse(args: &[String]) -> Self {
-        let mut only = vec![1, 2, 3, 4, 5, 6];
+        let mut only = vec![1, 2, 3, 4, 5, 6, 7];
         let mut scale = 1.0;
         let mut ab = None;
         let mut it = args.iter();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use fixtures::mlflow_server::{Launch, MlflowServer};
-use fixtures::net::{wait_for_port, wait_http_ok};
+use fixtures::net::wait_for_port;
 pub use fixtures::postgres::Postgres;
 pub use fixtures::procfs::{cpu_seconds, peak_rss_mib};
 pub use fixtures::{free_port, repo_root};
@@ -28,6 +28,12 @@ pub struct Collector {
     pub http_url: String,
     /// The gateway's ops API (metrics), when it is the gateway.
     pub api_url: Option<String>,
+    /// With TLS, the CA its certificate chains to (the load trusts it).
+    pub ca: Option<PathBuf>,
+    /// What each request carries to authenticate (the first tenant's token).
+    pub headers: Vec<(String, String)>,
+    /// Reaches the ops API (over TLS when the gateway speaks it).
+    api_client: reqwest::Client,
     child: Child,
     _dir: tempfile::TempDir,
 }
@@ -53,12 +59,20 @@ impl Collector {
         }
     }
 
+    /// `spec` aimed at this collector: its endpoint, its CA and its credentials.
+    pub fn aim(&self, mut spec: crate::load::LoadSpec) -> crate::load::LoadSpec {
+        spec.target = self.url(spec.protocol);
+        spec.ca = self.ca.clone();
+        spec.headers.extend(self.headers.iter().cloned());
+        spec
+    }
+
     /// A counter or gauge from the gateway's /metrics (summed over labels).
     pub async fn metric(&self, name: &str) -> f64 {
         let Some(api) = &self.api_url else {
             return f64::NAN;
         };
-        let Ok(r) = reqwest::get(format!("{api}/metrics")).await else {
+        let Ok(r) = self.api_client.get(format!("{api}/metrics")).send().await else {
             return f64::NAN;
         };
         let text = r.text().await.unwrap_or_default();
@@ -93,6 +107,39 @@ pub struct GatewayOptions {
     pub binary: Option<PathBuf>,
     /// `receiver.ingest_concurrency`; `None` keeps the default (the CPUs less one).
     pub ingest_concurrency: Option<usize>,
+    /// TLS on every listener with these files.
+    pub tls: Option<TlsFiles>,
+    /// Tenants (`auth.required = true` when any): the load sends the first one's token.
+    pub tenants: Vec<BenchTenant>,
+}
+
+/// A server certificate for localhost, its key, and the CA clients trust (from a
+/// `fixtures::TestPki`, which must outlive the gateway).
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    pub fn new(pki: &fixtures::TestPki) -> anyhow::Result<Self> {
+        let server = pki.server("server")?;
+        Ok(Self {
+            ca: pki.ca_file(),
+            cert: server.cert,
+            key: server.key,
+        })
+    }
+}
+
+/// A tenant of the gateway under test, allowed every experiment.
+#[derive(Clone, Debug)]
+pub struct BenchTenant {
+    pub name: &'static str,
+    pub token: &'static str,
+    /// 0: no quota.
+    pub max_spans_per_second: f64,
 }
 
 pub async fn start_gateway(opts: &GatewayOptions) -> anyhow::Result<Collector> {
@@ -118,11 +165,13 @@ pub async fn start_gateway(opts: &GatewayOptions) -> anyhow::Result<Collector> {
         .ingest_concurrency
         .map(|n| format!("[receiver]\ningest_concurrency = {n}\n"))
         .unwrap_or_default();
+    let (access, ca, scheme) = access_config(opts);
     let config = format!(
-        "{data_dir}\n{receiver}[log]\nlevel = \"warn\"\n\n[server]\notlp_grpc_addr = \"127.0.0.1:{grpc}\"\n\
-         otlp_http_addr = \"127.0.0.1:{http}\"\napi_addr = \"127.0.0.1:{api}\"\n\n[mlflow]\n\
+        "{data_dir}\n{receiver}[log]\nlevel = \"warn\"\n\n{access}[server]\notlp_grpc_addr = \"127.0.0.1:{grpc}\"\n\
+         otlp_http_addr = \"127.0.0.1:{http}\"\napi_addr = \"127.0.0.1:{api}\"\n{tls}\n[mlflow]\n\
          tracking_uri = {:?}\n{writers}{extra}\n",
-        opts.mlflow_url
+        opts.mlflow_url,
+        tls = tls_config(opts),
     );
     let config_path = dir.path().join("gateway.toml");
     std::fs::write(&config_path, config)?;
@@ -141,19 +190,80 @@ pub async fn start_gateway(opts: &GatewayOptions) -> anyhow::Result<Collector> {
         .stderr(std::fs::File::create(dir.path().join("gateway.log"))?)
         .spawn()
         .context("start the gateway binary")?;
+    // The certificate names localhost.
+    let host = if ca.is_some() {
+        "localhost"
+    } else {
+        "127.0.0.1"
+    };
     let collector = Collector {
-        grpc_url: format!("http://127.0.0.1:{grpc}"),
-        http_url: format!("http://127.0.0.1:{http}"),
-        api_url: Some(format!("http://127.0.0.1:{api}")),
+        grpc_url: format!("{scheme}://{host}:{grpc}"),
+        http_url: format!("{scheme}://{host}:{http}"),
+        api_url: Some(format!("{scheme}://{host}:{api}")),
+        api_client: crate::load::http_client(ca.as_deref(), Duration::from_secs(10))?,
+        headers: opts
+            .tenants
+            .first()
+            .map(|t| vec![("authorization".to_string(), format!("Bearer {}", t.token))])
+            .unwrap_or_default(),
+        ca,
         child,
         _dir: dir,
     };
-    wait_http_ok(
-        &format!("http://127.0.0.1:{api}/readyz"),
-        Duration::from_secs(30),
-    )
-    .await?;
+    collector.wait_ready(Duration::from_secs(30)).await?;
     Ok(collector)
+}
+
+/// `[server.tls]` for `opts`, or nothing.
+fn tls_config(opts: &GatewayOptions) -> String {
+    let Some(tls) = &opts.tls else {
+        return String::new();
+    };
+    format!(
+        "\n[server.tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+        tls.cert, tls.key
+    )
+}
+
+/// `[auth]` and `[[tenants]]` for `opts` (before the `[server]` table), the CA clients trust,
+/// and the URL scheme.
+fn access_config(opts: &GatewayOptions) -> (String, Option<PathBuf>, &'static str) {
+    let mut access = String::new();
+    if !opts.tenants.is_empty() {
+        access.push_str("[auth]\nrequired = true\n\n");
+        for t in &opts.tenants {
+            access.push_str(&format!(
+                "[[tenants]]\nname = {:?}\ntokens = [{:?}]\nexperiments = [\"0\", \"*\"]\n\
+                 max_spans_per_second = {}\n\n",
+                t.name, t.token, t.max_spans_per_second
+            ));
+        }
+    }
+    match &opts.tls {
+        Some(tls) => (access, Some(tls.ca.clone()), "https"),
+        None => (access, None, "http"),
+    }
+}
+
+impl Collector {
+    /// Polls `/readyz` until it answers 200.
+    async fn wait_ready(&self, limit: Duration) -> anyhow::Result<()> {
+        let Some(api) = &self.api_url else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = self.api_client.get(format!("{api}/readyz")).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if started.elapsed() > limit {
+                bail!("the gateway at {api} was not ready within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// rotel's binary, as installed by `pip install rotel==0.0.1a15` into the project's venv.
@@ -198,6 +308,9 @@ pub async fn start_rotel(endpoint: &str, experiment_id: &str) -> anyhow::Result<
         grpc_url: format!("http://127.0.0.1:{grpc}"),
         http_url: format!("http://127.0.0.1:{http}"),
         api_url: None,
+        ca: None,
+        headers: Vec::new(),
+        api_client: reqwest::Client::new(),
         child,
         _dir: dir,
     };

@@ -58,6 +58,8 @@ pub async fn smoke() -> anyhow::Result<()> {
     check_payloads()?;
     let sink = Sink::start().await?;
     let gateway = procs::start_gateway(&GatewayOptions {
+        tls: None,
+        tenants: Vec::new(),
         mlflow_url: sink.url(),
         durable: true,
         trace_info_concurrency: GATEWAY_TRACE_INFO_CONCURRENCY,
@@ -72,6 +74,7 @@ pub async fn smoke() -> anyhow::Result<()> {
     ] {
         let report = load::run(
             LoadSpec {
+                ca: None,
                 protocol,
                 target,
                 connections: 2,
@@ -168,6 +171,7 @@ pub async fn run_all(opts: Options) -> anyhow::Result<()> {
             4 => ack_latency(&opts).await,
             5 => complete_traces(&opts).await,
             6 => crate::bombs::refused_bodies(&opts).await,
+            7 => crate::tenancy::shared_gateway(&opts).await,
             _ => bail!("no scenario {n}"),
         }
         .with_context(|| format!("scenario {n}"))?;
@@ -231,6 +235,8 @@ async fn start_peer_with(
     match name {
         "gateway" => {
             procs::start_gateway(&GatewayOptions {
+                tls: None,
+                tenants: Vec::new(),
                 mlflow_url: sink.url(),
                 durable,
                 trace_info_concurrency,
@@ -255,6 +261,7 @@ fn peers() -> Vec<&'static str> {
 /// The steady load (10k spans/s, 100 spans/request, 4 connections) to `target` for `duration`.
 pub(crate) fn steady_load(protocol: Protocol, target: String, duration: Duration) -> LoadSpec {
     LoadSpec {
+        ca: None,
         protocol,
         target,
         connections: CONNECTIONS,
@@ -455,6 +462,7 @@ fn ceiling_load(
     duration: Duration,
 ) -> LoadSpec {
     LoadSpec {
+        ca: None,
         protocol: Protocol::Grpc,
         target: collector.grpc_url.clone(),
         connections: 8,
@@ -573,6 +581,7 @@ async fn end_to_end(opts: &Options) -> anyhow::Result<String> {
         let exp = mlflow.create_experiment(&format!("direct-{spans}")).await?;
         let report = load::run(
             LoadSpec {
+                ca: None,
                 protocol: Protocol::Http,
                 target: mlflow.url.clone(),
                 connections: clients,
@@ -601,6 +610,8 @@ async fn end_to_end(opts: &Options) -> anyhow::Result<String> {
     // counter over the saturated window, then the total checked in MLflow after the drain.
     let offered = (1.25 * bulk_rate).max(100.0).round();
     let gateway = procs::start_gateway(&GatewayOptions {
+        tls: None,
+        tenants: Vec::new(),
         mlflow_url: mlflow.url.clone(),
         durable: true,
         trace_info_concurrency: GATEWAY_TRACE_INFO_CONCURRENCY,
@@ -614,6 +625,7 @@ async fn end_to_end(opts: &Options) -> anyhow::Result<String> {
         &gateway,
         &mlflow,
         LoadSpec {
+            ca: None,
             protocol: Protocol::Http,
             target: gateway.http_url.clone(),
             connections: 8,
@@ -932,6 +944,8 @@ async fn gateway_complete_traces(
     opts: &Options,
 ) -> anyhow::Result<(f64, u64, u64)> {
     let gateway = procs::start_gateway(&GatewayOptions {
+        tls: None,
+        tenants: Vec::new(),
         mlflow_url: mlflow.url.clone(),
         durable: true,
         trace_info_concurrency: GATEWAY_TRACE_INFO_CONCURRENCY,
@@ -945,6 +959,7 @@ async fn gateway_complete_traces(
         &gateway,
         mlflow,
         LoadSpec {
+            ca: None,
             protocol: Protocol::Grpc,
             target: gateway.grpc_url.clone(),
             connections: 2,
