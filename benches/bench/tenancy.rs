@@ -13,15 +13,15 @@ use crate::sink::Sink;
 
 /// Interleaved windows per gateway and protocol for the TLS comparison, and their length: short
 /// enough that the whole suite stays within its time; ratios, not absolute figures.
-const TLS_ROUNDS: usize = 4;
-const TLS_WINDOW_SECS: f64 = 6.0;
+const TLS_ROUNDS: usize = 3;
+const TLS_WINDOW_SECS: f64 = 5.0;
 /// Tenant A's quota, and what it offers: ten times that.
 const QUOTA: f64 = 5_000.0;
 const FLOOD: f64 = 50_000.0;
 /// Tenant B's steady load.
 const STEADY: f64 = 5_000.0;
 /// Alone, flood, alone, flood: each this long.
-const FAIR_WINDOW_SECS: f64 = 8.0;
+const FAIR_WINDOW_SECS: f64 = 6.0;
 const FAIR_ROUNDS: usize = 2;
 const SPANS_PER_REQUEST: usize = 100;
 

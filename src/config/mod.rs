@@ -7,6 +7,7 @@
 mod access;
 mod defaults;
 mod mapping;
+mod secret;
 mod sections;
 mod validate;
 
@@ -19,6 +20,7 @@ use serde::Deserialize;
 pub use access::{AuthConfig, TenantConfig, TenantMlflowIdentity, TlsConfig};
 pub use defaults::*;
 pub use mapping::{DEFAULT_TAG_PREFIXES, MappingConfig, RuleConfig, Target};
+pub use secret::Secret;
 pub use sections::*;
 
 /// The whole configuration. Unknown keys are errors, so a typo never silently does nothing.

@@ -1,13 +1,13 @@
 //! The configuration's sections, one struct each; their doc comments are the reference that
 //! `config/gateway.toml` mirrors key by key.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::defaults::*;
+use super::secret::Secret;
 
 /// Listener addresses (`host:port`).
 #[derive(Debug, Clone, Deserialize)]
@@ -75,26 +75,6 @@ impl Default for ReceiverConfig {
             ingest_concurrency: None,
             retry_after: DEFAULT_RETRY_AFTER,
         }
-    }
-}
-
-/// A string that never shows up in logs or `Debug` output.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"<redacted>\"")
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::defaults::*;
-use super::sections::Secret;
+use super::secret::Secret;
 
 /// TLS on all three listeners (OTLP gRPC, OTLP HTTP, API). The files are re-read when they
 /// change (a rotated Kubernetes Secret), without a restart.

@@ -87,7 +87,13 @@ impl Ingest {
         }
 
         let groups = self.route_all(&mut screened, header, tenant);
-        let groups = self.authorize_all(&mut screened, groups, tenant).await?;
+        let groups = match self.authorize_all(&mut screened, groups, tenant).await {
+            Ok(groups) => groups,
+            Err(e) => {
+                self.count_refused(ctx.transport, tenant, &e, received);
+                return Err(e);
+            }
+        };
         let forbidden = groups.is_empty() && screened.forbidden > 0;
 
         // Experiments that definitely cannot take spans: reject those spans, keep the rest.
