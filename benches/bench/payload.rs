@@ -389,6 +389,7 @@ fn trace_info_template() -> TraceInfoJob {
         end_unix_nano: root.end_time_unix_nano,
         state: TraceState::Ok,
         facts: table.evaluate(&root.attributes, &resource, &others),
+        from_mlflow_sdk: false,
     }
 }
 

@@ -13,6 +13,7 @@ use crate::map::traces::TraceTracker;
 use crate::mlflow::{ErrorClass, MlflowClient};
 use crate::ops::health::Health;
 use crate::ops::readiness;
+use crate::pipeline::ingest::Ingest;
 use crate::spool::Spool;
 use crate::tls::ServerTls;
 
@@ -103,6 +104,7 @@ pub(super) fn watch_mlflow(
 pub(super) fn housekeeping(
     tracker: Arc<TraceTracker>,
     spool: Spool,
+    finalizer: Option<Arc<Ingest>>,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
     let metrics_handle = crate::ops::metrics::handle();
@@ -110,10 +112,16 @@ pub(super) fn housekeeping(
     let mut last_upkeep = Instant::now();
     tokio::spawn(async move {
         loop {
-            let forgotten = tracker.sweep().without_root;
+            let swept = tracker.sweep();
+            let forgotten = swept.without_root;
             if forgotten > 0 {
                 metrics::counter!("gateway_traces_without_root_total").increment(forgotten as u64);
                 tracing::info!(forgotten, "traces expired without their root span");
+            }
+            if let Some(ingest) = &finalizer
+                && !swept.orphans.is_empty()
+            {
+                ingest.finalize_orphans(swept.orphans).await;
             }
             metrics::gauge!("gateway_traces_awaiting_root").set(tracker.awaiting() as f64);
             let stats = spool.stats();

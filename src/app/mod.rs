@@ -172,7 +172,7 @@ impl Gateway {
             http_listener,
             tls.clone(),
             HttpReceiver {
-                ingest,
+                ingest: ingest.clone(),
                 max_message_bytes: config.receiver.max_message_bytes,
                 limits,
             },
@@ -197,7 +197,12 @@ impl Gateway {
                 config.mlflow.health_interval,
                 stop_api.clone(),
             ),
-            background::housekeeping(tracker, spool.clone(), stop_api.clone()),
+            background::housekeeping(
+                tracker,
+                spool.clone(),
+                config.traces.finalize_without_root.then(|| ingest.clone()),
+                stop_api.clone(),
+            ),
             tokio::spawn(feedback.run(stop_api.clone())),
         ];
         if let Some(listener) = probe_listener {

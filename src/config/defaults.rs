@@ -82,6 +82,9 @@ pub const DEFAULT_MAX_ELAPSED: Duration = Duration::ZERO;
 /// Roots normally follow their children within one BatchSpanProcessor interval (5 s);
 /// ten minutes covers long agent runs whose root ends last.
 pub const DEFAULT_ROOT_WAIT: Duration = Duration::from_secs(600);
+/// A trace MLflow shows in progress forever is worse than one finalized from what came; MLflow's
+/// SDK finalizes every trace it starts.
+pub const DEFAULT_FINALIZE_WITHOUT_ROOT: bool = true;
 /// Bounds memory for traces whose root never comes (each entry is a few hundred bytes).
 pub const DEFAULT_MAX_PENDING_TRACES: usize = 100_000;
 /// Kubernetes' default termination grace period is 30 s; leave a few seconds for the exit.

@@ -265,6 +265,9 @@ pub struct TracesConfig {
     /// Most traces awaiting their root; the oldest are forgotten first (counted). Also bounds
     /// the roots remembered (15-30 s) to recognise late children.
     pub max_pending: usize,
+    /// Write a TraceInfo for a trace whose root never came (from the spans that did, tagged),
+    /// so MLflow does not show it in progress forever.
+    pub finalize_without_root: bool,
 }
 
 impl Default for TracesConfig {
@@ -272,6 +275,7 @@ impl Default for TracesConfig {
         Self {
             root_wait: DEFAULT_ROOT_WAIT,
             max_pending: DEFAULT_MAX_PENDING_TRACES,
+            finalize_without_root: DEFAULT_FINALIZE_WITHOUT_ROOT,
         }
     }
 }

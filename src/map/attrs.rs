@@ -1,12 +1,41 @@
 //! Small helpers over OTLP attribute lists.
 
+use std::borrow::Cow;
+
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 
-/// The value as MLflow would show it: strings as-is, scalars stringified, an array by its first
+/// A string attribute as MLflow's ingestion reads it: a JSON string literal (MLflow's SDK
+/// JSON-encodes every attribute value) gives its content, anything else is itself. MLflow's
+/// store strips that one layer before it reads session, user, tags and types.
+pub fn unquoted(s: &str) -> Cow<'_, str> {
+    let trimmed = s.trim();
+    if trimmed.len() >= 2
+        && trimmed.starts_with('"')
+        && trimmed.ends_with('"')
+        && let Ok(inner) = serde_json::from_str::<String>(trimmed)
+    {
+        return Cow::Owned(inner);
+    }
+    Cow::Borrowed(s)
+}
+
+/// A string attribute as MLflow's translators compare it with a name: `unquoted`, and none
+/// for a JSON object or array (which names nothing).
+pub fn as_mlflow_reads(s: &str) -> Option<Cow<'_, str>> {
+    let trimmed = s.trim_start();
+    if (trimmed.starts_with('{') || trimmed.starts_with('['))
+        && serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok()
+    {
+        return None;
+    }
+    Some(unquoted(s))
+}
+
+/// The value as MLflow would show it: strings `unquoted`, scalars stringified, an array by its first
 /// element (captured HTTP headers are string arrays). Empty values count as absent.
 pub fn value_to_string(v: &AnyValue) -> Option<String> {
     let s = match v.value.as_ref()? {
-        Value::StringValue(s) => s.clone(),
+        Value::StringValue(s) => unquoted(s).into_owned(),
         Value::BoolValue(b) => b.to_string(),
         Value::IntValue(i) => i.to_string(),
         Value::DoubleValue(d) => d.to_string(),

@@ -5,6 +5,8 @@ pub mod attrs;
 pub mod refusals;
 pub mod request;
 pub mod rules;
+pub mod span_types;
 pub mod spans;
 pub mod trace_info;
+pub mod trace_io;
 pub mod traces;

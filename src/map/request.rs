@@ -2,33 +2,49 @@
 //! what non-root spans say until their root comes (`traces`), and for each root derive the
 //! trace's facts (`rules`), put them on the root span and make its TraceInfo job.
 
+use std::borrow::Cow;
+
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 
+use super::attrs::set_str;
 use super::rules::MappingTable;
-use super::spans;
+use super::span_types::{self, SPAN_TYPE_ATTR, SpanTypeChange};
 use super::trace_info::{TraceInfoJob, TraceState};
-use super::traces::TraceTracker;
-use crate::otlp::ResourceSpansView;
+use super::traces::{Seen, TraceTracker};
+use super::{spans, trace_io};
+use crate::otlp::{AttributeAt, ResourceSpansView, SpanView};
+use crate::vocab::ExperimentRef;
+
+/// An attribute MLflow's SDK puts on every span it makes (the MLflow trace id).
+const MLFLOW_SDK_ATTR: &str = "mlflow.traceRequestId";
 
 /// A resource's attributes; none when the resource is absent.
 pub fn resource_attrs(resource: Option<&Resource>) -> &[KeyValue] {
     resource.map(|r| &r.attributes[..]).unwrap_or(&[])
 }
 
-/// The mapping table and the trace table one request is mapped with.
+/// The mapping table and the trace table one request is mapped with, and where its spans go.
 pub struct RequestMapper<'a> {
     pub mapping: &'a MappingTable,
     pub tracker: &'a TraceTracker,
+    pub experiment: &'a ExperimentRef,
+    pub tenant: Option<&'a str>,
 }
 
 impl RequestMapper<'_> {
-    /// Fits spans to MLflow's limits, records facts of non-root spans, and for each root
-    /// derives the trace's facts, puts them on the root and returns its TraceInfo job. Only
-    /// roots and spans that need fitting are decoded; the rest are forwarded as received.
+    /// Fits spans to MLflow's limits, gives each its span type and a final status, records
+    /// facts of non-root spans, and for each root derives the trace's facts, puts them on the
+    /// root and returns its TraceInfo job. Only roots and spans that need fitting are decoded;
+    /// the rest are forwarded as received, with what is added appended.
     pub fn map(&self, resource_spans: &mut [ResourceSpansView]) -> Vec<TraceInfoJob> {
-        let wanted = |key: &[u8]| self.mapping.is_interesting(key) || spans::may_need_fit(key);
+        let wanted = |key: &[u8]| {
+            self.mapping.is_interesting(key) || spans::may_need_fit(key) || span_types::reads(key)
+        };
+        let root_wanted =
+            |key: &[u8]| wanted(key) || trace_io::reads(key) || key == MLFLOW_SDK_ATTR.as_bytes();
         let mut forgotten = 0;
         for rs in resource_spans.iter_mut() {
             let resource = resource_attrs(rs.resource.as_ref());
@@ -39,19 +55,21 @@ impl RequestMapper<'_> {
                         continue;
                     }
                     let attributes = span.attributes_where(&ss.attributes, wanted);
+                    let mut fitted = None;
                     if spans::needs_fit(&attributes)
                         && let Ok(mut decoded) = span.decode()
                     {
                         spans::fit(&mut decoded);
-                        span.replace(&decoded);
+                        fitted = Some(decoded);
                     }
+                    finish_span(span, &ss.attributes, &attributes, fitted, Vec::new());
                     let Ok(trace_id) = <[u8; 16]>::try_from(span.trace_id()) else {
                         continue;
                     };
                     match &mut run {
-                        Some(r) if r.trace_id == trace_id => r.attributes.extend(attributes),
+                        Some(r) if r.trace_id == trace_id => r.add(span, attributes),
                         _ => {
-                            let next = ChildRun::new(trace_id, attributes);
+                            let next = ChildRun::new(trace_id, span, attributes);
                             if let Some(done) = run.replace(next) {
                                 forgotten += self.record_children(done, resource);
                             }
@@ -79,7 +97,7 @@ impl RequestMapper<'_> {
                     };
                     // Only the attributes the mapping reads are decoded; the root is decoded
                     // whole only when a session id must be fitted (rare).
-                    let attributes = view.attributes_where(&ss.attributes, wanted);
+                    let attributes = view.attributes_where(&ss.attributes, root_wanted);
                     let mut fitted = None;
                     if spans::needs_fit(&attributes) {
                         let Ok(mut span) = view.decode() else {
@@ -91,17 +109,20 @@ impl RequestMapper<'_> {
                     let others = self.tracker.complete(trace_id);
                     let root_attributes =
                         fitted.as_ref().map_or(&attributes[..], |s| &s.attributes);
-                    let facts =
+                    let mut facts =
                         self.mapping
                             .evaluate(root_attributes, resource_attrs(resource), &others);
-                    match fitted {
-                        Some(mut span) => {
-                            spans::enrich_root(&mut span, &facts);
-                            view.replace(&span);
-                        }
-                        None => view
-                            .set_string_attributes(&ss.attributes, &spans::root_attributes(&facts)),
+                    for (key, value) in trace_io::metadata(&attributes) {
+                        facts.metadata.entry(key.to_string()).or_insert(value);
                     }
+                    let from_mlflow_sdk = attributes.iter().any(|kv| kv.key == MLFLOW_SDK_ATTR);
+                    finish_span(
+                        view,
+                        &ss.attributes,
+                        &attributes,
+                        fitted,
+                        spans::root_attributes(&facts),
+                    );
                     let state = if view.status_code == StatusCode::Error as i32 {
                         TraceState::Error
                     } else {
@@ -115,6 +136,7 @@ impl RequestMapper<'_> {
                         end_unix_nano: view.end_time_unix_nano,
                         state,
                         facts,
+                        from_mlflow_sdk,
                     });
                 }
             }
@@ -131,8 +153,16 @@ impl RequestMapper<'_> {
     /// resource: first writer wins, so the resource adds nothing after its first turn.
     fn record_children(&self, run: ChildRun, resource: &[KeyValue]) -> usize {
         let (first, rest) = run.attributes.split_at(run.first_len);
+        let seen = Seen {
+            experiment: self.experiment,
+            tenant: self.tenant,
+            first_name: &run.first_name,
+            start_unix_nano: run.start_unix_nano,
+            end_unix_nano: run.end_unix_nano,
+            errored: run.errored,
+        };
         self.tracker
-            .record(run.trace_id, |c| {
+            .record(run.trace_id, seen, |c| {
                 self.mapping.collect(first, c);
                 self.mapping.collect(resource, c);
                 self.mapping.collect(rest, c);
@@ -153,10 +183,15 @@ struct ChildRun {
     attributes: Vec<KeyValue>,
     /// Where the first span's attributes end.
     first_len: usize,
+    /// The name of the run's earliest span.
+    first_name: String,
+    start_unix_nano: u64,
+    end_unix_nano: u64,
+    errored: bool,
 }
 
 impl ChildRun {
-    fn new(trace_id: [u8; 16], mut attributes: Vec<KeyValue>) -> Self {
+    fn new(trace_id: [u8; 16], span: &SpanView, mut attributes: Vec<KeyValue>) -> Self {
         let first_len = attributes.len();
         // Room for the run's other spans, which carry about as many: growing the list span by
         // span reallocates it several times.
@@ -165,7 +200,55 @@ impl ChildRun {
             trace_id,
             first_len,
             attributes,
+            first_name: span.name().to_string(),
+            start_unix_nano: span.start_time_unix_nano,
+            end_unix_nano: span.end_time_unix_nano,
+            errored: span.status_code == StatusCode::Error as i32,
         }
+    }
+
+    fn add(&mut self, span: &SpanView, attributes: Vec<KeyValue>) {
+        self.attributes.extend(attributes);
+        if span.start_time_unix_nano < self.start_unix_nano {
+            self.start_unix_nano = span.start_time_unix_nano;
+            span.name().clone_into(&mut self.first_name);
+        }
+        self.end_unix_nano = self.end_unix_nano.max(span.end_time_unix_nano);
+        self.errored |= span.status_code == StatusCode::Error as i32;
+    }
+}
+
+/// Makes a span's changes: the `set` string attributes (a root's enrichment), its span type
+/// (`span_types`) and, for a span whose status is unset, OK, as MLflow's SDK ends its spans
+/// (`LiveSpan.end`). `fitted` is the span decoded and fitted, when it had to be.
+fn finish_span(
+    view: &mut SpanView,
+    scope_attributes: &[AttributeAt],
+    attributes: &[KeyValue],
+    fitted: Option<Span>,
+    set: Vec<(Cow<'static, str>, &str)>,
+) {
+    let change = span_types::settle(attributes);
+    // The same list, borrowing for as long as `change` lives.
+    let mut set: Vec<(Cow<'static, str>, &str)> = set;
+    if let SpanTypeChange::Replace(kind) = &change {
+        set.push((Cow::Borrowed(SPAN_TYPE_ATTR), kind));
+    }
+    match fitted {
+        Some(mut span) => {
+            for (key, value) in &set {
+                set_str(&mut span.attributes, key, value);
+            }
+            view.replace(&span);
+        }
+        None if !set.is_empty() => view.set_string_attributes(scope_attributes, &set),
+        None => {}
+    }
+    if let SpanTypeChange::Add(kind) = change {
+        view.append_string_attribute(SPAN_TYPE_ATTR, kind);
+    }
+    if view.status_code == StatusCode::Unset as i32 {
+        view.set_status_code(StatusCode::Ok);
     }
 }
 

@@ -39,12 +39,17 @@ pub enum TraceState {
 pub struct TraceInfoJob {
     /// OTel trace id (16 bytes).
     pub trace_id: [u8; 16],
+    /// All zero for a trace finalized without its root (`traces.finalize_without_root`).
     pub root_span_id: [u8; 8],
     pub root_name: String,
     pub start_unix_nano: u64,
     pub end_unix_nano: u64,
     pub state: TraceState,
     pub facts: TraceFacts,
+    /// The root came from MLflow's SDK: the TraceInfo is written only when MLflow holds none
+    /// that StartTraceV3 wrote (with dual export the SDK writes its own).
+    #[serde(default)]
+    pub from_mlflow_sdk: bool,
 }
 
 /// `tr-` + 32 lowercase hex digits: the id MLflow derives from the OTel trace id.
@@ -228,6 +233,7 @@ mod tests {
             end_unix_nano: 1_764_177_728_999_123_456 + 1_500_400_000,
             state: TraceState::Error,
             facts,
+            from_mlflow_sdk: false,
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::map::rules::CollectedAttrs;
-use crate::vocab::Generations;
+use crate::vocab::{ExperimentRef, Generations};
 
 /// Roots already seen are remembered (as bare trace ids) for one to two of these, so late
 /// children do not open a new entry that would later be miscounted as a trace without root.
@@ -18,6 +18,62 @@ const SEEN_ROOT_GENERATION: Duration = Duration::from_secs(15);
 struct Awaiting {
     attrs: CollectedAttrs,
     since: Instant,
+    partial: Partial,
+}
+
+/// What a trace's other spans showed while its root was awaited: enough for a TraceInfo if the
+/// root never comes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partial {
+    /// Where its first spans went.
+    pub experiment: ExperimentRef,
+    pub tenant: Option<String>,
+    /// The name of its earliest span.
+    pub first_name: String,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+    pub errored: bool,
+}
+
+/// A run of one trace's non-root spans in one request (`TraceTracker::record`).
+#[derive(Debug, Clone, Copy)]
+pub struct Seen<'a> {
+    pub experiment: &'a ExperimentRef,
+    pub tenant: Option<&'a str>,
+    pub first_name: &'a str,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+    pub errored: bool,
+}
+
+impl Partial {
+    fn new(seen: &Seen<'_>) -> Self {
+        Self {
+            experiment: seen.experiment.clone(),
+            tenant: seen.tenant.map(str::to_string),
+            first_name: seen.first_name.to_string(),
+            start_unix_nano: seen.start_unix_nano,
+            end_unix_nano: seen.end_unix_nano,
+            errored: seen.errored,
+        }
+    }
+
+    fn add(&mut self, seen: &Seen<'_>) {
+        if seen.start_unix_nano < self.start_unix_nano {
+            self.start_unix_nano = seen.start_unix_nano;
+            seen.first_name.clone_into(&mut self.first_name);
+        }
+        self.end_unix_nano = self.end_unix_nano.max(seen.end_unix_nano);
+        self.errored |= seen.errored;
+    }
+}
+
+/// A trace whose root did not come in time (or was evicted to make room).
+#[derive(Debug)]
+pub struct Orphan {
+    pub trace_id: [u8; 16],
+    pub attrs: CollectedAttrs,
+    pub partial: Partial,
 }
 
 /// Trace ids whose root was seen recently: a generation ends when it is full or
@@ -64,6 +120,8 @@ struct Inner {
     /// since (skipped lazily).
     order: VecDeque<([u8; 16], Instant)>,
     seen: SeenRoots,
+    /// Traces evicted for room, handed out by the next sweep (at most `max_pending`).
+    evicted: Vec<Orphan>,
 }
 
 /// Bounded table of traces awaiting their root.
@@ -74,10 +132,12 @@ pub struct TraceTracker {
 }
 
 /// What happened when a batch of facts was recorded or a sweep ran.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Evicted {
     /// Traces forgotten because their root never came in time, or to make room.
     pub without_root: usize,
+    /// Those traces (from a sweep; evictions for room are handed out by the next sweep).
+    pub orphans: Vec<Orphan>,
 }
 
 impl TraceTracker {
@@ -98,6 +158,7 @@ impl TraceTracker {
                     started: Instant::now(),
                     generation,
                 },
+                evicted: Vec::new(),
             }),
             max_pending,
             root_wait,
@@ -109,8 +170,14 @@ impl TraceTracker {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Lets `f` add facts of a non-root span of `trace_id`. Returns evictions made for room.
-    pub fn record(&self, trace_id: [u8; 16], f: impl FnOnce(&mut CollectedAttrs)) -> Evicted {
+    /// Lets `f` add facts of non-root spans of `trace_id` (`seen` sums them up). Returns
+    /// evictions made for room.
+    pub fn record(
+        &self,
+        trace_id: [u8; 16],
+        seen: Seen<'_>,
+        f: impl FnOnce(&mut CollectedAttrs),
+    ) -> Evicted {
         let mut guard = self.lock();
         let mut evicted = Evicted::default();
         if guard.seen.contains(&trace_id) {
@@ -122,12 +189,17 @@ impl TraceTracker {
         }
         let inner = &mut *guard;
         match inner.awaiting.entry(trace_id) {
-            Entry::Occupied(entry) => f(&mut entry.into_mut().attrs),
+            Entry::Occupied(entry) => {
+                let awaiting = entry.into_mut();
+                awaiting.partial.add(&seen);
+                f(&mut awaiting.attrs)
+            }
             Entry::Vacant(entry) => {
                 let now = Instant::now();
                 let awaiting = entry.insert(Awaiting {
                     attrs: CollectedAttrs::new(),
                     since: now,
+                    partial: Partial::new(&seen),
                 });
                 f(&mut awaiting.attrs);
                 inner.order.push_back((trace_id, now));
@@ -161,11 +233,16 @@ impl TraceTracker {
                 break;
             }
             inner.order.pop_front();
-            if current {
-                inner.awaiting.remove(&id);
+            if current && let Some(awaiting) = inner.awaiting.remove(&id) {
                 evicted.without_root += 1;
+                evicted.orphans.push(Orphan {
+                    trace_id: id,
+                    attrs: awaiting.attrs,
+                    partial: awaiting.partial,
+                });
             }
         }
+        evicted.orphans.append(&mut inner.evicted);
         inner.seen.rotate_if_due(now);
         evicted
     }
@@ -190,9 +267,18 @@ fn make_room(inner: &mut Inner, cap: usize) -> usize {
         let Some((id, since)) = inner.order.pop_front() else {
             break;
         };
-        if inner.awaiting.get(&id).is_some_and(|a| a.since == since) {
-            inner.awaiting.remove(&id);
+        if inner.awaiting.get(&id).is_some_and(|a| a.since == since)
+            && let Some(awaiting) = inner.awaiting.remove(&id)
+        {
             forgotten += 1;
+            // Kept for the next sweep to finalize; beyond `cap` they are only counted.
+            if inner.evicted.len() < cap {
+                inner.evicted.push(Orphan {
+                    trace_id: id,
+                    attrs: awaiting.attrs,
+                    partial: awaiting.partial,
+                });
+            }
         }
     }
     forgotten
@@ -213,6 +299,57 @@ fn compact(inner: &mut Inner) {
 mod tests {
     use super::*;
 
+    fn seen(start: u64, end: u64) -> Seen<'static> {
+        let experiment: &'static ExperimentRef = Box::leak(Box::new(ExperimentRef::Id("1".into())));
+        Seen {
+            experiment,
+            tenant: None,
+            first_name: "child",
+            start_unix_nano: start,
+            end_unix_nano: end,
+            errored: false,
+        }
+    }
+
+    #[test]
+    fn orphans_are_handed_out_with_what_their_spans_showed() {
+        let t = TraceTracker::new(10, Duration::from_millis(1));
+        t.record(id(1), seen(30, 40), |a| {
+            a.insert("user.id".into(), "u".into());
+        });
+        let early = Seen {
+            first_name: "first",
+            errored: true,
+            ..seen(10, 20)
+        };
+        t.record(id(1), early, |_| {});
+        std::thread::sleep(Duration::from_millis(5));
+        let swept = t.sweep();
+        assert_eq!(swept.without_root, 1);
+        let [orphan] = &swept.orphans[..] else {
+            panic!("{:?}", swept.orphans)
+        };
+        assert_eq!(orphan.trace_id, id(1));
+        assert_eq!(orphan.attrs.get("user.id").map(String::as_str), Some("u"));
+        let p = &orphan.partial;
+        assert_eq!((p.start_unix_nano, p.end_unix_nano), (10, 40));
+        assert_eq!(p.first_name, "first");
+        assert!(p.errored);
+        assert_eq!(p.experiment, ExperimentRef::Id("1".into()));
+    }
+
+    #[test]
+    fn traces_evicted_for_room_are_handed_out_by_the_next_sweep() {
+        let t = TraceTracker::new(1, Duration::from_secs(60));
+        t.record(id(1), seen(1, 2), |_| {});
+        assert_eq!(t.record(id(2), seen(1, 2), |_| {}).without_root, 1);
+        let swept = t.sweep();
+        assert_eq!(swept.without_root, 0, "counted when evicted");
+        assert_eq!(swept.orphans.len(), 1);
+        assert_eq!(swept.orphans[0].trace_id, id(1));
+        assert!(t.sweep().orphans.is_empty());
+    }
+
     fn id(n: u32) -> [u8; 16] {
         let mut tid = [0u8; 16];
         tid[..4].copy_from_slice(&n.to_be_bytes());
@@ -222,7 +359,7 @@ mod tests {
     #[test]
     fn facts_are_handed_to_the_root() {
         let t = TraceTracker::new(10, Duration::from_secs(60));
-        t.record(id(1), |a| {
+        t.record(id(1), seen(10, 20), |a| {
             a.insert("user.id".into(), "u".into());
         });
         assert_eq!(t.awaiting(), 1);
@@ -230,7 +367,7 @@ mod tests {
         assert_eq!(attrs.get("user.id").map(String::as_str), Some("u"));
         assert_eq!(t.awaiting(), 0);
         // A late child after the root opens no new awaiting entry.
-        t.record(id(1), |a| {
+        t.record(id(1), seen(10, 20), |a| {
             a.insert("x".into(), "y".into());
         });
         assert_eq!(t.awaiting(), 0);
@@ -239,22 +376,22 @@ mod tests {
     #[test]
     fn the_oldest_are_evicted_at_capacity_and_counted() {
         let t = TraceTracker::new(2, Duration::from_secs(60));
-        assert_eq!(t.record(id(1), |_| {}).without_root, 0);
-        assert_eq!(t.record(id(2), |_| {}).without_root, 0);
-        assert_eq!(t.record(id(3), |_| {}).without_root, 1);
+        assert_eq!(t.record(id(1), seen(10, 20), |_| {}).without_root, 0);
+        assert_eq!(t.record(id(2), seen(10, 20), |_| {}).without_root, 0);
+        assert_eq!(t.record(id(3), seen(10, 20), |_| {}).without_root, 1);
         assert_eq!(t.awaiting(), 2);
         assert!(t.complete(id(1)).is_empty(), "trace 1 was evicted");
         // A completed trace frees its place: it no longer waits.
         t.complete(id(2));
-        assert_eq!(t.record(id(4), |_| {}).without_root, 0);
+        assert_eq!(t.record(id(4), seen(10, 20), |_| {}).without_root, 0);
         assert_eq!(t.awaiting(), 2);
     }
 
     #[test]
     fn expired_traces_are_swept_and_counted() {
         let t = TraceTracker::new(10, Duration::from_millis(1));
-        t.record(id(1), |_| {});
-        t.record(id(2), |_| {});
+        t.record(id(1), seen(10, 20), |_| {});
+        t.record(id(2), seen(10, 20), |_| {});
         t.complete(id(2));
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(t.sweep().without_root, 1);
@@ -268,7 +405,7 @@ mod tests {
         t.complete(id(1));
         std::thread::sleep(generation + Duration::from_millis(10));
         t.sweep(); // rotates: trace 1 is now in the previous generation
-        t.record(id(1), |_| {});
+        t.record(id(1), seen(10, 20), |_| {});
         assert_eq!(
             t.awaiting(),
             0,
@@ -276,7 +413,7 @@ mod tests {
         );
         std::thread::sleep(generation + Duration::from_millis(10));
         t.sweep(); // rotates again: trace 1 is forgotten
-        t.record(id(1), |_| {});
+        t.record(id(1), seen(10, 20), |_| {});
         assert_eq!(t.awaiting(), 1, "past the memory a child opens a new entry");
     }
 
@@ -288,8 +425,8 @@ mod tests {
         }
         assert!(t.seen_roots() <= 100, "{}", t.seen_roots());
         // The most recent half is always remembered.
-        t.record(id(999), |_| {});
-        t.record(id(950), |_| {});
+        t.record(id(999), seen(10, 20), |_| {});
+        t.record(id(950), seen(10, 20), |_| {});
         assert_eq!(t.awaiting(), 0);
     }
 
@@ -297,7 +434,7 @@ mod tests {
     fn order_queue_stays_bounded() {
         let t = TraceTracker::new(100_000, Duration::from_secs(60));
         for n in 0..10_000u32 {
-            t.record(id(n), |_| {});
+            t.record(id(n), seen(10, 20), |_| {});
             t.complete(id(n));
         }
         let inner = t.lock();

@@ -22,6 +22,9 @@ pub struct TraceInfoConnection {
     pub(super) own: Option<tokio::sync::Mutex<PipelinedConnection>>,
 }
 
+/// Metadata MLflow's StartTraceV3 adds to the TraceInfo it writes (`SqlAlchemyStore.start_trace`).
+const TRACE_INFO_FINALIZED: &str = "mlflow.trace.infoFinalized";
+
 /// Pipelining saves the gateway's own cost of a call, a few tens of microseconds; it is worth a
 /// writer taking a run of TraceInfos only while calls take less than this. Slower calls are the
 /// server's time (StartTraceV3 on a real MLflow: 10-20 ms or more), and a writer holding a run
@@ -71,6 +74,18 @@ impl TraceInfoConnection {
                     .collect()
             })
             .await
+    }
+
+    /// Whether MLflow holds a TraceInfo for the trace that StartTraceV3 finalized (MLflow marks
+    /// it so): one that MLflow's SDK wrote, when the trace came from it (dual export).
+    pub async fn finalized(&self, trace_id: &str) -> Result<bool, MlflowError> {
+        Ok(self
+            .client
+            .trace_metadata(trace_id)
+            .await?
+            .is_some_and(|metadata| {
+                metadata.get(TRACE_INFO_FINALIZED).and_then(|v| v.as_str()) == Some("true")
+            }))
     }
 
     /// StartTraceV3 once.

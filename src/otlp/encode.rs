@@ -44,12 +44,7 @@ fn scope_len(
 ) -> Option<usize> {
     let mut spans = picked(ss, resource, scope, keep).peekable();
     spans.peek()?;
-    Some(
-        ss.kept.len()
-            + spans
-                .map(|s| framed_len(s.forwarded().len()))
-                .sum::<usize>(),
-    )
+    Some(ss.kept.len() + spans.map(|s| framed_len(s.forwarded_len())).sum::<usize>())
 }
 
 fn resource_len(
@@ -94,9 +89,8 @@ pub fn encode_where(
             put_framed(&mut out, 2, len);
             ss.kept.write(&mut out, true);
             for span in picked(ss, resource, scope, &keep) {
-                let bytes = span.forwarded();
-                put_framed(&mut out, 2, bytes.len());
-                out.extend_from_slice(bytes);
+                put_framed(&mut out, 2, span.forwarded_len());
+                span.write_forwarded(&mut out);
             }
             ss.kept.write(&mut out, false);
         }

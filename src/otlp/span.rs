@@ -7,6 +7,7 @@ use bytes::Bytes;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use prost::Message;
 
 use super::schema::{self, Fault, SPAN, SPAN_DEPTH, Utf8};
@@ -41,6 +42,9 @@ pub struct SpanView {
     attributes: Range<usize>,
     /// The span re-encoded after the gateway changed it (root enrichment, fitted values).
     rewritten: Option<Bytes>,
+    /// Fields appended after the span's bytes (a span type, a status): protobuf lets a later
+    /// field add to a message, so most spans need no copy to gain them.
+    appended: Appended,
     /// Some string in it was not UTF-8 and was replaced with U+FFFD.
     pub repaired: bool,
 }
@@ -90,6 +94,7 @@ impl SpanView {
             status_code: 0,
             attributes: 0..0,
             rewritten: None,
+            appended: Appended::default(),
             repaired: false,
         };
         let mut utf8 = Utf8::Valid;
@@ -240,26 +245,120 @@ impl SpanView {
             out.extend_from_slice(&self.body[field.whole]);
         }
         for (key, value) in set {
-            let key = key.as_ref();
-            put_framed(&mut out, 9, string_key_value_len(key, value));
-            put_framed(&mut out, 1, key.len());
-            out.extend_from_slice(key.as_bytes());
-            put_framed(&mut out, 2, framed_len(value.len()));
-            put_framed(&mut out, 1, value.len());
-            out.extend_from_slice(value.as_bytes());
+            put_string_key_value(&mut out, key.as_ref(), value);
         }
         self.rewritten = Some(Bytes::from(out));
     }
 
-    /// Forward `span` instead of the received bytes.
+    /// Forward `span` instead of the received bytes (appended fields still follow).
     pub fn replace(&mut self, span: &Span) {
         self.rewritten = Some(Bytes::from(span.encode_to_vec()));
     }
 
-    /// The bytes that go on to MLflow.
-    pub fn forwarded(&self) -> &[u8] {
+    /// Adds a string attribute after the span's own; for a key the span does not hold (a
+    /// repeated key would leave the reader to pick one).
+    pub fn append_string_attribute(&mut self, key: &str, value: &str) {
+        let mut field = [0u8; APPENDED_INLINE];
+        let len = framed_len(string_key_value_len(key, value));
+        if len <= APPENDED_INLINE {
+            let mut cursor = &mut field[..];
+            put_string_key_value(&mut cursor, key, value);
+            self.appended.extend(&field[..len]);
+        } else {
+            let mut long = Vec::with_capacity(len);
+            put_string_key_value(&mut long, key, value);
+            self.appended.extend(&long);
+        }
+    }
+
+    /// Sets the status code (OTLP's 0-2), keeping the status message: a second `status` field
+    /// is merged into the first by protobuf readers, so only the code changes.
+    pub fn set_status_code(&mut self, code: StatusCode) {
+        // Field 15 (Status), length 2: field 3 (code) as a one-byte varint.
+        self.appended.extend(&[15 << 3 | 2, 2, 3 << 3, code as u8]);
+        self.status_code = code as i32;
+    }
+
+    /// Length of the bytes that go on to MLflow.
+    pub fn forwarded_len(&self) -> usize {
+        self.own_bytes().len() + self.appended.as_slice().len()
+    }
+
+    /// Writes the bytes that go on to MLflow.
+    pub fn write_forwarded(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.own_bytes());
+        out.extend_from_slice(self.appended.as_slice());
+    }
+
+    /// The bytes that go on to MLflow, in one piece.
+    pub fn forwarded(&self) -> std::borrow::Cow<'_, [u8]> {
+        if self.appended.as_slice().is_empty() {
+            std::borrow::Cow::Borrowed(self.own_bytes())
+        } else {
+            let mut out = Vec::with_capacity(self.forwarded_len());
+            self.write_forwarded(&mut out);
+            std::borrow::Cow::Owned(out)
+        }
+    }
+
+    fn own_bytes(&self) -> &[u8] {
         self.rewritten.as_deref().unwrap_or(&self.body)
     }
+}
+
+/// Fields appended to a span. The usual ones (a span type and a status, under 40 bytes) fit
+/// inline, so adding them to every span allocates nothing.
+#[derive(Debug, Clone)]
+struct Appended {
+    inline: [u8; APPENDED_INLINE],
+    len: u8,
+    spilled: Vec<u8>,
+}
+
+/// Room for `mlflow.spanType` with the longest type MLflow names and a status.
+const APPENDED_INLINE: usize = 48;
+
+impl Default for Appended {
+    fn default() -> Self {
+        Self {
+            inline: [0; APPENDED_INLINE],
+            len: 0,
+            spilled: Vec::new(),
+        }
+    }
+}
+
+impl Appended {
+    fn extend(&mut self, bytes: &[u8]) {
+        let len = usize::from(self.len);
+        if self.spilled.is_empty() && len + bytes.len() <= APPENDED_INLINE {
+            self.inline[len..len + bytes.len()].copy_from_slice(bytes);
+            self.len = (len + bytes.len()) as u8;
+        } else {
+            if self.spilled.is_empty() {
+                self.spilled.extend_from_slice(&self.inline[..len]);
+            }
+            self.spilled.extend_from_slice(bytes);
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        if self.spilled.is_empty() {
+            &self.inline[..usize::from(self.len)]
+        } else {
+            &self.spilled
+        }
+    }
+}
+
+/// Writes attribute field `KeyValue { key, value: AnyValue { string_value } }`.
+fn put_string_key_value(out: &mut impl bytes::BufMut, key: &str, value: &str) {
+    put_framed(out, 9, string_key_value_len(key, value));
+    put_framed(out, 1, key.len());
+    out.put_slice(key.as_bytes());
+    put_framed(out, 2, framed_len(value.len()));
+    put_framed(out, 1, value.len());
+    out.put_slice(value.as_bytes());
 }
 
 /// Length of an encoded `KeyValue { key, value: AnyValue { string_value } }`.

@@ -513,7 +513,7 @@ fn string_attributes_set_on_the_wire_match_the_decoded_result() {
     let (mut view, attributes) = view_of(&root);
     assert_eq!(view.status_code, 2);
     view.set_string_attributes(&attributes, &set);
-    let mut on_wire = Span::decode(view.forwarded()).unwrap();
+    let mut on_wire = Span::decode(&view.forwarded()[..]).unwrap();
 
     let mut expected = root.clone();
     expected.attributes = vec![kv_str("keep", "k")];

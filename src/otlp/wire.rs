@@ -152,7 +152,7 @@ pub fn framed_len(payload: usize) -> usize {
 }
 
 /// Writes the tag and length of a length-delimited field numbered 1-15.
-pub fn put_framed(out: &mut Vec<u8>, field: u32, payload_len: usize) {
+pub fn put_framed(out: &mut impl BufMut, field: u32, payload_len: usize) {
     out.put_u8(((field << 3) | u32::from(WIRE_LEN)) as u8);
     prost::encoding::encode_varint(payload_len as u64, out);
 }

@@ -65,7 +65,7 @@ impl Batch {
     }
 
     fn push(&mut self, env: Envelope) {
-        if self.span_count == 0 {
+        if self.bodies.is_empty() {
             // Age counts from when the batcher took the record, not when it was read from the
             // spool: records that waited behind a slow MLflow must still fill a batch.
             self.oldest = Instant::now();
@@ -160,7 +160,8 @@ pub async fn run(
         }
     }
     for (_, b) in pending.drain() {
-        if b.span_count > 0 && hand_over(b).await.is_err() {
+        // A batch of TraceInfos alone (traces finalized without their root) goes out too.
+        if (b.span_count > 0 || !b.roots.is_empty()) && hand_over(b).await.is_err() {
             return;
         }
     }

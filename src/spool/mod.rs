@@ -412,6 +412,7 @@ pub(crate) mod tests {
                 end_unix_nano: 2,
                 state: TraceState::Ok,
                 facts: TraceFacts::default(),
+                from_mlflow_sdk: false,
             }],
             received_ms: 42,
             body: Bytes::from(vec![n; 100]),

@@ -1,5 +1,6 @@
 use super::*;
 use crate::map::attrs::kv_str;
+use crate::vocab::ExperimentRef;
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
@@ -11,16 +12,179 @@ fn tracker() -> TraceTracker {
 }
 
 fn map(tracker: &TraceTracker, request: ExportTraceServiceRequest) -> Vec<TraceInfoJob> {
+    map_and_forward(tracker, request).0
+}
+
+/// The jobs, and the request as it goes on to MLflow.
+fn map_and_forward(
+    tracker: &TraceTracker,
+    request: ExportTraceServiceRequest,
+) -> (Vec<TraceInfoJob>, ExportTraceServiceRequest) {
     let mapping = MappingTable::new(&crate::config::MappingConfig::default());
     let body = Bytes::from(request.encode_to_vec());
     let mut views = crate::otlp::parse_request(&body, 100)
         .expect("valid request")
         .resource_spans;
-    RequestMapper {
+    let experiment = ExperimentRef::Id("1".into());
+    let jobs = RequestMapper {
         mapping: &mapping,
         tracker,
+        experiment: &experiment,
+        tenant: None,
     }
-    .map(&mut views)
+    .map(&mut views);
+    let forwarded = crate::otlp::encode_request(&views);
+    let forwarded = ExportTraceServiceRequest::decode(&forwarded[..]).expect("forwarded request");
+    (jobs, forwarded)
+}
+
+fn forwarded_spans(request: &ExportTraceServiceRequest) -> Vec<&Span> {
+    request
+        .resource_spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .flat_map(|ss| &ss.spans)
+        .collect()
+}
+
+fn attribute<'a>(span: &'a Span, key: &str) -> Vec<&'a str> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    span.attributes
+        .iter()
+        .filter(|kv| kv.key == key)
+        .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every span leaves with one span type and a status MLflow's SDK would give it; what it
+/// had stays.
+#[test]
+fn every_span_gets_a_span_type_and_a_final_status() {
+    use opentelemetry_proto::tonic::trace::v1::Status;
+    use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+    let mut failed = span(5, 52, false, vec![kv_str("gen_ai.operation.name", "chat")]);
+    failed.status = Some(Status {
+        code: StatusCode::Error as i32,
+        message: "boom".into(),
+    });
+    let mut unset_with_message = span(5, 53, false, vec![kv_str("mlflow.spanType", "\"TOOL\"")]);
+    unset_with_message.status = Some(Status {
+        code: StatusCode::Unset as i32,
+        message: "kept".into(),
+    });
+    let long_session = kv_str("session.id", &"s".repeat(300));
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![resource_spans(
+            vec![],
+            vec![
+                span(5, 5, true, vec![kv_str("openinference.span.kind", "AGENT")]),
+                span(5, 51, false, vec![]),
+                failed,
+                unset_with_message,
+                span(
+                    5,
+                    54,
+                    false,
+                    vec![
+                        long_session,
+                        kv_str("mlflow.spanType", "UNKNOWN"),
+                        kv_str("traceloop.span.kind", "task"),
+                    ],
+                ),
+            ],
+        )],
+    };
+    let (_, forwarded) = map_and_forward(&tracker(), request);
+    let spans = forwarded_spans(&forwarded);
+    let by_id = |id: u8| {
+        *spans
+            .iter()
+            .find(|s| s.span_id == vec![id; 8])
+            .expect("span")
+    };
+    let expected = [
+        (5, "AGENT"),
+        (51, "UNKNOWN"),
+        (52, "CHAT_MODEL"),
+        (53, "TOOL"),
+        (54, "TASK"),
+    ];
+    for (id, kind) in expected {
+        assert_eq!(
+            attribute(by_id(id), "mlflow.spanType"),
+            vec![kind],
+            "span {id}"
+        );
+    }
+    let status = |id: u8| by_id(id).status.clone().unwrap_or_default();
+    assert_eq!(status(5).code, StatusCode::Ok as i32);
+    assert_eq!(status(51).code, StatusCode::Ok as i32);
+    assert_eq!(
+        (status(52).code, status(52).message.as_str()),
+        (StatusCode::Error as i32, "boom")
+    );
+    assert_eq!(
+        (status(53).code, status(53).message.as_str()),
+        (StatusCode::Ok as i32, "kept")
+    );
+    assert_eq!(
+        attribute(by_id(54), "session.id")[0].len(),
+        250,
+        "still fitted"
+    );
+}
+
+/// MLflow's SDK JSON-encodes every value: the mapping reads them as MLflow's ingestion does,
+/// and a root from the SDK is marked so its TraceInfo is not overwritten.
+#[test]
+fn json_encoded_values_from_mlflow_sdk_are_read_without_quotes() {
+    let root = span(
+        6,
+        6,
+        true,
+        vec![
+            kv_str(
+                "mlflow.traceRequestId",
+                "\"tr-06060606060606060606060606060606\"",
+            ),
+            kv_str("session.id", "\"conv-1\""),
+            kv_str("user.id", "\"alice\""),
+            kv_str("mlflow.spanInputs", r#"{"question": "hi"}"#),
+            kv_str("mlflow.spanOutputs", r#""hello""#),
+        ],
+    );
+    let plain = span(7, 7, true, vec![kv_str("session.id", "conv-2")]);
+    let (jobs, forwarded) = map_and_forward(
+        &tracker(),
+        ExportTraceServiceRequest {
+            resource_spans: vec![resource_spans(vec![], vec![root, plain])],
+        },
+    );
+    let sdk = jobs.iter().find(|j| j.trace_id == [6; 16]).expect("job");
+    assert!(sdk.from_mlflow_sdk);
+    assert_eq!(sdk.facts.session(), Some("conv-1"));
+    assert_eq!(sdk.facts.user(), Some("alice"));
+    let metadata = |key: &str| sdk.facts.metadata.get(key).map(String::as_str);
+    assert_eq!(
+        metadata("mlflow.traceInputs"),
+        Some(r#"{"question": "hi"}"#)
+    );
+    assert_eq!(metadata("mlflow.traceOutputs"), Some(r#""hello""#));
+    let spans = forwarded_spans(&forwarded);
+    assert_eq!(attribute(spans[0], "session.id"), vec!["conv-1"]);
+    let other = jobs.iter().find(|j| j.trace_id == [7; 16]).expect("job");
+    assert!(!other.from_mlflow_sdk);
+    assert_eq!(
+        other
+            .facts
+            .metadata
+            .get("mlflow.traceInputs")
+            .map(String::as_str),
+        Some("")
+    );
 }
 
 fn span(trace: u8, id: u8, root: bool, attributes: Vec<KeyValue>) -> Span {

@@ -93,6 +93,27 @@ impl MlflowClient {
             .transpose()
     }
 
+    /// A trace's TraceInfo metadata; `None` when MLflow has no such trace.
+    pub async fn trace_metadata(
+        &self,
+        trace_id: &str,
+    ) -> Result<Option<serde_json::Map<String, Value>>, MlflowError> {
+        let reply = self
+            .rest
+            .get(self.url(&format!("api/3.0/mlflow/traces/{trace_id}")))
+            .send()
+            .await
+            .map_err(transport_error)?;
+        Ok(
+            not_found_as_none(self.scoped(check(reply).await))?.map(|mut v| {
+                match v["trace"]["trace_info"]["trace_metadata"].take() {
+                    Value::Object(map) => map,
+                    _ => serde_json::Map::new(),
+                }
+            }),
+        )
+    }
+
     /// Creates an experiment; on a name race, returns the one that won.
     pub async fn create_experiment(&self, name: &str) -> Result<String, MlflowError> {
         let reply = self

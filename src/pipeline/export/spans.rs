@@ -83,7 +83,11 @@ impl SpanExporter {
                     self.write_trace_infos(&id, &batch).await;
                 }
                 let client = self.identities.of(batch.tenant.as_deref());
-                let delivered = self.deliver_spans(client, &id, body, spans, &batch).await;
+                // Records without spans carry TraceInfos only (traces finalized without root).
+                let delivered = match spans {
+                    0 => None,
+                    _ => self.deliver_spans(client, &id, body, spans, &batch).await,
+                };
                 (Some(id), delivered)
             }
             Err(e) => {

@@ -179,11 +179,14 @@ async fn write_trace_infos(
         .collect();
     let mut attempt = 0u32;
     loop {
-        let bodies: Vec<Bytes> = pending.iter().map(|(_, body)| body.clone()).collect();
-        let outcomes = connection.start_traces(&bodies).await;
-        let mut again = Vec::new();
         let mut retryable = None;
-        for ((job, body), outcome) in pending.into_iter().zip(outcomes) {
+        let Checked {
+            to_write,
+            mut again,
+        } = skip_written_by_mlflow_sdk(connection, pending, &mut retryable).await;
+        let bodies: Vec<Bytes> = to_write.iter().map(|(_, body)| body.clone()).collect();
+        let outcomes = connection.start_traces(&bodies).await;
+        for ((job, body), outcome) in to_write.into_iter().zip(outcomes) {
             match outcome {
                 Ok(()) => metrics::counter!("gateway_export_traces_total").increment(1),
                 Err(e) if !e.is_retryable() => trace_info_failed(job, &e, e.reason()),
@@ -205,6 +208,57 @@ async fn write_trace_infos(
         attempt = attempt.saturating_add(1);
         pending = again;
     }
+}
+
+/// Leaves out the TraceInfos MLflow's SDK has written itself (dual export): StartTraceV3 would
+/// overwrite every field it set, its experiment too. Checked right before each write, so only a
+/// write of the SDK's that lands in between can still be overwritten; the SDK's usually lands
+/// seconds before the gateway's, which waits for its spans' batch. One that cannot be checked
+/// now is tried again with the failed writes.
+async fn skip_written_by_mlflow_sdk<'a>(
+    connection: &TraceInfoConnection,
+    pending: Vec<(&'a TraceInfoJob, Bytes)>,
+    retryable: &mut Option<MlflowError>,
+) -> Checked<'a> {
+    if !pending.iter().any(|(job, _)| job.from_mlflow_sdk) {
+        return Checked {
+            to_write: pending,
+            again: Vec::new(),
+        };
+    }
+    let mut out = Vec::with_capacity(pending.len());
+    let mut unchecked = Vec::new();
+    for (job, body) in pending {
+        if !job.from_mlflow_sdk {
+            out.push((job, body));
+            continue;
+        }
+        let trace_id = mlflow_trace_id(&job.trace_id);
+        match connection.finalized(&trace_id).await {
+            Ok(false) => out.push((job, body)),
+            Ok(true) => {
+                metrics::counter!("gateway_trace_infos_skipped_total", "reason" => "mlflow_sdk")
+                    .increment(1);
+                tracing::debug!(trace_id, "MLflow's SDK wrote this TraceInfo; left as it is");
+            }
+            Err(e) if e.is_retryable() => {
+                unchecked.push((job, body));
+                retryable.get_or_insert(e);
+            }
+            // The write would meet the same refusal; it reports it.
+            Err(_) => out.push((job, body)),
+        }
+    }
+    Checked {
+        to_write: out,
+        again: unchecked,
+    }
+}
+
+/// TraceInfos to write now, and those to check again in the next round.
+struct Checked<'a> {
+    to_write: Vec<(&'a TraceInfoJob, Bytes)>,
+    again: Vec<(&'a TraceInfoJob, Bytes)>,
 }
 
 fn trace_info_failed(job: &TraceInfoJob, e: &MlflowError, reason: &'static str) {

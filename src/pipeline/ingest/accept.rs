@@ -262,6 +262,8 @@ impl Ingest {
         let mapper = RequestMapper {
             mapping: &self.mapping,
             tracker: &self.tracker,
+            experiment,
+            tenant: tenant.map(|t| &*t.name),
         };
         let jobs = mapper.map(resource_spans);
         for job in &jobs {

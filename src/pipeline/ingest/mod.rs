@@ -6,6 +6,7 @@
 mod accept;
 mod authorize;
 mod error;
+mod orphans;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use error::IngestError;
+pub use orphans::ROOT_MISSING_TAG;
 
 use crate::auth::{Tenant, Tenants};
 use crate::config::Config;
