@@ -9,9 +9,9 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 
-use super::attrs::set_str;
+use super::attrs::{decode_json, set_str};
 use super::rules::MappingTable;
-use super::span_types::{self, SPAN_TYPE_ATTR, SpanTypeChange};
+use super::span_types::{self, LOG_LEVEL_ATTR, SPAN_TYPE_ATTR, SpanTypeChange};
 use super::trace_info::{TraceInfoJob, TraceState};
 use super::traces::{Seen, TraceTracker};
 use super::{spans, trace_io};
@@ -41,10 +41,12 @@ impl RequestMapper<'_> {
     /// the rest are forwarded as received, with what is added appended.
     pub fn map(&self, resource_spans: &mut [ResourceSpansView]) -> Vec<TraceInfoJob> {
         let wanted = |key: &[u8]| {
-            self.mapping.is_interesting(key) || spans::may_need_fit(key) || span_types::reads(key)
+            self.mapping.is_interesting(key)
+                || spans::may_need_fit(key)
+                || span_types::reads(key)
+                || key == MLFLOW_SDK_ATTR.as_bytes()
         };
-        let root_wanted =
-            |key: &[u8]| wanted(key) || trace_io::reads(key) || key == MLFLOW_SDK_ATTR.as_bytes();
+        let root_wanted = |key: &[u8]| wanted(key) || trace_io::reads(key);
         let mut forgotten = 0;
         for rs in resource_spans.iter_mut() {
             let resource = resource_attrs(rs.resource.as_ref());
@@ -219,8 +221,10 @@ impl ChildRun {
 }
 
 /// Makes a span's changes: the `set` string attributes (a root's enrichment), its span type
-/// (`span_types`) and, for a span whose status is unset, OK, as MLflow's SDK ends its spans
-/// (`LiveSpan.end`). `fitted` is the span decoded and fitted, when it had to be.
+/// and log level (`span_types`) and, for a span whose status is unset, OK, as MLflow's SDK ends its spans
+/// (`LiveSpan.end`). `fitted` is the span decoded and fitted, when it had to be. A span from
+/// MLflow's SDK, whose attribute values are all JSON text, gets them decoded (`attrs::decode_json`)
+/// so that MLflow stores them as the SDK writing directly does.
 fn finish_span(
     view: &mut SpanView,
     scope_attributes: &[AttributeAt],
@@ -228,14 +232,23 @@ fn finish_span(
     fitted: Option<Span>,
     set: Vec<(Cow<'static, str>, &str)>,
 ) {
-    let change = span_types::settle(attributes);
+    let settled = span_types::settle(attributes, view.has_exception_event);
+    let change = settled.span_type;
     // The same list, borrowing for as long as `change` lives.
     let mut set: Vec<(Cow<'static, str>, &str)> = set;
     if let SpanTypeChange::Replace(kind) = &change {
         set.push((Cow::Borrowed(SPAN_TYPE_ATTR), kind));
     }
-    match fitted {
+    let from_mlflow_sdk = attributes.iter().any(|kv| kv.key == MLFLOW_SDK_ATTR);
+    let decoded = match fitted {
+        None if from_mlflow_sdk => view.decode().ok(),
+        fitted => fitted,
+    };
+    match decoded {
         Some(mut span) => {
+            if from_mlflow_sdk {
+                decode_json(&mut span.attributes);
+            }
             for (key, value) in &set {
                 set_str(&mut span.attributes, key, value);
             }
@@ -246,6 +259,9 @@ fn finish_span(
     }
     if let SpanTypeChange::Add(kind) = change {
         view.append_string_attribute(SPAN_TYPE_ATTR, kind);
+    }
+    if let Some(level) = settled.log_level {
+        view.append_int_attribute(LOG_LEVEL_ATTR, level);
     }
     if view.status_code == StatusCode::Unset as i32 {
         view.set_status_code(StatusCode::Ok);

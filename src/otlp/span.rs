@@ -35,6 +35,8 @@ pub struct SpanView {
     pub end_time_unix_nano: u64,
     /// `status.code` (0, unset, when the span has no status).
     pub status_code: i32,
+    /// It has an event named "exception" (OTel's recorded exception).
+    pub has_exception_event: bool,
     /// Where its attributes are in its scope's `attributes`: found while the span was checked,
     /// so that picking the mapped ones does not walk the span again (BENCHMARKS.md,
     /// "Decisions"). One list per scope, not one per span: a list per span was an allocation
@@ -92,6 +94,7 @@ impl SpanView {
             start_time_unix_nano: 0,
             end_time_unix_nano: 0,
             status_code: 0,
+            has_exception_event: false,
             attributes: 0..0,
             rewritten: None,
             appended: Appended::default(),
@@ -121,6 +124,14 @@ impl SpanView {
                 (5, FieldValue::Len(r)) => view.name = r,
                 (7, FieldValue::I64(v)) => view.start_time_unix_nano = v,
                 (8, FieldValue::I64(v)) => view.end_time_unix_nano = v,
+                (11, FieldValue::Len(r)) => {
+                    // Checked above. Event.name is field 2.
+                    let event = &body[r];
+                    view.has_exception_event |= Fields::new(event).flatten().any(|f| {
+                        matches!(&f.value, FieldValue::Len(name)
+                            if f.number == 2 && &event[name.clone()] == b"exception")
+                    });
+                }
                 (15, FieldValue::Len(r)) => {
                     // Checked above; prost merges a repeated status, so its last code wins.
                     for field in Fields::new(&body[r]).flatten() {
@@ -271,6 +282,30 @@ impl SpanView {
         }
     }
 
+    /// Adds an integer attribute after the span's own; for a key the span does not hold.
+    pub fn append_int_attribute(&mut self, key: &str, value: i64) {
+        use bytes::BufMut;
+        // AnyValue.int_value is field 3, a varint of at most ten bytes.
+        let mut any = [0u8; 11];
+        let any_len = {
+            let mut cursor = &mut any[..];
+            cursor.put_u8(3 << 3);
+            prost::encoding::encode_varint(value as u64, &mut cursor);
+            11 - cursor.remaining_mut()
+        };
+        let any = &any[..any_len];
+        let len = framed_len(framed_len(key.len()) + framed_len(any.len()));
+        let mut field = [0u8; APPENDED_INLINE];
+        if len <= APPENDED_INLINE {
+            put_key_value(&mut &mut field[..], key, any);
+            self.appended.extend(&field[..len]);
+        } else {
+            let mut long = Vec::with_capacity(len);
+            put_key_value(&mut long, key, any);
+            self.appended.extend(&long);
+        }
+    }
+
     /// Sets the status code (OTLP's 0-2), keeping the status message: a second `status` field
     /// is merged into the first by protobuf readers, so only the code changes.
     pub fn set_status_code(&mut self, code: StatusCode) {
@@ -315,8 +350,9 @@ struct Appended {
     spilled: Vec<u8>,
 }
 
-/// Room for `mlflow.spanType` with the longest type MLflow names and a status.
-const APPENDED_INLINE: usize = 48;
+/// Room for `mlflow.spanType` with the longest type MLflow names, `mlflow.spanLogLevel` and a
+/// status.
+const APPENDED_INLINE: usize = 80;
 
 impl Default for Appended {
     fn default() -> Self {
@@ -359,6 +395,15 @@ fn put_string_key_value(out: &mut impl bytes::BufMut, key: &str, value: &str) {
     put_framed(out, 2, framed_len(value.len()));
     put_framed(out, 1, value.len());
     out.put_slice(value.as_bytes());
+}
+
+/// Writes attribute field `KeyValue { key, value }` with `any`, an encoded `AnyValue`.
+fn put_key_value(out: &mut impl bytes::BufMut, key: &str, any: &[u8]) {
+    put_framed(out, 9, framed_len(key.len()) + framed_len(any.len()));
+    put_framed(out, 1, key.len());
+    out.put_slice(key.as_bytes());
+    put_framed(out, 2, any.len());
+    out.put_slice(any);
 }
 
 /// Length of an encoded `KeyValue { key, value: AnyValue { string_value } }`.

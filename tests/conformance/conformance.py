@@ -10,8 +10,13 @@ The same apps also export to a second gateway set up as a shared tier (TLS on ev
 every request a tenant's), configured only with the standard OTEL_EXPORTER_OTLP_CERTIFICATE and
 OTEL_EXPORTER_OTLP_HEADERS=authorization=Bearer%20<token>.
 
+The fidelity cases (fidelity.py) compare a trace through the gateway with one MLflow's own SDK
+writes, whole, on SQLite and (with --pg-*) PostgreSQL, and run MLflow's SDK over OTLP, dual
+export, a trace whose root is lost, and OpenInference and GenAI-convention apps.
+
 Usage: conformance.py --mlflow URL --otlp-grpc URL --otlp-http URL --api URL
                       [--tls-otlp-grpc URL --tls-otlp-http URL --tls-api URL --tls-ca FILE --tls-token T]
+                      [--pg-mlflow URL --pg-otlp-http URL]
 Prints a table of SDK x exporter x result and a closing "conformance: N passed, M failed" line.
 """
 
@@ -26,6 +31,8 @@ import uuid
 import mlflow
 import requests
 from mlflow import MlflowClient
+
+import fidelity
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PY = sys.executable
@@ -155,95 +162,6 @@ def run_distributed(http, exp_id, api):
     return "3 traces, each with both services' spans; root metadata; feedback"
 
 
-# The TraceInfo fields the seed document sets, compared between MLflow's own SDK and the gateway.
-COMPARED = [
-    ("client_request_id", lambda i: i.client_request_id),
-    ("state", lambda i: getattr(i.state, "value", str(i.state))),
-    ("metadata mlflow.trace.session", lambda i: i.trace_metadata.get("mlflow.trace.session")),
-    ("metadata mlflow.trace.user", lambda i: i.trace_metadata.get("mlflow.trace.user")),
-    ("metadata mlflow.source.type", lambda i: i.trace_metadata.get("mlflow.source.type")),
-    ("metadata environment", lambda i: i.trace_metadata.get("environment")),
-    ("metadata app_version", lambda i: i.trace_metadata.get("app_version")),
-    ("metadata deployment_id", lambda i: i.trace_metadata.get("deployment_id")),
-    ("metadata region", lambda i: i.trace_metadata.get("region")),
-    ("tag team", lambda i: i.tags.get("team")),
-    ("tag mlflow.traceName", lambda i: i.tags.get("mlflow.traceName")),
-]
-
-
-def run_differential(http, exp_id, api):
-    """The same conversation traced by MLflow's own Python SDK straight into MLflow (as the seed
-    document does it) and by plain OTel through the gateway; the TraceInfo fields the document
-    names must match."""
-    sdk_case = f"diffsdk-{uuid.uuid4().hex[:8]}"
-    otel_case = f"diffotel-{uuid.uuid4().hex[:8]}"
-    mlflow.set_experiment(experiment_id=exp_id)
-
-    @mlflow.trace(name="POST /chat")
-    def handle_chat(headers, message):
-        mlflow.update_current_trace(
-            client_request_id=headers["X-Request-ID"],
-            metadata={
-                "mlflow.trace.session": headers["X-Session-ID"],
-                "mlflow.trace.user": headers["X-User-ID"],
-                "mlflow.source.type": "conformance",
-                "environment": "conformance",
-                "app_version": "2.0.0",
-                "deployment_id": "chat-deploy",
-                "region": "us-east-1",
-            },
-            tags={"team": "conformance"},
-        )
-        with mlflow.start_span("chat gpt-4o-mini") as span:
-            span.set_attribute("gen_ai.request.model", "gpt-4o-mini")
-        return f"Processed message: '{message}'"
-
-    for turn in range(1, 4):
-        handle_chat(
-            {
-                "X-Request-ID": f"{sdk_case}-req-{turn}",
-                "X-Session-ID": f"{sdk_case}-session",
-                "X-User-ID": f"{sdk_case}-user",
-            },
-            f"turn {turn}",
-        )
-    # MLflow's SDK may export asynchronously; make sure its traces are written.
-    mlflow.flush_trace_async_logging()
-    subprocess.run(
-        [PY, "python/chat_app.py", "http", otel_case],
-        cwd=HERE,
-        env=app_env(f"conformance-{otel_case}", exp_id, {"OTEL_EXPORTER_OTLP_ENDPOINT": http}),
-        check=True,
-        timeout=180,
-    )
-    client = MlflowClient()
-
-    def info(case, turn):
-        crid = f"{case}-req-{turn}"
-        found = wait_for(
-            f"trace {crid}",
-            lambda: client.search_traces(locations=[exp_id], filter_string=f"attributes.client_request_id = '{crid}'"),
-        )
-        return found[0].info
-
-    norm = lambda v, case: v.replace(case, "<case>") if isinstance(v, str) else v
-    table, diffs = [], []
-    for turn in range(1, 4):
-        sdk, otel = info(sdk_case, turn), info(otel_case, turn)
-        for name, get in COMPARED:
-            a, b = norm(get(sdk), sdk_case), norm(get(otel), otel_case)
-            same = a == b
-            table.append((f"turn {turn}", name, str(a), str(b), "same" if same else "DIFFERENT"))
-            if not same:
-                diffs.append((turn, name, a, b))
-    widths = [max(len(r[i]) for r in table) for i in range(5)]
-    print("\nMLflow SDK (direct) vs OTel through the gateway:")
-    for r in table:
-        print("  " + " | ".join(c.ljust(w) for c, w in zip(r, widths)))
-    assert not diffs, f"differences: {diffs}"
-    return f"{len(COMPARED)} TraceInfo fields x 3 turns identical"
-
-
 def verify(case, service, exp_id, api, tls=None):
     user, session = f"{case}-user", f"{case}-session"
     second = f"{case}-req-2"
@@ -317,6 +235,8 @@ def main():
     ap.add_argument("--tls-api")
     ap.add_argument("--tls-ca")
     ap.add_argument("--tls-token")
+    ap.add_argument("--pg-mlflow")
+    ap.add_argument("--pg-otlp-http")
     args = ap.parse_args()
     # Keep MLflow's informational logs (its exit-time flush notice) out of the summary.
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -334,11 +254,21 @@ def main():
             (sdk, exporter, lambda a=argv, e=env, s=sdk, x=exporter: run_case(s, x, a, e, exp_id, args.tls_api, tls))
             for sdk, exporter, argv, env in tls_cases(args.tls_otlp_grpc, args.tls_otlp_http, args.tls_ca)
         ]
-    runs.append((
-        "mlflow sdk vs python otel",
-        "direct vs http/protobuf",
-        lambda: run_differential(args.otlp_http, exp_id, args.api),
-    ))
+    m, http, api = args.mlflow, args.otlp_http, args.api
+    runs.append(("mlflow sdk vs python otel", "direct vs http/protobuf, SQLite",
+                 lambda: fidelity.run_differential(m, http, "SQLite")))
+    if args.pg_mlflow:
+        runs.append(("mlflow sdk vs python otel", "direct vs http/protobuf, PostgreSQL",
+                     lambda: fidelity.run_differential(args.pg_mlflow, args.pg_otlp_http, "PostgreSQL")))
+    runs += [
+        ("mlflow sdk (otel-sdk 1.42)", "over OTLP http/protobuf", lambda: fidelity.run_sdk_over_otlp(m, http, api)),
+        ("mlflow sdk (otel-sdk 1.42)", "dual export", lambda: fidelity.run_dual_export(m, http, api)),
+        ("python otel", "root span lost", lambda: fidelity.run_lost_root(m, http, api)),
+        ("python otel, OpenInference", "http/protobuf", lambda: fidelity.run_genai(m, http, "openinference")),
+        ("python otel, GenAI semconv", "http/protobuf", lambda: fidelity.run_genai(m, http, "genai")),
+    ]
+    # The fidelity cases set their own tracking URI; the others use this one.
+    runs = [(sdk, exporter, lambda r=run: (mlflow.set_tracking_uri(m), r())[1]) for sdk, exporter, run in runs]
     runs.append((
         "python fastapi -> node",
         "http/protobuf, W3C traceparent",

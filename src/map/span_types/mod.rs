@@ -18,6 +18,22 @@ use super::attrs::as_mlflow_reads;
 pub const SPAN_TYPE_ATTR: &str = "mlflow.spanType";
 /// MLflow's type for a span nothing names.
 pub const UNKNOWN: &str = "UNKNOWN";
+/// The severity MLflow's UI filters spans by (`SpanLogLevel`).
+pub const LOG_LEVEL_ATTR: &str = "mlflow.spanLogLevel";
+/// MLflow's levels: DEBUG, INFO, ERROR.
+const DEBUG: i64 = 10;
+const INFO: i64 = 20;
+const ERROR: i64 = 40;
+/// Types whose spans MLflow's SDK ends at INFO, the rest at DEBUG
+/// (`mlflow/tracing/utils/default_log_level.py`).
+const INFO_TYPES: [&str; 6] = [
+    "LLM",
+    "CHAT_MODEL",
+    "TOOL",
+    "RETRIEVER",
+    "AGENT",
+    "EMBEDDING",
+];
 
 const OPENINFERENCE: &str = "openinference.span.kind";
 const GENAI_OPERATION: &str = "gen_ai.operation.name";
@@ -32,8 +48,9 @@ const LANGFUSE: &str = "langfuse.observation.type";
 const LIVEKIT_PREFIX: &str = "lk.";
 
 /// Keys with one value read: MLflow's translators read these, in this order.
-const KEYS: [&str; 11] = [
+const KEYS: [&str; 12] = [
     SPAN_TYPE_ATTR,
+    LOG_LEVEL_ATTR,
     OPENINFERENCE,
     GENAI_OPERATION,
     GENAI_AGENT_NAME,
@@ -96,6 +113,7 @@ struct Kinds {
     langfuse: Option<Seen>,
     /// The type the first LiveKit key names (MLflow scans keys in their order).
     livekit: Option<&'static str>,
+    log_level: bool,
 }
 
 fn seen(kv: &KeyValue) -> Seen {
@@ -130,6 +148,10 @@ impl Kinds {
                 }
                 GENAI_REQUEST_MODEL => {
                     kinds.request_model = true;
+                    continue;
+                }
+                LOG_LEVEL_ATTR => {
+                    kinds.log_level = true;
                     continue;
                 }
                 OPENINFERENCE => &mut kinds.openinference,
@@ -179,9 +201,40 @@ impl Kinds {
     }
 }
 
-/// Decides a span's `mlflow.spanType` from its attributes (those `reads` picks suffice).
-pub fn settle(attributes: &[KeyValue]) -> SpanTypeChange {
+/// What a span's MLflow attributes become.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    pub span_type: SpanTypeChange,
+    /// `mlflow.spanLogLevel` to add, where the span has none: as MLflow's SDK ends a span,
+    /// ERROR for one that recorded an exception, else by its type.
+    pub log_level: Option<i64>,
+}
+
+/// Decides a span's `mlflow.spanType` and `mlflow.spanLogLevel` from its attributes (those
+/// `reads` picks suffice) and whether it recorded an exception.
+pub fn settle(attributes: &[KeyValue], has_exception_event: bool) -> Settled {
     let kinds = Kinds::read(attributes);
+    let span_type = settle_type(&kinds);
+    let log_level = (!kinds.log_level).then(|| {
+        let kind = match (&span_type, &kinds.current) {
+            (SpanTypeChange::Add(kind), _) => Some(*kind),
+            (SpanTypeChange::Replace(kind), _) => Some(kind.as_ref()),
+            (SpanTypeChange::Keep, Some((_, Seen::Text(kind)))) => Some(kind.as_str()),
+            (SpanTypeChange::Keep, _) => None,
+        };
+        match kind {
+            _ if has_exception_event => ERROR,
+            Some(kind) if INFO_TYPES.contains(&kind) => INFO,
+            _ => DEBUG,
+        }
+    });
+    Settled {
+        span_type,
+        log_level,
+    }
+}
+
+fn settle_type(kinds: &Kinds) -> SpanTypeChange {
     match &kinds.current {
         None => SpanTypeChange::Add(kinds.derive().unwrap_or(UNKNOWN)),
         // MLflow lets a translator replace only an UNKNOWN type.

@@ -26,7 +26,7 @@ fn types_are_those_mlflow_derives() {
     for case in &cases {
         let attrs = case["attributes"].as_array().expect("attributes");
         let expected = case["type"].as_str().unwrap_or(UNKNOWN);
-        let got = settle(&attributes(attrs));
+        let got = settle(&attributes(attrs), false).span_type;
         if !matches!(got, SpanTypeChange::Add(t) if t == expected) {
             wrong.push(format!("{attrs:?}: expected {expected}, got {got:?}"));
         }
@@ -37,31 +37,37 @@ fn types_are_those_mlflow_derives() {
 #[test]
 fn a_set_type_is_kept_and_unknown_gives_way() {
     let llm = [kv_str(SPAN_TYPE_ATTR, "LLM"), kv_str(OPENINFERENCE, "TOOL")];
-    assert_eq!(settle(&llm), SpanTypeChange::Keep);
+    assert_eq!(settle(&llm, false).span_type, SpanTypeChange::Keep);
     let custom = [kv_str(SPAN_TYPE_ATTR, "MY_TYPE")];
-    assert_eq!(settle(&custom), SpanTypeChange::Keep);
+    assert_eq!(settle(&custom, false).span_type, SpanTypeChange::Keep);
     let unknown = [
         kv_str(SPAN_TYPE_ATTR, "UNKNOWN"),
         kv_str(OPENINFERENCE, "TOOL"),
     ];
-    assert_eq!(settle(&unknown), SpanTypeChange::Replace("TOOL".into()));
+    assert_eq!(
+        settle(&unknown, false).span_type,
+        SpanTypeChange::Replace("TOOL".into())
+    );
     let unknown_alone = [kv_str(SPAN_TYPE_ATTR, "UNKNOWN")];
-    assert_eq!(settle(&unknown_alone), SpanTypeChange::Keep);
+    assert_eq!(
+        settle(&unknown_alone, false).span_type,
+        SpanTypeChange::Keep
+    );
     // Not a string: MLflow keeps it too (lists and maps are refused at ingest).
     let number = [kv_value(SPAN_TYPE_ATTR, Value::IntValue(3))];
-    assert_eq!(settle(&number), SpanTypeChange::Keep);
+    assert_eq!(settle(&number, false).span_type, SpanTypeChange::Keep);
 }
 
 #[test]
 fn json_quoted_types_from_mlflow_sdk_lose_their_quotes() {
     let quoted = [kv_str(SPAN_TYPE_ATTR, "\"CHAT_MODEL\"")];
     assert_eq!(
-        settle(&quoted),
+        settle(&quoted, false).span_type,
         SpanTypeChange::Replace("CHAT_MODEL".into())
     );
     let quoted_unknown = [kv_str(SPAN_TYPE_ATTR, "\"UNKNOWN\"")];
     assert_eq!(
-        settle(&quoted_unknown),
+        settle(&quoted_unknown, false).span_type,
         SpanTypeChange::Replace("UNKNOWN".into())
     );
     let quoted_unknown_kind = [
@@ -69,7 +75,7 @@ fn json_quoted_types_from_mlflow_sdk_lose_their_quotes() {
         kv_str(GENAI_OPERATION, "\"chat\""),
     ];
     assert_eq!(
-        settle(&quoted_unknown_kind),
+        settle(&quoted_unknown_kind, false).span_type,
         SpanTypeChange::Replace("CHAT_MODEL".into())
     );
 }
@@ -77,7 +83,10 @@ fn json_quoted_types_from_mlflow_sdk_lose_their_quotes() {
 #[test]
 fn the_last_of_repeated_keys_counts() {
     let repeated = [kv_str(OPENINFERENCE, "TOOL"), kv_str(OPENINFERENCE, "LLM")];
-    assert_eq!(settle(&repeated), SpanTypeChange::Add("LLM"));
+    assert_eq!(
+        settle(&repeated, false).span_type,
+        SpanTypeChange::Add("LLM")
+    );
 }
 
 #[test]
@@ -88,4 +97,20 @@ fn only_the_keys_read_are_picked() {
     assert!(reads(b"lk.agent_name"));
     assert!(!reads(b"http.route"));
     assert!(!reads(b"gen_ai.usage.input_tokens"));
+}
+
+#[test]
+fn log_levels_are_those_mlflow_sdk_ends_spans_with() {
+    let level = |attrs: &[KeyValue], exception| settle(attrs, exception).log_level;
+    assert_eq!(level(&[kv_str(GENAI_OPERATION, "chat")], false), Some(INFO));
+    assert_eq!(level(&[kv_str(TRACELOOP, "task")], false), Some(DEBUG));
+    assert_eq!(level(&[], false), Some(DEBUG));
+    assert_eq!(
+        level(&[kv_str(SPAN_TYPE_ATTR, "\"TOOL\"")], false),
+        Some(INFO)
+    );
+    assert_eq!(level(&[kv_str(SPAN_TYPE_ATTR, "TOOL")], false), Some(INFO));
+    assert_eq!(level(&[kv_str(GENAI_OPERATION, "chat")], true), Some(ERROR));
+    let set = [kv_value(LOG_LEVEL_ATTR, Value::IntValue(30))];
+    assert_eq!(level(&set, true), None, "a level set is kept");
 }
