@@ -16,7 +16,8 @@ import uuid
 import mlflow
 import requests
 from mlflow import MlflowClient
-from mlflow.entities import SpanType
+
+from common import app_env, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PY = sys.executable
@@ -55,35 +56,6 @@ RESOURCE_KEYS = {
     "k8s.deployment.name", "cloud.region", "telemetry.sdk.language", "telemetry.sdk.name",
     "telemetry.sdk.version",
 }
-
-
-def wait_for(what, fn, timeout=90):
-    started = time.time()
-    last = None
-    while time.time() - started < timeout:
-        try:
-            last = fn()
-            if last:
-                return last
-        except Exception as e:  # not searchable yet
-            last = e
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: gave up after {timeout}s (last: {last!r})")
-
-
-def app_env(service, exp_id, extra):
-    env = dict(os.environ)
-    env.update(extra)
-    env.update({
-        "OTEL_SERVICE_NAME": service,
-        "OTEL_RESOURCE_ATTRIBUTES": (
-            "deployment.environment.name=conformance,service.version=2.0.0,"
-            "k8s.deployment.name=chat-deploy,cloud.region=us-east-1"
-        ),
-        "OTEL_EXPORTER_OTLP_HEADERS": f"x-mlflow-experiment-id={exp_id}",
-        "OTEL_BSP_SCHEDULE_DELAY": "200",
-    })
-    return env
 
 
 def trace_by_crid(client, exp_id, crid):
@@ -165,39 +137,12 @@ def short(v):
     return "-" if v is None else (v if isinstance(v, str) else json.dumps(v))
 
 
-def sdk_chat(case, exp_id):
-    """The conversation as the seed document writes it with MLflow's SDK, straight into MLflow:
-    the same turns, inputs, outputs, token usage and metadata as python/chat_app.py sends."""
-    mlflow.set_experiment(experiment_id=exp_id)
-    for turn in range(1, 4):
-        question, answer = f"turn {turn}", f"Processed message: 'turn {turn}'"
-        with mlflow.start_span("POST /chat") as root:
-            root.set_inputs(question)
-            mlflow.update_current_trace(
-                client_request_id=f"{case}-req-{turn}",
-                metadata={
-                    "mlflow.trace.session": f"{case}-session",
-                    "mlflow.trace.user": f"{case}-user",
-                    "mlflow.source.type": "conformance",
-                    "environment": "conformance",
-                    "app_version": "2.0.0",
-                    "deployment_id": "chat-deploy",
-                    "region": "us-east-1",
-                },
-                tags={"team": "conformance"},
-            )
-            with mlflow.start_span("chat gpt-4o-mini", span_type=SpanType.CHAT_MODEL) as llm:
-                llm.set_inputs([{"role": "user", "content": question}])
-                llm.set_attribute("mlflow.llm.model", "gpt-4o-mini")
-                llm.set_attribute("mlflow.llm.provider", "openai")
-                llm.set_attribute(
-                    "mlflow.chat.tokenUsage",
-                    {"input_tokens": 42 + turn, "output_tokens": 7 + turn, "total_tokens": 49 + 2 * turn},
-                )
-                llm.set_outputs([{"role": "assistant", "content": answer}])
-                time.sleep(0.01)
-            root.set_outputs(answer)
-    mlflow.flush_trace_async_logging()
+def sdk_chat(mlflow_url, case, exp_id):
+    """The conversation as the seed document writes it with MLflow's SDK, straight into MLflow
+    (python/mlflow_sdk_app.py): the same turns, inputs, outputs, token usage and metadata as
+    python/chat_app.py sends."""
+    env = dict(os.environ, MLFLOW_TRACKING_URI=mlflow_url, MLFLOW_EXPERIMENT_ID=exp_id)
+    subprocess.run([PY, "python/mlflow_sdk_app.py", "direct", case], cwd=HERE, env=env, check=True, timeout=180)
 
 
 def run_differential(mlflow_url, http, backend):
@@ -208,7 +153,7 @@ def run_differential(mlflow_url, http, backend):
     client = MlflowClient()
     exp_id = client.create_experiment(f"conformance-fidelity-{uuid.uuid4().hex[:8]}")
     sdk_case, otel_case = f"diffsdk-{uuid.uuid4().hex[:8]}", f"diffotel-{uuid.uuid4().hex[:8]}"
-    sdk_chat(sdk_case, exp_id)
+    sdk_chat(mlflow_url, sdk_case, exp_id)
     subprocess.run(
         [PY, "python/chat_app.py", "http", otel_case],
         cwd=HERE,
@@ -258,7 +203,7 @@ def run_sdk_over_otlp(mlflow_url, http, api):
     client = MlflowClient()
     exp_id = client.create_experiment(f"conformance-sdk-otlp-{uuid.uuid4().hex[:8]}")
     direct_case, otlp_case = f"sdkdirect-{uuid.uuid4().hex[:8]}", f"sdkotlp-{uuid.uuid4().hex[:8]}"
-    sdk_chat(direct_case, exp_id)
+    sdk_chat(mlflow_url, direct_case, exp_id)
     subprocess.run(
         [SDK_OTLP_PY, "python/mlflow_sdk_app.py", "otlp", otlp_case],
         cwd=HERE, env=sdk_otlp_env(mlflow_url, exp_id, http), check=True, timeout=180,

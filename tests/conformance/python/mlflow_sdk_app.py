@@ -1,14 +1,16 @@
-"""The conversation traced with MLflow's own Python SDK, exporting its spans over OTLP.
+"""The conversation traced with MLflow's own Python SDK: the seed document's way.
 
 Modes:
+- `direct`: straight into MLflow (MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_ID), the reference the
+  gateway's traces are compared with.
 - `otlp`: MLflow's SDK sends only OTLP (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT set). Its trace-level
   calls (client request id, metadata) do not travel over OTLP, so the app puts its ids on the
   root span as attributes, which MLflow's SDK JSON-encodes like every attribute value.
 - `dual`: MLFLOW_TRACE_ENABLE_OTLP_DUAL_EXPORT=true: the SDK writes the trace to MLflow itself
   (MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_ID) and also sends the spans over OTLP.
 
-Runs with an opentelemetry-sdk MLflow 3.17.2 can export with (see tests/conformance/run.sh).
-Usage: mlflow_sdk_app.py <otlp|dual> <case-id>
+Over OTLP it runs with an opentelemetry-sdk MLflow 3.17.2 can export with (run.sh makes that
+venv). Usage: mlflow_sdk_app.py <direct|otlp|dual> <case-id>
 """
 
 import sys
@@ -37,6 +39,10 @@ def main() -> None:
                     "mlflow.trace.session": ids["session.id"],
                     "mlflow.trace.user": ids["user.id"],
                     "mlflow.source.type": "conformance",
+                    "environment": "conformance",
+                    "app_version": "2.0.0",
+                    "deployment_id": "chat-deploy",
+                    "region": "us-east-1",
                 },
                 tags={"team": "conformance"},
             )
