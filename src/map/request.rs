@@ -3,6 +3,9 @@
 //! trace's facts (`rules`), put them on the root span and make its TraceInfo job.
 
 use std::borrow::Cow;
+use std::sync::Arc;
+
+use bytes::Bytes;
 
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -30,8 +33,8 @@ pub fn resource_attrs(resource: Option<&Resource>) -> &[KeyValue] {
 pub struct RequestMapper<'a> {
     pub mapping: &'a MappingTable,
     pub tracker: &'a TraceTracker,
-    pub experiment: &'a ExperimentRef,
-    pub tenant: Option<&'a str>,
+    pub experiment: &'a Arc<ExperimentRef>,
+    pub tenant: Option<&'a Arc<str>>,
 }
 
 impl RequestMapper<'_> {
@@ -186,7 +189,7 @@ struct ChildRun {
     /// Where the first span's attributes end.
     first_len: usize,
     /// The name of the run's earliest span.
-    first_name: String,
+    first_name: Bytes,
     start_unix_nano: u64,
     end_unix_nano: u64,
     errored: bool,
@@ -202,7 +205,7 @@ impl ChildRun {
             trace_id,
             first_len,
             attributes,
-            first_name: span.name().to_string(),
+            first_name: span.name_bytes(),
             start_unix_nano: span.start_time_unix_nano,
             end_unix_nano: span.end_time_unix_nano,
             errored: span.status_code == StatusCode::Error as i32,
@@ -213,7 +216,7 @@ impl ChildRun {
         self.attributes.extend(attributes);
         if span.start_time_unix_nano < self.start_unix_nano {
             self.start_unix_nano = span.start_time_unix_nano;
-            span.name().clone_into(&mut self.first_name);
+            self.first_name = span.name_bytes();
         }
         self.end_unix_nano = self.end_unix_nano.max(span.end_time_unix_nano);
         self.errored |= span.status_code == StatusCode::Error as i32;

@@ -2,8 +2,10 @@
 //! table's "other spans" scope), bounded in count and time.
 
 use std::collections::{HashMap, VecDeque, hash_map::Entry};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use crate::map::rules::CollectedAttrs;
 use crate::vocab::{ExperimentRef, Generations};
@@ -22,25 +24,26 @@ struct Awaiting {
 }
 
 /// What a trace's other spans showed while its root was awaited: enough for a TraceInfo if the
-/// root never comes.
+/// root never comes. Kept for every trace with children until its root comes: the experiment and
+/// tenant are shared, not copied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Partial {
     /// Where its first spans went.
-    pub experiment: ExperimentRef,
-    pub tenant: Option<String>,
-    /// The name of its earliest span.
-    pub first_name: String,
+    pub experiment: Arc<ExperimentRef>,
+    pub tenant: Option<Arc<str>>,
+    /// The name of its earliest span (UTF-8, checked when the span was read).
+    pub first_name: Bytes,
     pub start_unix_nano: u64,
     pub end_unix_nano: u64,
     pub errored: bool,
 }
 
 /// A run of one trace's non-root spans in one request (`TraceTracker::record`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Seen<'a> {
-    pub experiment: &'a ExperimentRef,
-    pub tenant: Option<&'a str>,
-    pub first_name: &'a str,
+    pub experiment: &'a Arc<ExperimentRef>,
+    pub tenant: Option<&'a Arc<str>>,
+    pub first_name: &'a Bytes,
     pub start_unix_nano: u64,
     pub end_unix_nano: u64,
     pub errored: bool,
@@ -50,8 +53,9 @@ impl Partial {
     fn new(seen: &Seen<'_>) -> Self {
         Self {
             experiment: seen.experiment.clone(),
-            tenant: seen.tenant.map(str::to_string),
-            first_name: seen.first_name.to_string(),
+            tenant: seen.tenant.cloned(),
+            // A copy: a slice would keep the whole request's buffer while the root is awaited.
+            first_name: Bytes::copy_from_slice(seen.first_name),
             start_unix_nano: seen.start_unix_nano,
             end_unix_nano: seen.end_unix_nano,
             errored: seen.errored,
@@ -61,7 +65,7 @@ impl Partial {
     fn add(&mut self, seen: &Seen<'_>) {
         if seen.start_unix_nano < self.start_unix_nano {
             self.start_unix_nano = seen.start_unix_nano;
-            seen.first_name.clone_into(&mut self.first_name);
+            self.first_name = Bytes::copy_from_slice(seen.first_name);
         }
         self.end_unix_nano = self.end_unix_nano.max(seen.end_unix_nano);
         self.errored |= seen.errored;
@@ -300,11 +304,12 @@ mod tests {
     use super::*;
 
     fn seen(start: u64, end: u64) -> Seen<'static> {
-        let experiment: &'static ExperimentRef = Box::leak(Box::new(ExperimentRef::Id("1".into())));
+        let experiment: &'static Arc<ExperimentRef> =
+            Box::leak(Box::new(Arc::new(ExperimentRef::Id("1".into()))));
         Seen {
             experiment,
             tenant: None,
-            first_name: "child",
+            first_name: Box::leak(Box::new(Bytes::from_static(b"child"))),
             start_unix_nano: start,
             end_unix_nano: end,
             errored: false,
@@ -318,7 +323,7 @@ mod tests {
             a.insert("user.id".into(), "u".into());
         });
         let early = Seen {
-            first_name: "first",
+            first_name: Box::leak(Box::new(Bytes::from_static(b"first"))),
             errored: true,
             ..seen(10, 20)
         };
@@ -335,7 +340,7 @@ mod tests {
         assert_eq!((p.start_unix_nano, p.end_unix_nano), (10, 40));
         assert_eq!(p.first_name, "first");
         assert!(p.errored);
-        assert_eq!(p.experiment, ExperimentRef::Id("1".into()));
+        assert_eq!(*p.experiment, ExperimentRef::Id("1".into()));
     }
 
     #[test]

@@ -173,6 +173,11 @@ impl SpanView {
         &self.body[self.parent_span_id.clone()]
     }
 
+    /// The name's bytes, sharing the span's buffer (no copy). Checked as UTF-8 by the walk.
+    pub fn name_bytes(&self) -> Bytes {
+        self.body.slice(self.name.clone())
+    }
+
     pub fn name(&self) -> &str {
         // Checked as UTF-8 by the walk (or repaired).
         std::str::from_utf8(&self.body[self.name.clone()]).unwrap_or_default()

@@ -25,7 +25,7 @@ fn map_and_forward(
     let mut views = crate::otlp::parse_request(&body, 100)
         .expect("valid request")
         .resource_spans;
-    let experiment = ExperimentRef::Id("1".into());
+    let experiment = std::sync::Arc::new(ExperimentRef::Id("1".into()));
     let jobs = RequestMapper {
         mapping: &mapping,
         tracker,

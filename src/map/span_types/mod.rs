@@ -65,7 +65,12 @@ const KEYS: [&str; 12] = [
 
 /// Whether the derivation reads an attribute with this key.
 pub fn reads(key: &[u8]) -> bool {
-    key.starts_with(LIVEKIT_PREFIX.as_bytes()) || KEYS.iter().any(|k| k.as_bytes() == key)
+    // Asked for every attribute of every span: most keys differ from all of these in length or
+    // first byte, so those are compared first.
+    key.starts_with(LIVEKIT_PREFIX.as_bytes())
+        || KEYS
+            .iter()
+            .any(|k| k.len() == key.len() && k.as_bytes()[0] == key[0] && k.as_bytes() == key)
 }
 
 /// What becomes of a span's `mlflow.spanType`.
@@ -82,13 +87,13 @@ pub enum SpanTypeChange {
 
 /// One attribute's value as a translator compares it: text, or present but not text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Seen {
-    Text(String),
+enum Seen<'a> {
+    Text(Cow<'a, str>),
     Other,
 }
 
-impl Seen {
-    fn text(seen: &Option<Seen>) -> Option<&str> {
+impl<'a> Seen<'a> {
+    fn text<'b>(seen: &'b Option<Seen<'a>>) -> Option<&'b str> {
         match seen {
             Some(Seen::Text(t)) => Some(t),
             _ => None,
@@ -98,36 +103,36 @@ impl Seen {
 
 /// The attributes MLflow's translators read, as they read them (the last of repeated keys).
 #[derive(Debug, Default)]
-struct Kinds {
+struct Kinds<'a> {
     /// `mlflow.spanType` as received, and as MLflow reads it.
-    current: Option<(String, Seen)>,
-    openinference: Option<Seen>,
-    operation: Option<Seen>,
-    agent_name: Option<Seen>,
+    current: Option<(&'a str, Seen<'a>)>,
+    openinference: Option<Seen<'a>>,
+    operation: Option<Seen<'a>>,
+    agent_name: Option<Seen<'a>>,
     request_model: bool,
-    span_type: Option<Seen>,
-    entity_type: Option<Seen>,
-    traceloop: Option<Seen>,
-    vercel: Option<Seen>,
-    laminar: Option<Seen>,
-    langfuse: Option<Seen>,
+    span_type: Option<Seen<'a>>,
+    entity_type: Option<Seen<'a>>,
+    traceloop: Option<Seen<'a>>,
+    vercel: Option<Seen<'a>>,
+    laminar: Option<Seen<'a>>,
+    langfuse: Option<Seen<'a>>,
     /// The type the first LiveKit key names (MLflow scans keys in their order).
     livekit: Option<&'static str>,
     log_level: bool,
 }
 
-fn seen(kv: &KeyValue) -> Seen {
+fn seen(kv: &KeyValue) -> Seen<'_> {
     match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
         Some(Value::StringValue(s)) => match as_mlflow_reads(s) {
-            Some(text) => Seen::Text(text.into_owned()),
+            Some(text) => Seen::Text(text),
             None => Seen::Other,
         },
         _ => Seen::Other,
     }
 }
 
-impl Kinds {
-    fn read(attributes: &[KeyValue]) -> Self {
+impl<'a> Kinds<'a> {
+    fn read(attributes: &'a [KeyValue]) -> Self {
         let mut kinds = Kinds::default();
         for kv in attributes {
             let key = kv.key.as_str();
@@ -140,8 +145,8 @@ impl Kinds {
             let slot = match key {
                 SPAN_TYPE_ATTR => {
                     let raw = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                        Some(Value::StringValue(s)) => s.clone(),
-                        _ => String::new(),
+                        Some(Value::StringValue(s)) => s.as_str(),
+                        _ => "",
                     };
                     kinds.current = Some((raw, seen(kv)));
                     continue;
@@ -219,7 +224,7 @@ pub fn settle(attributes: &[KeyValue], has_exception_event: bool) -> Settled {
         let kind = match (&span_type, &kinds.current) {
             (SpanTypeChange::Add(kind), _) => Some(*kind),
             (SpanTypeChange::Replace(kind), _) => Some(kind.as_ref()),
-            (SpanTypeChange::Keep, Some((_, Seen::Text(kind)))) => Some(kind.as_str()),
+            (SpanTypeChange::Keep, Some((_, Seen::Text(kind)))) => Some(kind.as_ref()),
             (SpanTypeChange::Keep, _) => None,
         };
         match kind {
@@ -240,10 +245,12 @@ fn settle_type(kinds: &Kinds) -> SpanTypeChange {
         // MLflow lets a translator replace only an UNKNOWN type.
         Some((raw, Seen::Text(t))) if t == UNKNOWN => match kinds.derive() {
             Some(derived) if derived != UNKNOWN => SpanTypeChange::Replace(Cow::Borrowed(derived)),
-            _ if raw != UNKNOWN => SpanTypeChange::Replace(Cow::Borrowed(UNKNOWN)),
+            _ if *raw != UNKNOWN => SpanTypeChange::Replace(Cow::Borrowed(UNKNOWN)),
             _ => SpanTypeChange::Keep,
         },
-        Some((raw, Seen::Text(t))) if raw != t => SpanTypeChange::Replace(Cow::Owned(t.clone())),
+        Some((raw, Seen::Text(t))) if raw != t => {
+            SpanTypeChange::Replace(Cow::Owned(t.clone().into_owned()))
+        }
         Some(_) => SpanTypeChange::Keep,
     }
 }

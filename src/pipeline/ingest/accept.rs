@@ -1,6 +1,7 @@
 //! One request's way through ingest: screen its spans, route each resource to an experiment,
 //! hold the tenant to its experiments and quota, map, and spool.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -259,11 +260,13 @@ impl Ingest {
         experiment: &ExperimentRef,
         tenant: Option<&Tenant>,
     ) -> Vec<TraceInfoJob> {
+        // Shared by the traces of this group that await their root.
+        let shared_experiment = Arc::new(experiment.clone());
         let mapper = RequestMapper {
             mapping: &self.mapping,
             tracker: &self.tracker,
-            experiment,
-            tenant: tenant.map(|t| &*t.name),
+            experiment: &shared_experiment,
+            tenant: tenant.map(|t| &t.name),
         };
         let jobs = mapper.map(resource_spans);
         for job in &jobs {

@@ -1,6 +1,8 @@
 //! Traces whose root never came (`traces.finalize_without_root`): a TraceInfo from the spans
 //! that did, spooled like any other so it survives a restart and is written after their spans.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::Ingest;
@@ -26,7 +28,7 @@ impl Ingest {
             let job = TraceInfoJob {
                 trace_id: orphan.trace_id,
                 root_span_id: [0; 8],
-                root_name: partial.first_name,
+                root_name: String::from_utf8_lossy(&partial.first_name).into_owned(),
                 start_unix_nano: partial.start_unix_nano,
                 end_unix_nano: partial.end_unix_nano,
                 state: if partial.errored {
@@ -38,8 +40,8 @@ impl Ingest {
                 from_mlflow_sdk: false,
             };
             let record = SpoolRecord {
-                experiment: partial.experiment,
-                tenant: partial.tenant,
+                experiment: Arc::unwrap_or_clone(partial.experiment),
+                tenant: partial.tenant.map(|t| t.to_string()),
                 span_count: 0,
                 roots: vec![job],
                 received_ms: crate::vocab::now_ms(),
