@@ -18,6 +18,7 @@ pub mod ops;
 pub mod otlp;
 pub mod pipeline;
 pub mod receive;
+pub mod redact;
 pub mod spool;
 pub mod tls;
 pub mod vocab;

@@ -7,6 +7,7 @@
 mod access;
 mod defaults;
 mod mapping;
+mod redaction;
 mod secret;
 mod sections;
 mod validate;
@@ -20,6 +21,9 @@ use serde::Deserialize;
 pub use access::{AuthConfig, TenantConfig, TenantMlflowIdentity, TlsConfig};
 pub use defaults::*;
 pub use mapping::{DEFAULT_TAG_PREFIXES, MappingConfig, RuleConfig, Target};
+pub use redaction::{
+    ContentMode, DETECTOR_NAMES, REGEX_PREFIX, RedactionAction, RedactionConfig, RedactionRule,
+};
 pub use secret::Secret;
 pub use sections::*;
 
@@ -47,6 +51,8 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// Attribute-to-TraceInfo mapping table.
     pub mapping: MappingConfig,
+    /// Personal data and secrets removed at ingest, before anything is written.
+    pub redaction: RedactionConfig,
     /// Feedback and expectations API.
     pub feedback: FeedbackConfig,
     /// Whether every request must authenticate as a tenant.
@@ -75,6 +81,7 @@ impl Default for Config {
             traces: TracesConfig::default(),
             routing: RoutingConfig::default(),
             mapping: MappingConfig::default(),
+            redaction: RedactionConfig::default(),
             feedback: FeedbackConfig::default(),
             auth: AuthConfig::default(),
             tenants: Vec::new(),

@@ -229,3 +229,39 @@ fn tls_files_must_hold_pem_of_the_right_kind() {
         assert!(err.contains(key), "missing {key} in:\n{err}");
     }
 }
+
+#[test]
+fn redaction_rules_are_checked_all_at_once() {
+    let toml = r#"
+[redaction]
+hash_key_env = "GATEWAY_TEST_NO_SUCH_KEY_VARIABLE"
+[[redaction.rules]]
+patterns = ["email", "passport"]
+[[redaction.rules]]
+patterns = ["re:(unclosed"]
+[[redaction.rules]]
+keys = ["app.secret"]
+patterns = ["email"]
+[[redaction.rules]]
+keys = ["user.*"]
+action = "hash"
+[[redaction.rules]]
+"#;
+    let cfg = Config::from_toml(toml, Path::new("x.toml")).expect("parses");
+    let err = cfg.validate().unwrap_err().to_string();
+    for expected in [
+        "redaction.rules[0]: unknown detector 'passport'",
+        "redaction.rules[1]: pattern 're:(unclosed'",
+        "redaction.rules[2]: patterns and keys are separate rules",
+        "redaction.rules[3]: action \"hash\" needs a key in $GATEWAY_TEST_NO_SUCH_KEY_VARIABLE",
+        "redaction.rules[4]: give patterns or keys",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in {err}");
+    }
+    let ok = "[redaction]\ncontent = \"drop\"\n[[redaction.rules]]\npatterns = [\"email\", \"re:\\\\d{6}\"]\naction = \"mask\"\n";
+    Config::from_toml(ok, Path::new("x.toml"))
+        .expect("parses")
+        .validate()
+        .expect("valid");
+    assert!(Config::from_toml("[redaction]\ncontent = \"hide\"\n", Path::new("x.toml")).is_err());
+}

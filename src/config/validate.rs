@@ -17,6 +17,12 @@ impl Config {
         self.check_durations(&mut errors);
         self.check_routing(&mut errors);
         self.check_mapping(&mut errors);
+        self.redaction.check("redaction", &mut errors);
+        for t in &self.tenants {
+            if let Some(r) = &t.redaction {
+                r.check(&format!("tenants[{}].redaction", t.name), &mut errors);
+            }
+        }
         self.check_feedback(&mut errors);
         self.check_tls(&mut errors);
         self.check_tenants(&mut errors);

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
 use super::schema::{self, Fault, RESOURCE, RESOURCE_DEPTH, SCOPE, SCOPE_DEPTH, Schema, Utf8};
@@ -43,6 +44,24 @@ impl KeptFields {
     }
 }
 
+impl ScopeSpansView {
+    /// Replaces span `index` with `span` (changed before mapping, which must read the new
+    /// values): it is read again like a received span.
+    pub fn replace_span(
+        &mut self,
+        index: usize,
+        span: &Span,
+        max_depth: usize,
+    ) -> Result<(), Fault> {
+        let body = Bytes::from(span.encode_to_vec());
+        let view = SpanView::parse(body, &mut self.attributes, max_depth)?;
+        if let Some(slot) = self.spans.get_mut(index) {
+            *slot = view;
+        }
+        Ok(())
+    }
+}
+
 /// A `ScopeSpans`: its spans, and every other field kept as encoded.
 #[derive(Debug, Clone)]
 pub struct ScopeSpansView {
@@ -71,6 +90,14 @@ impl ResourceSpansView {
             .as_ref()
             .map(|r| &r.attributes[..])
             .unwrap_or(&[])
+    }
+
+    /// Replaces the resource (its attributes changed): the decoded copy and the bytes forwarded.
+    pub fn replace_resource(&mut self, resource: Resource) {
+        self.kept.0.retain(|(number, _)| *number != 1);
+        self.kept.keep_replaced(1, &resource.encode_to_vec());
+        // Field 1 is written before the scopes whatever its place in the list.
+        self.resource = Some(resource);
     }
 
     /// Sets every span aside (its resource cannot go to MLflow); returns how many there were.

@@ -70,6 +70,10 @@ pub struct TenantConfig {
     pub mlflow_username_env: Option<String>,
     #[serde(default)]
     pub mlflow_password_env: Option<String>,
+    /// Redaction rules for its spans, added to the global `[redaction]` (its `content = "drop"`
+    /// drops its content even where the global section keeps it).
+    #[serde(default)]
+    pub redaction: Option<super::RedactionConfig>,
     /// Spans per second it may send; over it, requests get 429 / RESOURCE_EXHAUSTED with a
     /// retry delay. 0: no quota.
     #[serde(default)]

@@ -87,6 +87,10 @@ impl Ingest {
             return Err(err);
         }
 
+        // Before anything reads or keeps the spans: routing, mapping, the spool.
+        self.redactors
+            .of(tenant_name.map(|n| &**n))
+            .apply(&mut screened.resource_spans);
         let groups = self.route_all(&mut screened, header, tenant);
         let groups = match self.authorize_all(&mut screened, groups, tenant).await {
             Ok(groups) => groups,

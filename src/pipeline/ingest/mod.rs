@@ -22,6 +22,7 @@ use crate::map::rules::MappingTable;
 use crate::map::traces::TraceTracker;
 use crate::mlflow::experiments::Experiments;
 use crate::pipeline::request_ids::RequestIdIndex;
+use crate::redact::Redactors;
 use crate::spool::Spool;
 use crate::vocab::{ExperimentRef, Transport, labels};
 
@@ -57,6 +58,7 @@ pub struct Ingest {
     turns: Arc<Semaphore>,
     retry_after: Duration,
     request_ids: Arc<RequestIdIndex>,
+    redactors: Redactors,
 }
 
 /// A turn for a request's CPU work (checking, decoding, mapping), from `Ingest::ingest_turn`;
@@ -104,6 +106,7 @@ impl Ingest {
             )),
             retry_after: cfg.receiver.retry_after,
             request_ids: parts.request_ids,
+            redactors: Redactors::new(cfg),
         }
     }
 
