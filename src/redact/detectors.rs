@@ -140,7 +140,7 @@ fn luhn(s: &str) -> bool {
             _ => d,
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// ISO 13616's check: move the first four characters to the end, letters to 10-35, mod 97 = 1.
