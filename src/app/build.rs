@@ -24,6 +24,7 @@ use crate::pipeline::export::{SpanExporter, run_span_workers, run_trace_info_wor
 use crate::pipeline::request_ids::RequestIdIndex;
 use crate::receive::budget::DecodeBudget;
 use crate::receive::decode::DecodeLimits;
+use crate::redact::Redactors;
 use crate::spool::deadletter::DeadLetters;
 use crate::spool::disk::{LogOptions, SegmentLog};
 use crate::spool::{Spool, SpoolShares};
@@ -134,6 +135,7 @@ pub(super) fn build_feedback(
         tenants,
         identities,
         finder,
+        Redactors::new(config),
     ))
 }
 

@@ -16,6 +16,7 @@ use crate::auth::Tenants;
 use crate::config::FeedbackConfig;
 use crate::mlflow::Identities;
 use crate::mlflow::assessments::AssessmentOutcome;
+use crate::redact::Redactors;
 use crate::vocab::{labels, now_ms};
 
 /// Records tried per worker tick, so one tick stays short.
@@ -88,6 +89,8 @@ pub struct FeedbackService {
     finder: TraceFinder,
     cfg: FeedbackConfig,
     wake: Notify,
+    /// Feedback text goes through the tenant's redaction before it is stored or sent.
+    redactors: Redactors,
 }
 
 impl FeedbackService {
@@ -98,6 +101,7 @@ impl FeedbackService {
         tenants: Arc<Tenants>,
         identities: Identities,
         finder: TraceFinder,
+        redactors: Redactors,
     ) -> Self {
         Self {
             store,
@@ -107,11 +111,26 @@ impl FeedbackService {
             finder,
             cfg,
             wake: Notify::new(),
+            redactors,
         }
     }
 
     pub fn max_body_bytes(&self) -> usize {
         self.cfg.max_body_bytes
+    }
+
+    /// What is written (pending store, MLflow) is redacted as spans are: rationale, value,
+    /// metadata and source id. The target and name are ids, left as they are.
+    fn redact(&self, request: &mut AssessmentRequest, tenant: Option<&str>) {
+        let redactor = self.redactors.of(tenant);
+        if let Some(rationale) = request.rationale.as_mut() {
+            redactor.text(rationale);
+        }
+        redactor.json(&mut request.value);
+        for value in request.metadata.values_mut() {
+            redactor.text(value);
+        }
+        redactor.text(&mut request.source_id);
     }
 
     /// A record the caller may see: its own tenant's (or, unscoped, one without a tenant).
@@ -127,12 +146,13 @@ impl FeedbackService {
     #[tracing::instrument(skip_all, fields(kind = request.kind.as_str(), feedback_id))]
     pub async fn submit(
         &self,
-        request: AssessmentRequest,
+        mut request: AssessmentRequest,
         idempotency_key: Option<&str>,
         caller: &Principal,
     ) -> Result<Outcome, SubmitError> {
         let kind = request.kind.as_str();
         let tenant = caller.tenant_name();
+        self.redact(&mut request, tenant);
         let tenant_name = caller.tenant.as_ref().map(|t| &t.name);
         let feedback_id = request.feedback_id(idempotency_key, tenant);
         tracing::Span::current().record("feedback_id", feedback_id.as_str());

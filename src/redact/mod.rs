@@ -75,10 +75,7 @@ impl Redactor {
                 }
             }
         }
-        for (rule, action) in counted {
-            metrics::counter!("gateway_redactions_total", "rule" => rule, "action" => action)
-                .increment(1);
-        }
+        count(counted);
         changed
     }
 
@@ -103,6 +100,37 @@ impl Redactor {
             changed |= self.rules.free_text(&mut status.message, counted);
         }
         changed
+    }
+}
+
+impl Redactor {
+    /// Applies the text rules to free text (feedback's rationale, metadata, source id).
+    pub fn text(&self, text: &mut String) -> bool {
+        let mut counted = Vec::new();
+        let changed = self.rules.free_text(text, &mut counted);
+        count(counted);
+        changed
+    }
+
+    /// Applies the text rules to every string in a JSON value (feedback's value).
+    pub fn json(&self, value: &mut serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::String(s) => self.text(s),
+            serde_json::Value::Array(items) => items
+                .iter_mut()
+                .fold(false, |changed, v| self.json(v) | changed),
+            serde_json::Value::Object(map) => map
+                .values_mut()
+                .fold(false, |changed, v| self.json(v) | changed),
+            _ => false,
+        }
+    }
+}
+
+fn count(counted: Vec<Counted>) {
+    for (rule, action) in counted {
+        metrics::counter!("gateway_redactions_total", "rule" => rule, "action" => action)
+            .increment(1);
     }
 }
 
