@@ -194,6 +194,17 @@ impl SpanView {
         &self.body[at.key.clone()]
     }
 
+    /// Whether one of its attributes has a key that passes `wanted` (nothing is decoded).
+    pub fn any_attribute_key(
+        &self,
+        attributes: &[AttributeAt],
+        mut wanted: impl FnMut(&[u8]) -> bool,
+    ) -> bool {
+        self.own_attributes(attributes)
+            .iter()
+            .any(|at| wanted(self.key(at)))
+    }
+
     /// Attributes whose key passes `wanted`, decoded; the others are never touched.
     /// `attributes` is the list of the span's scope (`ScopeSpansView::attributes`).
     pub fn attributes_where(

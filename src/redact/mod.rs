@@ -1,10 +1,11 @@
 //! Redaction at ingest (`[redaction]`): personal data and secrets are removed from a request's
 //! spans before it is mapped, spooled or sent anywhere, so what is redacted is never written.
 //!
-//! Spans are forwarded as received unless a rule changes them, so a prefilter looks at each
-//! span's encoded bytes first: one pass of every rule's expression (detectors, regular
-//! expressions, the keys rules name). Only spans where one matches are decoded, redacted value by
-//! value (attributes, events' attributes, links' attributes, the status message) and read again.
+//! Spans are forwarded as received unless a rule changes them, so each span is looked at first
+//! without decoding: its attribute keys (noted when it was read) against the keys rules drop or
+//! take whole, and its encoded bytes against one pass of every text rule's expression. Only spans
+//! where one matches are decoded, redacted value by value (attributes, events' attributes, links'
+//! attributes, the status message) and read again.
 //! Resource attributes are redacted on the decoded resource each request carries.
 
 mod detectors;
@@ -17,7 +18,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use regex::bytes::RegexSet;
 
 use crate::config::{Config, ContentMode, RedactionConfig};
-use crate::otlp::ResourceSpansView;
+use crate::otlp::{AttributeAt, ResourceSpansView, SpanView};
 
 pub use detectors::Detector;
 pub use rules::{CONTENT_EVENTS, CONTENT_KEYS, Counted, RuleSet, is_content_key};
@@ -26,15 +27,17 @@ pub use rules::{CONTENT_EVENTS, CONTENT_KEYS, Counted, RuleSet, is_content_key};
 #[derive(Debug)]
 pub struct Redactor {
     rules: RuleSet,
-    /// None when no rule can match anything (nothing to do).
+    /// Expressions over a span's encoded bytes (`RuleSet::prefilter_patterns`); None when there
+    /// are none.
     prefilter: Option<RegexSet>,
     max_depth: usize,
 }
 
 impl Redactor {
     fn new(rules: RuleSet, max_depth: usize) -> Self {
-        let prefilter = (!rules.is_empty())
-            .then(|| RegexSet::new(rules.prefilter_patterns()).ok())
+        let patterns = rules.prefilter_patterns();
+        let prefilter = (!patterns.is_empty())
+            .then(|| RegexSet::new(patterns).ok())
             .flatten();
         Self {
             rules,
@@ -43,11 +46,21 @@ impl Redactor {
         }
     }
 
+    /// Whether a span may hold something a rule changes: a key it takes (found without
+    /// decoding), or a match of the prefilter in its bytes.
+    fn may_change(&self, view: &SpanView, attributes: &[AttributeAt]) -> bool {
+        view.any_attribute_key(attributes, |key| self.rules.takes_key(key))
+            || self
+                .prefilter
+                .as_ref()
+                .is_some_and(|p| p.is_match(&view.forwarded()))
+    }
+
     /// Redacts a request's resources and spans in place. Returns how many spans changed.
     pub fn apply(&self, resource_spans: &mut [ResourceSpansView]) -> usize {
-        let Some(prefilter) = &self.prefilter else {
+        if self.rules.is_empty() {
             return 0;
-        };
+        }
         let mut counted = Vec::new();
         let mut changed = 0;
         for rs in resource_spans.iter_mut() {
@@ -61,7 +74,7 @@ impl Redactor {
             for ss in rs.scope_spans.iter_mut() {
                 for index in 0..ss.spans.len() {
                     let view = &ss.spans[index];
-                    if !prefilter.is_match(&view.forwarded()) {
+                    if !self.may_change(view, &ss.attributes) {
                         continue;
                     }
                     let Ok(mut span) = view.decode() else {

@@ -148,8 +148,9 @@ impl RuleSet {
         self.content_drop
     }
 
-    /// Expressions of which at least one occurs in any span a rule would change: the text
-    /// finders, the keys as literals (globs as `.*`), header and content key prefixes.
+    /// Expressions of which one occurs in the encoded bytes of any span a rule would change,
+    /// beside what `takes_key` finds among its attribute keys: the text finders, key rules' globs
+    /// (for event and link attributes), GenAI event names with `content = "drop"`.
     pub fn prefilter_patterns(&self) -> Vec<String> {
         let mut out = Vec::new();
         for rule in &self.rules {
@@ -158,14 +159,22 @@ impl RuleSet {
                 Matcher::Keys(keys) => out.extend(keys.iter().map(|k| glob_regex(k))),
             }
         }
-        if !self.drop_headers.is_empty() {
-            out.push(r"http\.(?:request|response)\.header\.".into());
-        }
         if self.content_drop {
-            out.extend(CONTENT_KEYS.iter().map(|k| glob_regex(k)));
             out.push(r"gen_ai\.".into());
         }
         out
+    }
+
+    /// Whether a span attribute with this key is dropped or taken whole whatever its value.
+    pub fn takes_key(&self, key: &[u8]) -> bool {
+        let Ok(key) = std::str::from_utf8(key) else {
+            return false;
+        };
+        self.is_dropped_header(key)
+            || (self.content_drop && is_content_key(key))
+            || self.rules.iter().any(|r| {
+                matches!(&r.matcher, Matcher::Keys(keys) if keys.iter().any(|g| glob_matches(g, key)))
+            })
     }
 
     /// Applies every rule to one attribute list; dropped attributes are removed.
@@ -218,6 +227,9 @@ impl RuleSet {
     }
 
     fn is_dropped_header(&self, key: &str) -> bool {
+        if self.drop_headers.is_empty() {
+            return false;
+        }
         HEADER_PREFIXES.iter().any(|p| {
             key.strip_prefix(p).is_some_and(|name| {
                 let name = name.to_ascii_lowercase().replace('_', "-");

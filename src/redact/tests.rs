@@ -410,6 +410,8 @@ fn a_request_is_redacted_before_anything_reads_it() {
 fn nothing_configured_costs_nothing() {
     let r = Redactor::new(RuleSet::new(&[], false, &[], None), 100);
     assert!(r.prefilter.is_none());
+    let headers_only = Redactor::new(rule_set(vec![], false), 100);
+    assert!(headers_only.prefilter.is_none(), "header drops go by key");
 }
 
 #[test]
@@ -421,4 +423,51 @@ fn the_longer_of_overlapping_findings_wins() {
         string(&attrs, "pay").as_deref(),
         Some("to [REDACTED:iban] today")
     );
+}
+
+#[test]
+fn a_tenant_s_rules_add_to_the_global_ones() {
+    let toml = r#"
+[[redaction.rules]]
+patterns = ["email"]
+[[tenants]]
+name = "a"
+tokens = ["token-a-0123456789"]
+experiments = ["a-*"]
+[tenants.redaction]
+content = "drop"
+[[tenants.redaction.rules]]
+patterns = ["re:ticket-\\d+"]
+[[tenants]]
+name = "b"
+tokens = ["token-b-0123456789"]
+experiments = ["b-*"]
+"#;
+    let cfg =
+        crate::config::Config::from_toml(toml, std::path::Path::new("x.toml")).expect("parses");
+    cfg.validate().expect("valid");
+    let redactors = Redactors::new(&cfg);
+    let redact = |tenant: Option<&str>| {
+        let mut attrs = vec![
+            kv_str("note", "x@example.com ticket-7"),
+            kv_str("input.value", "question"),
+        ];
+        redactors
+            .of(tenant)
+            .rules
+            .attributes(&mut attrs, &mut Vec::new());
+        attrs
+            .iter()
+            .map(|kv| format!("{}={}", kv.key, string(&attrs, &kv.key).unwrap_or_default()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        redact(Some("a")),
+        ["note=[REDACTED:email] [REDACTED:regex]"]
+    );
+    assert_eq!(
+        redact(Some("b")),
+        ["note=[REDACTED:email] ticket-7", "input.value=question"]
+    );
+    assert_eq!(redact(None), redact(Some("b")));
 }
