@@ -7,9 +7,11 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use mlflow_otlp_gateway::config::{ContentMode, RedactionAction, RedactionRule, SpoolCompression};
+use mlflow_otlp_gateway::config::{
+    ContentMode, DETECTOR_NAMES, RedactionAction, RedactionRule, SpoolCompression,
+};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::span::Event;
 use support::*;
 
@@ -25,20 +27,6 @@ const PERSONAL: [&str; 9] = [
     "session-cookie-value-42",
     "0532 0130",
 ];
-
-fn header(name: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: format!("http.request.header.{name}"),
-        value: Some(AnyValue {
-            value: Some(Value::ArrayValue(ArrayValue {
-                values: vec![AnyValue {
-                    value: Some(Value::StringValue(value.into())),
-                }],
-            })),
-        }),
-        ..Default::default()
-    }
-}
 
 fn every_byte_under(dir: &Path) -> Vec<u8> {
     let mut all = Vec::new();
@@ -62,17 +50,7 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 fn redaction(cfg: &mut mlflow_otlp_gateway::config::Config) {
     cfg.spool.compression = SpoolCompression::None;
     cfg.redaction.rules = vec![RedactionRule {
-        patterns: [
-            "email",
-            "credit_card",
-            "phone",
-            "ip",
-            "iban",
-            "bearer_token",
-            "api_key",
-        ]
-        .map(String::from)
-        .to_vec(),
+        patterns: DETECTOR_NAMES.map(String::from).to_vec(),
         keys: vec![],
         action: RedactionAction::Mask,
     }];

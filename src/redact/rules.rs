@@ -278,39 +278,16 @@ impl RuleSet {
                 }
                 None => Outcome::Kept,
             },
-            Some(Value::ArrayValue(array)) => {
-                let mut outcome = Outcome::Kept;
-                array.values.retain_mut(|v| {
-                    match self.value(v, finders, action, counted) {
-                        Outcome::Dropped => {
-                            outcome = Outcome::Changed;
-                            return false;
-                        }
-                        Outcome::Changed => outcome = Outcome::Changed,
-                        Outcome::Kept => {}
-                    }
-                    true
-                });
-                outcome
-            }
-            Some(Value::KvlistValue(list)) => {
-                let mut outcome = Outcome::Kept;
-                list.values.retain_mut(|kv| {
-                    let Some(v) = kv.value.as_mut() else {
-                        return true;
-                    };
-                    match self.value(v, finders, action, counted) {
-                        Outcome::Dropped => {
-                            outcome = Outcome::Changed;
-                            return false;
-                        }
-                        Outcome::Changed => outcome = Outcome::Changed,
-                        Outcome::Kept => {}
-                    }
-                    true
-                });
-                outcome
-            }
+            Some(Value::ArrayValue(array)) => retain_redacted(
+                &mut array.values,
+                |v| Some(v),
+                |v| self.value(v, finders, action, counted),
+            ),
+            Some(Value::KvlistValue(list)) => retain_redacted(
+                &mut list.values,
+                |kv| kv.value.as_mut(),
+                |v| self.value(v, finders, action, counted),
+            ),
             _ => Outcome::Kept,
         }
     }
@@ -396,6 +373,24 @@ impl RuleSet {
         let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
         format!("[HASH:{hex}]")
     }
+}
+
+/// Redacts the values of `items` (reached by `value_of`), removing those dropped; whether
+/// anything changed.
+fn retain_redacted<T>(
+    items: &mut Vec<T>,
+    mut value_of: impl FnMut(&mut T) -> Option<&mut AnyValue>,
+    mut redact: impl FnMut(&mut AnyValue) -> Outcome,
+) -> Outcome {
+    let mut outcome = Outcome::Kept;
+    items.retain_mut(|item| {
+        let step = value_of(item).map_or(Outcome::Kept, &mut redact);
+        if step != Outcome::Kept {
+            outcome = Outcome::Changed;
+        }
+        step != Outcome::Dropped
+    });
+    outcome
 }
 
 fn finder(pattern: &str) -> Option<Finder> {
