@@ -272,4 +272,4 @@ fn finish_span(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

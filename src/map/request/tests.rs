@@ -187,7 +187,9 @@ fn json_encoded_values_from_mlflow_sdk_are_read_without_quotes() {
     );
 }
 
-fn span(trace: u8, id: u8, root: bool, attributes: Vec<KeyValue>) -> Span {
+/// A finished span of trace `trace` (a root, or a child of the root `[trace; 8]`); shared with
+/// other modules' tests.
+pub(crate) fn span(trace: u8, id: u8, root: bool, attributes: Vec<KeyValue>) -> Span {
     Span {
         trace_id: vec![trace; 16],
         span_id: vec![id; 8],
@@ -200,7 +202,7 @@ fn span(trace: u8, id: u8, root: bool, attributes: Vec<KeyValue>) -> Span {
     }
 }
 
-fn resource_spans(attributes: Vec<KeyValue>, spans: Vec<Span>) -> ResourceSpans {
+pub(crate) fn resource_spans(attributes: Vec<KeyValue>, spans: Vec<Span>) -> ResourceSpans {
     ResourceSpans {
         resource: Some(Resource {
             attributes,

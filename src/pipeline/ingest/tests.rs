@@ -1,11 +1,9 @@
 use super::*;
+use crate::map::request::tests::{resource_spans, span};
 use crate::mlflow::{Identities, MlflowClient};
 use crate::otlp;
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::KeyValue;
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 
 fn ingest_with(cfg: &Config) -> Ingest {
@@ -20,33 +18,6 @@ fn ingest_with(cfg: &Config) -> Ingest {
             request_ids: Arc::new(RequestIdIndex::new(100)),
         },
     )
-}
-
-fn span(trace: u8, id: u8, root: bool, attributes: Vec<KeyValue>) -> Span {
-    Span {
-        trace_id: vec![trace; 16],
-        span_id: vec![id; 8],
-        parent_span_id: if root { vec![] } else { vec![trace; 8] },
-        name: format!("span {id}"),
-        start_time_unix_nano: 1,
-        end_time_unix_nano: 2,
-        attributes,
-        ..Default::default()
-    }
-}
-
-fn resource_spans(attributes: Vec<KeyValue>, spans: Vec<Span>) -> ResourceSpans {
-    ResourceSpans {
-        resource: Some(Resource {
-            attributes,
-            ..Default::default()
-        }),
-        scope_spans: vec![ScopeSpans {
-            spans,
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
 }
 
 /// With one turn, a request waits while another holds it (nothing reaches the queue), and
