@@ -64,11 +64,11 @@ impl Redactor {
         let mut counted = Vec::new();
         let mut changed = 0;
         for rs in resource_spans.iter_mut() {
-            if let Some(mut resource) = rs.resource.clone()
-                && self
-                    .rules
-                    .attributes(&mut resource.attributes, &mut counted)
-            {
+            let resource_changed = rs
+                .resource
+                .as_mut()
+                .is_some_and(|r| self.rules.attributes(&mut r.attributes, &mut counted));
+            if resource_changed && let Some(resource) = rs.resource.take() {
                 rs.replace_resource(resource);
             }
             for ss in rs.scope_spans.iter_mut() {
