@@ -239,6 +239,9 @@ impl TraceTracker {
             inner.order.pop_front();
             if current && let Some(awaiting) = inner.awaiting.remove(&id) {
                 evicted.without_root += 1;
+                // Remembered like a root: a straggler right after would otherwise open a new
+                // wait, and a second TraceInfo from it alone would overwrite this one's times.
+                inner.seen.insert(id, now);
                 evicted.orphans.push(Orphan {
                     trace_id: id,
                     attrs: awaiting.attrs,
@@ -275,6 +278,7 @@ fn make_room(inner: &mut Inner, cap: usize) -> usize {
             && let Some(awaiting) = inner.awaiting.remove(&id)
         {
             forgotten += 1;
+            inner.seen.insert(id, Instant::now());
             // Kept for the next sweep to finalize; beyond `cap` they are only counted.
             if inner.evicted.len() < cap {
                 inner.evicted.push(Orphan {
@@ -334,6 +338,8 @@ mod tests {
         let [orphan] = &swept.orphans[..] else {
             panic!("{:?}", swept.orphans)
         };
+        t.record(id(1), seen(50, 60), |_| {});
+        assert_eq!(t.awaiting(), 0, "a straggler opens no second wait");
         assert_eq!(orphan.trace_id, id(1));
         assert_eq!(orphan.attrs.get("user.id").map(String::as_str), Some("u"));
         let p = &orphan.partial;
