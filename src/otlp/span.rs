@@ -285,17 +285,9 @@ impl SpanView {
     /// Adds a string attribute after the span's own; for a key the span does not hold (a
     /// repeated key would leave the reader to pick one).
     pub fn append_string_attribute(&mut self, key: &str, value: &str) {
-        let mut field = [0u8; APPENDED_INLINE];
         let len = framed_len(string_key_value_len(key, value));
-        if len <= APPENDED_INLINE {
-            let mut cursor = &mut field[..];
-            put_string_key_value(&mut cursor, key, value);
-            self.appended.extend(&field[..len]);
-        } else {
-            let mut long = Vec::with_capacity(len);
-            put_string_key_value(&mut long, key, value);
-            self.appended.extend(&long);
-        }
+        self.appended
+            .put(len, |out| put_string_key_value(out, key, value));
     }
 
     /// Adds an integer attribute after the span's own; for a key the span does not hold.
@@ -311,22 +303,16 @@ impl SpanView {
         };
         let any = &any[..any_len];
         let len = framed_len(framed_len(key.len()) + framed_len(any.len()));
-        let mut field = [0u8; APPENDED_INLINE];
-        if len <= APPENDED_INLINE {
-            put_key_value(&mut &mut field[..], key, any);
-            self.appended.extend(&field[..len]);
-        } else {
-            let mut long = Vec::with_capacity(len);
-            put_key_value(&mut long, key, any);
-            self.appended.extend(&long);
-        }
+        self.appended.put(len, |out| put_key_value(out, key, any));
     }
 
     /// Sets the status code (OTLP's 0-2), keeping the status message: a second `status` field
     /// is merged into the first by protobuf readers, so only the code changes.
     pub fn set_status_code(&mut self, code: StatusCode) {
         // Field 15 (Status), length 2: field 3 (code) as a one-byte varint.
-        self.appended.extend(&[15 << 3 | 2, 2, 3 << 3, code as u8]);
+        let status = [15 << 3 | 2, 2, 3 << 3, code as u8];
+        self.appended
+            .put(status.len(), |out| out.copy_from_slice(&status));
         self.status_code = code as i32;
     }
 
@@ -381,16 +367,19 @@ impl Default for Appended {
 }
 
 impl Appended {
-    fn extend(&mut self, bytes: &[u8]) {
-        let len = usize::from(self.len);
-        if self.spilled.is_empty() && len + bytes.len() <= APPENDED_INLINE {
-            self.inline[len..len + bytes.len()].copy_from_slice(bytes);
-            self.len = (len + bytes.len()) as u8;
+    /// Adds `len` bytes that `write` fills, inline while they fit.
+    fn put(&mut self, len: usize, write: impl FnOnce(&mut &mut [u8])) {
+        let used = usize::from(self.len);
+        if self.spilled.is_empty() && used + len <= APPENDED_INLINE {
+            write(&mut &mut self.inline[used..used + len]);
+            self.len = (used + len) as u8;
         } else {
             if self.spilled.is_empty() {
-                self.spilled.extend_from_slice(&self.inline[..len]);
+                self.spilled.extend_from_slice(&self.inline[..used]);
             }
-            self.spilled.extend_from_slice(bytes);
+            let start = self.spilled.len();
+            self.spilled.resize(start + len, 0);
+            write(&mut &mut self.spilled[start..]);
         }
     }
 

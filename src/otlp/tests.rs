@@ -536,3 +536,44 @@ fn string_attributes_set_on_the_wire_match_the_decoded_result() {
         "a duplicated key is set once"
     );
 }
+
+/// Fields appended after a span's bytes read as its own: one more attribute each, and a status
+/// code merged into the status it had. Past the inline room they still come out whole.
+#[test]
+fn appended_fields_are_read_as_the_span_s_own() {
+    let mut received = span(1, &[]);
+    received.status = Some(Status {
+        code: 0,
+        message: "kept".into(),
+    });
+    let mut attributes = Vec::new();
+    let mut view = SpanView::parse(
+        Bytes::from(received.encode_to_vec()),
+        &mut attributes,
+        MLFLOW_MAX_NESTING,
+    )
+    .unwrap();
+    let long = "x".repeat(200);
+    view.append_string_attribute("mlflow.spanType", "CHAT_MODEL");
+    view.append_int_attribute("mlflow.spanLogLevel", 20);
+    view.set_status_code(opentelemetry_proto::tonic::trace::v1::status::StatusCode::Ok);
+    view.append_string_attribute("long", &long);
+    let mut out = Vec::new();
+    view.write_forwarded(&mut out);
+    assert_eq!(out.len(), view.forwarded_len());
+    let decoded = Span::decode(&out[..]).unwrap();
+    assert_eq!(
+        find_str(&decoded.attributes, "mlflow.spanType").as_deref(),
+        Some("CHAT_MODEL")
+    );
+    assert_eq!(find_str(&decoded.attributes, "long"), Some(long));
+    let level = decoded
+        .attributes
+        .iter()
+        .find(|kv| kv.key == "mlflow.spanLogLevel")
+        .and_then(|kv| kv.value.clone()?.value);
+    assert_eq!(level, Some(Value::IntValue(20)));
+    let status = decoded.status.unwrap_or_default();
+    assert_eq!((status.code, status.message.as_str()), (1, "kept"));
+    assert_eq!(view.status_code, 1);
+}
