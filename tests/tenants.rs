@@ -352,7 +352,7 @@ async fn experiments_that_do_not_exist_are_created_only_for_tenants_allowed_to()
 }
 
 async fn feedback(api: SocketAddr, token: &str, body: &Json) -> (u16, Json) {
-    let r = reqwest::Client::new()
+    let r = http_client()
         .post(format!("http://{api}/v1/feedback"))
         .header("authorization", format!("Bearer {token}"))
         .json(body)
@@ -400,7 +400,7 @@ async fn feedback_reaches_only_the_tenants_own_traces() {
     let get = |token: &'static str| {
         let url = format!("http://{}/v1/feedback/{id}", gw.api_addr);
         async move {
-            reqwest::Client::new()
+            http_client()
                 .get(url)
                 .header("authorization", format!("Bearer {token}"))
                 .send()
@@ -547,7 +547,7 @@ async fn an_experiment_id_is_allowed_by_the_name_it_has_in_mlflow() {
 async fn a_tenant_whose_mlflow_user_lacks_permission_is_dead_lettered_alone() {
     const ADMIN: (&str, &str) = ("admin", "admin-password-1234");
     let server = MlflowServer::start_with_basic_auth(ADMIN.0, ADMIN.1);
-    let http = reqwest::Client::new();
+    let http = http_client();
     let admin = |path: &str, body: Json| {
         let url = format!("{}{path}", server.url);
         let request = http
