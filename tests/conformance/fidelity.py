@@ -161,22 +161,31 @@ def run_differential(mlflow_url, http, backend):
         check=True,
         timeout=180,
     )
+    compare_turns(
+        client, exp_id, sdk_case, otel_case,
+        f"MLflow SDK (direct) vs OTel through the gateway, {backend}",
+        lambda t: len(t.data.spans) == 2 and t.info.token_usage,
+    )
+    return f"whole TraceInfo and every span x 3 turns on {backend}: no unexplained difference"
+
+
+def trace_when(client, exp_id, crid, what, ready):
+    """The trace with this client request id, once `ready(trace)` holds."""
+    return wait_for(what, lambda: (lambda t: t if ready(t) else None)(trace_by_crid(client, exp_id, crid)))
+
+
+def compare_turns(client, exp_id, reference_case, case, title, ready):
+    """Compares the three turns of `case` with `reference_case` (printing turn 1 whole, then only
+    differences); fails on any unexplained difference. `ready`: when `case`'s trace is complete."""
     unexplained = []
     for turn in range(1, 4):
-        sdk = trace_by_crid(client, exp_id, f"{sdk_case}-req-{turn}")
-        otel = wait_for(
-            "the gateway's trace with both spans and its token usage",
-            lambda: (lambda t: t if len(t.data.spans) == 2 and t.info.token_usage else None)(
-                trace_by_crid(client, exp_id, f"{otel_case}-req-{turn}")
-            ),
-        )
+        reference = trace_by_crid(client, exp_id, f"{reference_case}-req-{turn}")
+        actual = trace_when(client, exp_id, f"{case}-req-{turn}", f"{case} turn {turn} complete", ready)
         unexplained += compare(
-            f"MLflow SDK (direct) vs OTel through the gateway, {backend}, turn {turn}:",
-            sdk_case, sdk, otel_case, otel, RESOURCE_KEYS,
+            f"{title}, turn {turn}:", reference_case, reference, case, actual, RESOURCE_KEYS,
             rows_shown="all" if turn == 1 else "differences",
         )
     assert not unexplained, f"unexplained differences: {unexplained}"
-    return f"whole TraceInfo and every span x 3 turns on {backend}: no unexplained difference"
 
 
 def sdk_otlp_env(mlflow_url, exp_id, endpoint, extra=None):
@@ -208,21 +217,11 @@ def run_sdk_over_otlp(mlflow_url, http, api):
         [SDK_OTLP_PY, "python/mlflow_sdk_app.py", "otlp", otlp_case],
         cwd=HERE, env=sdk_otlp_env(mlflow_url, exp_id, http), check=True, timeout=180,
     )
-    unexplained = []
-    for turn in range(1, 4):
-        direct = trace_by_crid(client, exp_id, f"{direct_case}-req-{turn}")
-        otlp = wait_for(
-            "the SDK's OTLP trace with both spans",
-            lambda: (lambda t: t if len(t.data.spans) == 2 else None)(
-                trace_by_crid(client, exp_id, f"{otlp_case}-req-{turn}")
-            ),
-        )
-        unexplained += compare(
-            f"MLflow SDK (direct) vs MLflow SDK over OTLP through the gateway, turn {turn}:",
-            direct_case, direct, otlp_case, otlp, RESOURCE_KEYS,
-            rows_shown="all" if turn == 1 else "differences",
-        )
-    assert not unexplained, f"unexplained differences: {unexplained}"
+    compare_turns(
+        client, exp_id, direct_case, otlp_case,
+        "MLflow SDK (direct) vs MLflow SDK over OTLP through the gateway",
+        lambda t: len(t.data.spans) == 2,
+    )
     return "ids without quotes, spans typed; whole trace as the SDK's own (3 turns)"
 
 
@@ -305,11 +304,9 @@ def run_genai(mlflow_url, http, convention):
         [PY, "python/genai_app.py", convention, case], cwd=HERE, check=True, timeout=180,
         env=app_env(f"conformance-{case}", exp_id, {"OTEL_EXPORTER_OTLP_ENDPOINT": http}),
     )
-    trace = wait_for(
-        "the trace with its three spans and token usage",
-        lambda: (lambda t: t if len(t.data.spans) == 3 and t.info.token_usage else None)(
-            trace_by_crid(client, exp_id, f"{case}-req-1")
-        ),
+    trace = trace_when(
+        client, exp_id, f"{case}-req-1", "the trace with its three spans and token usage",
+        lambda t: len(t.data.spans) == 3 and t.info.token_usage,
     )
     for span in trace.data.spans:
         kind = GENAI_EXPECTED[convention][span.name]
