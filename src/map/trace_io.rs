@@ -6,8 +6,6 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
 use serde_json::Value as Json;
 
-use super::attrs::unquoted;
-
 pub const TRACE_INPUTS: &str = "mlflow.traceInputs";
 pub const TRACE_OUTPUTS: &str = "mlflow.traceOutputs";
 
@@ -74,26 +72,26 @@ fn first_value(root: &[KeyValue], keys: &[&str]) -> Option<String> {
     keys.iter().find_map(|key| {
         // MLflow reads the last of repeated keys.
         let kv = root.iter().rev().find(|kv| kv.key == *key)?;
-        let stored = as_stored(kv.value.as_ref()?)?;
-        let parsed = serde_json::from_str::<Json>(&stored).unwrap_or(Json::Null);
+        let (stored, parsed) = as_stored(kv.value.as_ref()?)?;
         is_truthy(&parsed).then_some(stored)
     })
 }
 
-/// An attribute value as MLflow stores it for an OTLP span: JSON text, with a string that is
-/// already JSON (MLflow's SDK encodes every value) kept as it is.
-fn as_stored(value: &AnyValue) -> Option<String> {
+/// An attribute value as MLflow stores it for an OTLP span (JSON text, with a string that is
+/// already a JSON string, object or array, as MLflow's SDK writes every value, kept as it is),
+/// and that text's value. One parse of the string serves both.
+fn as_stored(value: &AnyValue) -> Option<(String, Json)> {
     match value.value.as_ref()? {
-        Value::StringValue(s) => {
-            let already_json = unquoted(s).len() != s.len()
-                || serde_json::from_str::<Json>(s).is_ok_and(|v| v.is_object() || v.is_array());
-            Some(if already_json {
-                s.clone()
-            } else {
-                Json::String(s.clone()).to_string()
-            })
+        Value::StringValue(s) => Some(match serde_json::from_str::<Json>(s) {
+            Ok(parsed @ (Json::String(_) | Json::Object(_) | Json::Array(_))) => {
+                (s.clone(), parsed)
+            }
+            _ => (Json::String(s.clone()).to_string(), Json::String(s.clone())),
+        }),
+        other => {
+            let parsed = to_json(other);
+            Some((parsed.to_string(), parsed))
         }
-        other => Some(to_json(other).to_string()),
     }
 }
 

@@ -230,11 +230,18 @@ impl RuleSet {
         if self.drop_headers.is_empty() {
             return false;
         }
+        // Header names in any case, and with `_` for `-` (both spellings are captured); compared
+        // without a copy, since this is asked for every attribute of every span.
+        let same = |wanted: &str, name: &str| {
+            wanted.len() == name.len()
+                && wanted
+                    .bytes()
+                    .zip(name.bytes())
+                    .all(|(w, n)| w == n.to_ascii_lowercase() || (w == b'-' && n == b'_'))
+        };
         HEADER_PREFIXES.iter().any(|p| {
-            key.strip_prefix(p).is_some_and(|name| {
-                let name = name.to_ascii_lowercase().replace('_', "-");
-                self.drop_headers.contains(&name)
-            })
+            key.strip_prefix(p)
+                .is_some_and(|name| self.drop_headers.iter().any(|h| same(h, name)))
         })
     }
 
