@@ -745,6 +745,7 @@ async fn ingest(body: Bytes, format: Format, encoding: Encoding) -> Result<Outco
             tenants: Arc::new(Tenants::from_config(&cfg).expect("tenants")),
             spool: spool.clone(),
             request_ids: Arc::new(RequestIdIndex::new(1000)),
+            sampler: None,
         },
     );
     let limits = DecodeLimits {

@@ -14,6 +14,7 @@ use crate::mlflow::{ErrorClass, MlflowClient};
 use crate::ops::health::Health;
 use crate::ops::readiness;
 use crate::pipeline::ingest::Ingest;
+use crate::pipeline::sampling::Sampler;
 use crate::spool::Spool;
 use crate::tls::ServerTls;
 
@@ -105,6 +106,7 @@ pub(super) fn housekeeping(
     tracker: Arc<TraceTracker>,
     spool: Spool,
     finalizer: Option<Arc<Ingest>>,
+    sampler: Option<Arc<Sampler>>,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
     let metrics_handle = crate::ops::metrics::handle();
@@ -139,6 +141,9 @@ pub(super) fn housekeeping(
             if last_upkeep.elapsed() >= METRICS_UPKEEP_INTERVAL {
                 metrics_handle.run_upkeep();
                 last_upkeep = Instant::now();
+            }
+            if let Some(sampler) = &sampler {
+                sampler.upkeep().await;
             }
             if last_reclaim.elapsed() >= RECLAIM_INTERVAL {
                 spool.reclaim().await;

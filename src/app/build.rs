@@ -22,6 +22,7 @@ use crate::pipeline::backlog::SpanBacklog;
 use crate::pipeline::batcher;
 use crate::pipeline::export::{SpanExporter, run_span_workers, run_trace_info_workers};
 use crate::pipeline::request_ids::RequestIdIndex;
+use crate::pipeline::sampling::Sampler;
 use crate::receive::budget::DecodeBudget;
 use crate::receive::decode::DecodeLimits;
 use crate::redact::Redactors;
@@ -84,6 +85,7 @@ pub(super) fn build_feedback(
     tenants: Arc<Tenants>,
     identities: Identities,
     experiments: Experiments,
+    sampler: Option<Arc<Sampler>>,
 ) -> Result<FeedbackService, StartError> {
     let mut tokens = config.feedback.tokens.clone();
     if let Some(path) = &config.feedback.tokens_file {
@@ -136,7 +138,8 @@ pub(super) fn build_feedback(
         identities,
         finder,
         Redactors::new(config),
-    ))
+    )
+    .with_sampler(sampler))
 }
 
 /// The bounds every request body is decoded within.
@@ -149,6 +152,29 @@ pub(super) fn decode_limits(config: &Config) -> DecodeLimits {
     }
 }
 
+/// The sampler, when `[sampling]` is enabled, with what an earlier run left held.
+pub(super) fn open_sampler(
+    config: &Config,
+    spool: &Spool,
+) -> Result<Option<Arc<Sampler>>, StartError> {
+    let (true, Some(dir)) = (config.sampling.enabled, &config.data_dir) else {
+        return Ok(None);
+    };
+    let (sampler, recovered) =
+        Sampler::open(config, dir, spool.clone()).map_err(|source| StartError::DataDir {
+            path: dir.join("sampling"),
+            source,
+        })?;
+    if recovered.traces > 0 {
+        tracing::info!(
+            traces = recovered.traces,
+            bytes = recovered.bytes,
+            "traces held for feedback by an earlier run"
+        );
+    }
+    Ok(Some(Arc::new(sampler)))
+}
+
 /// Starts delivery: batcher (the spool's reader) -> span workers -> TraceInfo workers. Each
 /// stage ends when the one before it has ended and dropped its sender, so closing the spool
 /// (shutdown) drains front to back; the handle ends when the last stage has.
@@ -159,6 +185,7 @@ pub(super) fn start_pipeline(
     experiments: Experiments,
     spool: &Spool,
     health: &Arc<Health>,
+    sampler: Option<Arc<Sampler>>,
 ) -> Result<JoinHandle<()>, StartError> {
     let policy = RetryPolicy::from(&config.retry);
     let dead_letters = Arc::new(DeadLetters::new(config.data_dir.as_deref()).map_err(
@@ -192,6 +219,7 @@ pub(super) fn start_pipeline(
         batches_tx,
         config.batch.clone(),
         backlog.clone(),
+        sampler,
     ));
     let spans = tokio::spawn(run_span_workers(
         exporter,

@@ -114,6 +114,7 @@ impl Gateway {
             config.traces.root_wait,
         ));
         let spool = build::open_spool(&config)?;
+        let sampler = build::open_sampler(&config, &spool)?;
         let request_ids = Arc::new(RequestIdIndex::new(config.feedback.index_capacity));
         let ingest = Arc::new(Ingest::new(
             &config,
@@ -123,6 +124,7 @@ impl Gateway {
                 tenants: tenants.clone(),
                 spool: spool.clone(),
                 request_ids: request_ids.clone(),
+                sampler: sampler.clone(),
             },
         ));
         let feedback = Arc::new(build::build_feedback(
@@ -131,6 +133,7 @@ impl Gateway {
             tenants.clone(),
             identities.clone(),
             experiments.clone(),
+            sampler.clone(),
         )?);
         let pipeline = build::start_pipeline(
             &config,
@@ -139,6 +142,7 @@ impl Gateway {
             experiments,
             &spool,
             &health,
+            sampler.clone(),
         )?;
 
         let grpc_listener = servers::bind("otlp_grpc", addrs.otlp_grpc).await?;
@@ -201,6 +205,7 @@ impl Gateway {
                 tracker,
                 spool.clone(),
                 config.traces.finalize_without_root.then(|| ingest.clone()),
+                sampler,
                 stop_api.clone(),
             ),
             tokio::spawn(feedback.run(stop_api.clone())),

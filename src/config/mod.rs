@@ -8,6 +8,7 @@ mod access;
 mod defaults;
 mod mapping;
 mod redaction;
+mod sampling;
 mod secret;
 mod sections;
 mod validate;
@@ -23,6 +24,10 @@ pub use defaults::*;
 pub use mapping::{DEFAULT_TAG_PREFIXES, MappingConfig, RuleConfig, Target};
 pub use redaction::{
     ContentMode, DETECTOR_NAMES, REGEX_PREFIX, RedactionAction, RedactionConfig, RedactionRule,
+};
+pub use sampling::{
+    AttributeMatch, DEFAULT_DECISION_WAIT, DEFAULT_FEEDBACK_WINDOW, DEFAULT_PROBABILITY,
+    SamplingConfig,
 };
 pub use secret::Secret;
 pub use sections::*;
@@ -53,6 +58,8 @@ pub struct Config {
     pub mapping: MappingConfig,
     /// Personal data and secrets removed at ingest, before anything is written.
     pub redaction: RedactionConfig,
+    /// Which traces go to MLflow when there are more than it can take (off by default).
+    pub sampling: SamplingConfig,
     /// Feedback and expectations API.
     pub feedback: FeedbackConfig,
     /// Whether every request must authenticate as a tenant.
@@ -82,6 +89,7 @@ impl Default for Config {
             routing: RoutingConfig::default(),
             mapping: MappingConfig::default(),
             redaction: RedactionConfig::default(),
+            sampling: SamplingConfig::default(),
             feedback: FeedbackConfig::default(),
             auth: AuthConfig::default(),
             tenants: Vec::new(),

@@ -23,6 +23,7 @@ impl Config {
                 r.check(&format!("tenants[{}].redaction", t.name), &mut errors);
             }
         }
+        self.sampling.check(self.data_dir.is_some(), &mut errors);
         self.check_feedback(&mut errors);
         self.check_tls(&mut errors);
         self.check_tenants(&mut errors);

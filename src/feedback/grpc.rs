@@ -103,6 +103,8 @@ impl GrpcFeedback {
             Ok(outcome) => Ok(Response::new(status(outcome))),
             Err(e @ SubmitError::Rejected(_)) => Err(Status::invalid_argument(e.to_string())),
             Err(e @ SubmitError::NotFound) => Err(Status::not_found(e.to_string())),
+            // The trace is gone for good: retrying cannot help.
+            Err(e @ SubmitError::Gone(_)) => Err(Status::failed_precondition(e.to_string())),
             Err(e @ SubmitError::Full(_)) => Err(Status::unavailable(e.to_string())),
             Err(e @ SubmitError::Storage(_)) => {
                 tracing::error!(error = %e, "feedback not stored");

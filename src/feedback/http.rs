@@ -154,6 +154,7 @@ async fn submit(
         }
         Err(e @ SubmitError::Rejected(_)) => error(StatusCode::BAD_REQUEST, e.to_string(), None),
         Err(e @ SubmitError::NotFound) => error(StatusCode::NOT_FOUND, e.to_string(), None),
+        Err(e @ SubmitError::Gone(_)) => error(StatusCode::GONE, e.to_string(), None),
         Err(e @ SubmitError::Full(_)) => {
             let mut r = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None);
             r.headers_mut()

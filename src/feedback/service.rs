@@ -9,13 +9,14 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{FeedbackAuth, Principal};
-use super::model::AssessmentRequest;
+use super::model::{AssessmentRequest, TargetRef};
 use super::resolve::{Found, TraceFinder};
 use super::store::{FeedbackStore, Record, Status, StoreError};
 use crate::auth::Tenants;
 use crate::config::FeedbackConfig;
 use crate::mlflow::Identities;
 use crate::mlflow::assessments::AssessmentOutcome;
+use crate::pipeline::sampling::{Claim, ClaimTarget, Sampler};
 use crate::redact::Redactors;
 use crate::vocab::{labels, now_ms};
 
@@ -70,6 +71,9 @@ pub enum SubmitError {
     /// The target is another tenant's (answered as not found, so ids cannot be probed).
     #[error("no trace with this target among your experiments")]
     NotFound,
+    /// Sampling dropped the trace for good: its feedback window has passed.
+    #[error("{0}")]
+    Gone(String),
     #[error(transparent)]
     Storage(#[from] StoreError),
 }
@@ -79,6 +83,7 @@ enum Attempt {
     NotYet(String),
     Rejected(String),
     Elsewhere,
+    Gone(String),
 }
 
 pub struct FeedbackService {
@@ -91,6 +96,8 @@ pub struct FeedbackService {
     wake: Notify,
     /// Feedback text goes through the tenant's redaction before it is stored or sent.
     redactors: Redactors,
+    /// Feedback for a trace sampling holds brings it to MLflow.
+    sampler: Option<Arc<Sampler>>,
 }
 
 impl FeedbackService {
@@ -112,7 +119,14 @@ impl FeedbackService {
             cfg,
             wake: Notify::new(),
             redactors,
+            sampler: None,
         }
+    }
+
+    /// Feedback for traces `sampler` holds promotes them.
+    pub fn with_sampler(mut self, sampler: Option<Arc<Sampler>>) -> Self {
+        self.sampler = sampler;
+        self
     }
 
     pub fn max_body_bytes(&self) -> usize {
@@ -228,6 +242,14 @@ impl FeedbackService {
                 .increment(1);
                 return Err(SubmitError::Rejected(message));
             }
+            Attempt::Gone(reason) => {
+                metrics::counter!(
+                    "gateway_feedback_rejected_total",
+                    labels(&[("reason", "sampled_out")], tenant_name)
+                )
+                .increment(1);
+                return Err(SubmitError::Gone(reason));
+            }
         }
         Ok(Outcome::of(&record))
     }
@@ -243,6 +265,22 @@ impl FeedbackService {
                 "tenant '{}' is no longer configured",
                 record.tenant.as_deref().unwrap_or_default()
             ));
+        }
+        if let Some(sampler) = &self.sampler {
+            let target = match &record.request.target {
+                TargetRef::ClientRequestId(crid) => ClaimTarget::ClientRequestId(crid),
+                TargetRef::TraceId(id) => ClaimTarget::TraceId(id),
+            };
+            match sampler.claim(target, record.tenant.as_deref()).await {
+                Claim::Promoted => {
+                    return Attempt::NotYet(
+                        "the trace was held by sampling; promoted, on its way to MLflow".into(),
+                    );
+                }
+                Claim::NotNow(reason) => return Attempt::NotYet(reason),
+                Claim::Gone(reason) => return Attempt::Gone(reason),
+                Claim::Unknown => {}
+            }
         }
         let trace_id = match self.finder.find(&record.request.target, tenant).await {
             Ok(Found::Trace(t)) => t,
@@ -342,6 +380,20 @@ impl FeedbackService {
                         "gateway_feedback_rejected_total",
                         labels(
                             &[("reason", "not_found")],
+                            record.tenant.as_deref().map(Arc::from).as_ref()
+                        )
+                    )
+                    .increment(1);
+                }
+                Attempt::Gone(reason) => {
+                    record.status = Status::Expired;
+                    tracing::warn!(feedback_id = %record.feedback_id, %reason,
+                        "pending feedback for a trace sampling dropped for good");
+                    record.detail = Some(reason);
+                    metrics::counter!(
+                        "gateway_feedback_rejected_total",
+                        labels(
+                            &[("reason", "sampled_out")],
                             record.tenant.as_deref().map(Arc::from).as_ref()
                         )
                     )

@@ -9,9 +9,10 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::backlog::SpanBacklog;
 use super::envelope::Envelope;
+use super::sampling::Sampler;
 use crate::config::BatchConfig;
 use crate::map::trace_info::TraceInfoJob;
-use crate::spool::{Ack, Spool};
+use crate::spool::{Ack, Delivery, Spool};
 use crate::vocab::ExperimentRef;
 
 /// Spans for one experiment, ready for one `/v1/traces` request.
@@ -94,6 +95,7 @@ pub async fn run(
     output: mpsc::Sender<Batch>,
     cfg: BatchConfig,
     backlog: SpanBacklog,
+    sampler: Option<Arc<Sampler>>,
 ) {
     let hand_over = |batch: Batch| {
         backlog.handed_over();
@@ -102,7 +104,7 @@ pub async fn run(
     let mut pending: HashMap<BatchKey, Batch> = HashMap::new();
     // Kept across the loop and replaced only once it yields: cut off by the age timer, a read
     // from disk would be given back and done again.
-    let next = spool.next();
+    let next = next_delivery(&spool, sampler.as_deref());
     tokio::pin!(next);
     loop {
         let deadline = pending
@@ -116,7 +118,7 @@ pub async fn run(
             biased;
             delivery = &mut next => {
                 let Some(delivery) = delivery else { break };
-                next.set(spool.next());
+                next.set(next_delivery(&spool, sampler.as_deref()));
                 let env = Envelope::from(delivery);
                 let key = (env.tenant.clone(), env.experiment.clone());
                 let batch = pending
@@ -167,6 +169,26 @@ pub async fn run(
     }
 }
 
+/// The spool's next record; with sampling, once its decision wait is over and only what kept
+/// traces have in it (records whose spans were all held are skipped).
+async fn next_delivery(spool: &Spool, sampler: Option<&Sampler>) -> Option<Delivery> {
+    loop {
+        let delivery = spool.next().await?;
+        let Some(sampler) = sampler else {
+            return Some(delivery);
+        };
+        if let Some(at) = sampler.release_at_ms(&delivery.record) {
+            let now = crate::vocab::now_ms();
+            if at > now {
+                tokio::time::sleep(Duration::from_millis(at - now)).await;
+            }
+        }
+        if let Some(delivery) = sampler.sift(delivery).await {
+            return Some(delivery);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +204,7 @@ mod tests {
             span_count: spans,
             roots: vec![],
             received_ms: 0,
+            sampled: false,
             body: Bytes::from(vec![0u8; spans * 10]),
         }
     }
@@ -203,6 +226,7 @@ mod tests {
             out_tx,
             cfg(10, 60_000),
             SpanBacklog::new(1, 0),
+            None,
         ));
         for _ in 0..3 {
             spool.append(record("1", 4)).await.unwrap();
@@ -238,6 +262,7 @@ mod tests {
             out_tx,
             cfg(1000, 20),
             SpanBacklog::new(1, 0),
+            None,
         ));
         spool.append(record("1", 2)).await.unwrap();
         let b = tokio::time::timeout(Duration::from_secs(2), out.recv())
@@ -278,6 +303,7 @@ mod tests {
             out_tx,
             cfg(1000, 1),
             SpanBacklog::new(1, 0),
+            None,
         ));
         let mut spans = 0;
         let mut batches = 0;

@@ -8,4 +8,5 @@ pub mod export;
 pub mod ingest;
 pub mod replay;
 pub mod request_ids;
+pub mod sampling;
 pub mod screen;

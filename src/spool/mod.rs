@@ -415,6 +415,7 @@ pub(crate) mod tests {
                 from_mlflow_sdk: false,
             }],
             received_ms: 42,
+            sampled: false,
             body: Bytes::from(vec![n; 100]),
         }
     }

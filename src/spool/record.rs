@@ -19,6 +19,9 @@ pub struct SpoolRecord {
     pub span_count: usize,
     pub roots: Vec<TraceInfoJob>,
     pub received_ms: u64,
+    /// The sampler kept its traces already (promoted from retention): delivered without
+    /// waiting for a decision.
+    pub sampled: bool,
     /// An encoded `ExportTraceServiceRequest`; requests concatenate into one batch as is.
     pub body: Bytes,
 }
@@ -35,6 +38,9 @@ struct RecordHeader<'a> {
     span_count: usize,
     roots: Cow<'a, [TraceInfoJob]>,
     received_ms: u64,
+    /// Absent in records written before sampling, and in records not yet sampled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    sampled: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +82,7 @@ impl SpoolRecord {
                 span_count: self.span_count,
                 roots: Cow::Borrowed(&self.roots),
                 received_ms: self.received_ms,
+                sampled: self.sampled,
             },
         );
         let header_len = (out.len() - start - 4) as u32;
@@ -96,6 +103,7 @@ impl SpoolRecord {
             span_count: header.span_count,
             roots: header.roots.into_owned(),
             received_ms: header.received_ms,
+            sampled: header.sampled,
             body: bytes.slice(4 + len..),
         })
     }

@@ -212,6 +212,9 @@ impl Ingest {
             // Not held over the append: a group commit gathers the appends waiting for it.
             let turn = self.ingest_turn().await;
             let roots = self.map(&mut g.resource_spans, &g.experiment, tenant);
+            if let Some(sampler) = &self.sampler {
+                sampler.note(&g.resource_spans);
+            }
             let body = otlp::encode_request(&g.resource_spans);
             let record = self.spool.prepare(SpoolRecord {
                 experiment: g.experiment,
@@ -219,6 +222,7 @@ impl Ingest {
                 span_count: g.span_count,
                 roots,
                 received_ms,
+                sampled: false,
                 body: Bytes::from(body),
             });
             drop(turn);

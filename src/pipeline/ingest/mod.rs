@@ -22,6 +22,7 @@ use crate::map::rules::MappingTable;
 use crate::map::traces::TraceTracker;
 use crate::mlflow::experiments::Experiments;
 use crate::pipeline::request_ids::RequestIdIndex;
+use crate::pipeline::sampling::Sampler;
 use crate::redact::Redactors;
 use crate::spool::Spool;
 use crate::vocab::{ExperimentRef, Transport, labels};
@@ -59,6 +60,8 @@ pub struct Ingest {
     retry_after: Duration,
     request_ids: Arc<RequestIdIndex>,
     redactors: Redactors,
+    /// Notes what makes a trace one to keep (`[sampling]`).
+    sampler: Option<Arc<Sampler>>,
 }
 
 /// A turn for a request's CPU work (checking, decoding, mapping), from `Ingest::ingest_turn`;
@@ -73,6 +76,7 @@ pub struct Parts {
     pub tenants: Arc<Tenants>,
     pub spool: Spool,
     pub request_ids: Arc<RequestIdIndex>,
+    pub sampler: Option<Arc<Sampler>>,
 }
 
 impl Ingest {
@@ -107,6 +111,7 @@ impl Ingest {
             retry_after: cfg.receiver.retry_after,
             request_ids: parts.request_ids,
             redactors: Redactors::new(cfg),
+            sampler: parts.sampler,
         }
     }
 

@@ -45,6 +45,7 @@ impl Ingest {
                 span_count: 0,
                 roots: vec![job],
                 received_ms: crate::vocab::now_ms(),
+                sampled: false,
                 body: Bytes::new(),
             };
             match self.spool.append_prepared(self.spool.prepare(record)).await {

@@ -16,6 +16,7 @@ fn ingest_with(cfg: &Config) -> Ingest {
             tenants: Arc::new(Tenants::from_config(cfg).expect("tenants")),
             spool: Spool::memory(1 << 20),
             request_ids: Arc::new(RequestIdIndex::new(100)),
+            sampler: None,
         },
     )
 }
