@@ -13,6 +13,10 @@ use crate::vocab::glob::glob_matches;
 /// admitted once keeps its later traces, one refused stays refused, so each is kept whole.
 const SESSION_MEMORY: usize = 100_000;
 
+/// Most debt admitted sessions' later traces may run up, in seconds of the ceiling's rate: a
+/// burst of long conversations pauses new sessions for at most this long.
+const MAX_DEBT_SECONDS: f64 = 60.0;
+
 /// What the sampler does with a trace, and which policy said so (the metrics' label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -46,16 +50,28 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn take(&mut self, now: Instant) -> bool {
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.rate.max(1.0));
+    }
+
+    /// A token for a new session (or a trace without one), if there is one.
+    fn take(&mut self, now: Instant) -> bool {
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
         } else {
             false
         }
+    }
+
+    /// A later trace of an admitted session is kept anyway; it is charged, into debt if need
+    /// be, so new sessions wait and the rate over time stays the ceiling's.
+    fn charge(&mut self, now: Instant) {
+        self.refill(now);
+        self.tokens = (self.tokens - 1.0).max(-MAX_DEBT_SECONDS * self.rate);
     }
 }
 
@@ -146,10 +162,15 @@ impl Policy {
             return Verdict::Keep("probability");
         };
         let mut c = ceiling.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
         let admitted = match session.and_then(|s| c.sessions.get(&s).copied()) {
-            Some(admitted) => admitted,
+            Some(true) => {
+                c.bucket.charge(now);
+                true
+            }
+            Some(false) => false,
             None => {
-                let admitted = c.bucket.take(Instant::now());
+                let admitted = c.bucket.take(now);
                 if let Some(s) = session {
                     c.sessions.insert(s, admitted);
                 }
@@ -325,6 +346,13 @@ mod tests {
             let facts = with_session(&format!("s{s}"));
             assert_eq!(policy.decide(&summary(&[1; 16], &facts)), *first);
         }
+        // Those later traces were charged: new sessions wait until the debt is repaid.
+        std::thread::sleep(Duration::from_millis(400));
+        let facts = with_session("newcomer");
+        assert_eq!(
+            policy.decide(&summary(&[2; 16], &facts)),
+            Verdict::Drop("rate_ceiling")
+        );
     }
 
     /// Changing the hash would re-sample every session on upgrade: it is pinned.
