@@ -15,6 +15,7 @@ mod bombs;
 mod load;
 mod payload;
 mod procs;
+mod sampling;
 mod scenarios;
 mod sink;
 mod tenancy;
@@ -127,7 +128,7 @@ async fn sink_only(args: &[String]) -> anyhow::Result<()> {
 
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Scenario numbers to run (1-7).
+    /// Scenario numbers to run (1-8).
     pub only: Vec<u32>,
     /// Scale every measured duration by this factor (`--quick`: 0.25).
     pub scale: f64,
@@ -137,7 +138,7 @@ pub struct Options {
 
 impl Options {
     fn parse(args: &[String]) -> Self {
-        let mut only = vec![1, 2, 3, 4, 5, 6, 7];
+        let mut only = vec![1, 2, 3, 4, 5, 6, 7, 8];
         let mut scale = 1.0;
         let mut ab = None;
         let mut it = args.iter();

@@ -143,6 +143,12 @@ pub struct BenchTenant {
 }
 
 pub async fn start_gateway(opts: &GatewayOptions) -> anyhow::Result<Collector> {
+    start_gateway_with(opts, "").await
+}
+
+/// `start_gateway` with `tables` (whole TOML tables, such as `[sampling]`) at the end of its
+/// configuration.
+pub async fn start_gateway_with(opts: &GatewayOptions, tables: &str) -> anyhow::Result<Collector> {
     let dir = tempdir("bench-gw-")?;
     let (grpc, http, api) = (free_port(), free_port(), free_port());
     let data_dir = if opts.durable {
@@ -169,7 +175,7 @@ pub async fn start_gateway(opts: &GatewayOptions) -> anyhow::Result<Collector> {
     let config = format!(
         "{data_dir}\n{receiver}[log]\nlevel = \"warn\"\n\n{access}[server]\notlp_grpc_addr = \"127.0.0.1:{grpc}\"\n\
          otlp_http_addr = \"127.0.0.1:{http}\"\napi_addr = \"127.0.0.1:{api}\"\n{tls}\n[mlflow]\n\
-         tracking_uri = {:?}\n{writers}{extra}\n",
+         tracking_uri = {:?}\n{writers}{extra}\n{tables}\n",
         opts.mlflow_url,
         tls = tls_config(opts),
     );
@@ -457,6 +463,28 @@ impl Mlflow {
             bail!("query failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+    }
+
+    /// Every row of one SQL query against MLflow's store, its columns as text.
+    pub fn sql_rows(&self, sql: &str) -> anyhow::Result<Vec<Vec<String>>> {
+        let out = Command::new(repo_root().join(".venv/bin/python"))
+            .args([
+                "-c",
+                "import sys, sqlalchemy as s\n\
+                 e = s.create_engine(sys.argv[1])\n\
+                 with e.connect() as c:\n    \
+                 for r in c.execute(s.text(sys.argv[2])): print('\\t'.join(str(v) for v in r))",
+            ])
+            .arg(&self.backend_uri)
+            .arg(sql)
+            .output()?;
+        if !out.status.success() {
+            bail!("query failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split('\t').map(str::to_string).collect())
+            .collect())
     }
 
     /// CPU seconds used so far by the server and its workers.

@@ -33,7 +33,7 @@ const SUSTAINED_GRACE: Duration = Duration::from_secs(3);
 const SUSTAINED_TRIALS: usize = 4;
 /// Client threads used to find MLflow's own StartTraceV3 ceiling: on SQLite, 8 gave more than
 /// 1, 2 or 4, so the ceiling the gateway is held to is MLflow's best.
-const TRACE_INFO_CLIENTS: usize = 8;
+pub(crate) const TRACE_INFO_CLIENTS: usize = 8;
 /// The gateway's TraceInfo writers in every scenario but scenario 2's ceiling search: what it
 /// ships with. Eight, as many as the ceiling's clients, made fewer complete traces on SQLite
 /// (scenario 5 in BENCHMARKS.md).
@@ -45,14 +45,14 @@ pub(crate) const GATEWAY_TRACE_INFO_CONCURRENCY: usize =
 const INGEST_CLIENTS: usize = 4;
 /// Traces ready for the first ceiling reading, per second of its window: twice the most MLflow
 /// has done on two cores, so a fast hour does not run out.
-const FIRST_CEILING_TRACES_PER_SEC: f64 = 160.0;
+pub(crate) const FIRST_CEILING_TRACES_PER_SEC: f64 = 160.0;
 /// The second reading gets at least this multiple of the first's rate in traces (what the first
 /// left counts): it has read 0.8-1.4 times the first; running out stops the run.
 const AFTER_OVER_BEFORE: f64 = 2.0;
 /// ...and never less than this many per second.
 const MIN_CEILING_TRACES_PER_SEC: f64 = 40.0;
 /// Each of the two StartTraceV3 ceiling readings in scenario 5 (before and after the gateway).
-const CEILING_WINDOW_SECS: f64 = 8.0;
+pub(crate) const CEILING_WINDOW_SECS: f64 = 8.0;
 
 pub async fn smoke() -> anyhow::Result<()> {
     check_payloads()?;
@@ -170,6 +170,7 @@ pub async fn run_all(opts: Options) -> anyhow::Result<()> {
             3 => end_to_end(&opts).await,
             4 => ack_latency(&opts).await,
             5 => complete_traces(&opts).await,
+            8 => crate::sampling::sampled_overload(&opts).await,
             6 => crate::bombs::refused_bodies(&opts).await,
             7 => crate::tenancy::shared_gateway(&opts).await,
             _ => bail!("no scenario {n}"),
@@ -833,13 +834,13 @@ async fn complete_traces(opts: &Options) -> anyhow::Result<String> {
 
 /// Traces whose spans are in MLflow and that have no StartTraceV3 yet: what the ceiling readings
 /// call StartTraceV3 on. The second reading uses what the first left, topped up.
-struct CeilingTraces {
+pub(crate) struct CeilingTraces {
     experiment_id: String,
     ids: Vec<[u8; 16]>,
 }
 
 impl CeilingTraces {
-    async fn new(mlflow: &Mlflow) -> anyhow::Result<Self> {
+    pub(crate) async fn new(mlflow: &Mlflow) -> anyhow::Result<Self> {
         Ok(Self {
             experiment_id: mlflow.create_experiment("start-trace-ceiling").await?,
             ids: Vec::new(),
@@ -848,7 +849,7 @@ impl CeilingTraces {
 
     /// Ingests fresh traces' spans in bulk, 1000 spans a request from INGEST_CLIENTS connections,
     /// until at least `wanted` traces are ready.
-    async fn top_up(&mut self, mlflow: &Mlflow, wanted: usize) -> anyhow::Result<()> {
+    pub(crate) async fn top_up(&mut self, mlflow: &Mlflow, wanted: usize) -> anyhow::Result<()> {
         let missing = wanted.saturating_sub(self.ids.len());
         if missing == 0 {
             return Ok(());
@@ -896,6 +897,15 @@ async fn start_trace_ceiling(
     traces: &mut CeilingTraces,
     window: Duration,
 ) -> anyhow::Result<f64> {
+    Ok(start_trace_ceiling_p99(mlflow, traces, window).await?.0)
+}
+
+/// `start_trace_ceiling`, and the p99 of its calls' latency in milliseconds.
+pub(crate) async fn start_trace_ceiling_p99(
+    mlflow: &Mlflow,
+    traces: &mut CeilingTraces,
+    window: Duration,
+) -> anyhow::Result<(f64, f64)> {
     let ids = Arc::new(std::sync::Mutex::new(std::mem::take(&mut traces.ids)));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -906,24 +916,32 @@ async fn start_trace_ceiling(
             let http = reqwest::Client::builder()
                 .pool_max_idle_per_host(1)
                 .build()?;
-            let mut done = 0u64;
+            let mut took = Vec::new();
             while started.elapsed() < window {
                 let Some(id) = ids.lock().ok().and_then(|mut v| v.pop()) else {
                     break;
                 };
+                let call = Instant::now();
                 procs::start_trace_post(&http, &url, &exp, &id)
                     .send()
                     .await?
                     .error_for_status()?;
-                done += 1;
+                took.push(call.elapsed().as_secs_f64() * 1000.0);
             }
-            anyhow::Ok(done)
+            anyhow::Ok(took)
         }));
     }
-    let mut done = 0;
+    let mut took = Vec::new();
     for task in tasks {
-        done += task.await??;
+        took.extend(task.await??);
     }
+    let done = took.len();
+    took.sort_by(f64::total_cmp);
+    let p99 = took
+        .get((took.len() as f64 * 0.99) as usize)
+        .or(took.last())
+        .copied()
+        .unwrap_or(f64::NAN);
     let rate = done as f64 / started.elapsed().as_secs_f64();
     traces.ids = ids
         .lock()
@@ -933,7 +951,7 @@ async fn start_trace_ceiling(
         !traces.ids.is_empty(),
         "ran out of pre-ingested traces; the ceiling is higher than measured"
     );
-    Ok(rate)
+    Ok((rate, p99))
 }
 
 /// Offers 1.2x the ceiling in 5-span traces; the completion rate comes from the gateway's

@@ -265,3 +265,38 @@ action = "hash"
         .expect("valid");
     assert!(Config::from_toml("[redaction]\ncontent = \"hide\"\n", Path::new("x.toml")).is_err());
 }
+
+#[test]
+fn sampling_is_checked_all_at_once() {
+    let toml = r#"
+[sampling]
+enabled = true
+decision_wait = "20m"
+feedback_window = "10s"
+probability = 1.5
+max_traces_per_second = -1
+[[sampling.keep_when]]
+key = ""
+values = []
+"#;
+    let cfg = Config::from_toml(toml, Path::new("x.toml")).expect("parses");
+    let err = cfg.validate().unwrap_err().to_string();
+    for expected in [
+        "sampling.probability: 1.5 is not between 0 and 1",
+        "sampling.max_traces_per_second: -1 is not a rate",
+        "sampling.decision_wait: at most 600s",
+        "sampling.keep_when[0]: an empty key",
+        "sampling.keep_when[0]: give values",
+        "sampling.feedback_window: must be longer than sampling.decision_wait",
+        "sampling.enabled: traces not kept wait on disk for the feedback window; set data_dir",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in {err}");
+    }
+    let ok = "data_dir = \"/tmp/x\"\n[sampling]\nenabled = true\nkeep_slower_than = \"10s\"\n\
+              [[sampling.keep_when]]\nkey = \"mlflow.trace.user\"\nvalues = [\"vip-*\"]\n";
+    Config::from_toml(ok, Path::new("x.toml"))
+        .expect("parses")
+        .validate()
+        .expect("valid");
+    assert!(!Config::default().sampling.enabled, "off by default");
+}
