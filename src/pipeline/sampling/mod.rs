@@ -13,7 +13,7 @@ pub mod retention;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -195,33 +195,29 @@ impl Sampler {
         let span_trace = |at: SpanAt| {
             trace_id_of(parsed[at.resource].scope_spans[at.scope].spans[at.span].trace_id())
         };
-        let mut traces: Vec<[u8; 16]> = Vec::new();
-        for (r, rs) in parsed.iter().enumerate() {
-            for (s, ss) in rs.scope_spans.iter().enumerate() {
-                for span in 0..ss.spans.len() {
-                    let id = span_trace(SpanAt {
-                        resource: r,
-                        scope: s,
-                        span,
-                    });
-                    if !traces.contains(&id) {
-                        traces.push(id);
-                    }
-                }
-            }
-        }
-        for job in &delivery.record.roots {
-            if !traces.contains(&job.trace_id) {
-                traces.push(job.trace_id);
-            }
-        }
+        // Each span's trace, and the traces in order of first appearance.
+        let spans: Vec<[u8; 16]> = parsed
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| &ss.spans)
+            .map(|view| trace_id_of(view.trace_id()))
+            .collect();
+        let mut seen = HashSet::new();
+        let traces: Vec<[u8; 16]> = spans
+            .iter()
+            .copied()
+            .chain(delivery.record.roots.iter().map(|j| j.trace_id))
+            .filter(|id| seen.insert(*id))
+            .collect();
         // Kept and nothing held before: goes on as is; kept with parts held: reunited.
-        let (mut direct, mut reunite, mut hold) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut direct, mut reunite, mut hold) = (HashSet::new(), Vec::new(), Vec::new());
         {
             let decided = lock(&self.decided);
             for id in traces {
                 match decided.get(&id) {
-                    Some(true) if !self.retention.holds(&id) => direct.push(id),
+                    Some(true) if !self.retention.holds(&id) => {
+                        direct.insert(id);
+                    }
                     Some(true) => reunite.push(id),
                     _ => hold.push(id),
                 }
@@ -235,22 +231,9 @@ impl Sampler {
             ack,
             permit,
         } = delivery;
-        let part_of = |ids: &[[u8; 16]]| {
+        let part_of = |ids: &HashSet<[u8; 16]>| {
             let pick = |at: SpanAt| ids.contains(&span_trace(at));
-            let span_count = parsed
-                .iter()
-                .enumerate()
-                .flat_map(|(r, rs)| {
-                    rs.scope_spans.iter().enumerate().flat_map(move |(s, ss)| {
-                        (0..ss.spans.len()).map(move |span| SpanAt {
-                            resource: r,
-                            scope: s,
-                            span,
-                        })
-                    })
-                })
-                .filter(|at| pick(*at))
-                .count();
+            let span_count = spans.iter().filter(|id| ids.contains(*id)).count();
             SpoolRecord {
                 experiment: record.experiment.clone(),
                 tenant: record.tenant.clone(),
@@ -270,14 +253,15 @@ impl Sampler {
                 },
             }
         };
+        let one = |id: &[u8; 16]| part_of(&HashSet::from([*id]));
         let now = now_ms();
         let mut held_any = false;
         for id in &hold {
-            let part = part_of(std::slice::from_ref(id));
+            let part = one(id);
             if let Err(e) = self.retention.hold(*id, &part, now) {
                 // Not kept on disk, it is delivered rather than lost.
                 tracing::error!(error = %e, "cannot write to sampling retention; trace delivered");
-                direct.push(*id);
+                direct.insert(*id);
                 continue;
             }
             held_any = true;
@@ -285,7 +269,7 @@ impl Sampler {
         for id in &reunite {
             let part = Part {
                 trace_id: *id,
-                record: part_of(std::slice::from_ref(id)),
+                record: one(id),
             };
             held_any |= self.promote(*id, Some(part)).await.is_err();
         }
