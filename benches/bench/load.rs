@@ -29,6 +29,8 @@ pub struct LoadSpec {
     pub connections: usize,
     /// Spans per request; 1 sends each trace span by span (children first, root last).
     pub spans_per_request: usize,
+    /// Spans per trace (the last trace of a request may have fewer).
+    pub trace_spans: usize,
     /// Offered spans/s over all connections; `None` sends flat out (closed loop).
     pub rate: Option<f64>,
     pub duration: Duration,
@@ -289,7 +291,10 @@ pub async fn run(spec: LoadSpec, live: Arc<Live>) -> anyhow::Result<LoadReport> 
     let templates = Arc::new(if spec.spans_per_request == 1 {
         Template::span_by_span()
     } else {
-        vec![Template::new(spec.spans_per_request)]
+        vec![Template::with_trace_spans(
+            spec.spans_per_request,
+            spec.trace_spans,
+        )]
     });
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();

@@ -12,6 +12,8 @@
 
 mod ab;
 mod bombs;
+mod ceiling;
+mod disk;
 mod load;
 mod payload;
 mod procs;
@@ -74,6 +76,7 @@ async fn load_only(args: &[String]) -> anyhow::Result<()> {
         target: arg(1)?.to_string(),
         connections: arg(2)?.parse()?,
         spans_per_request: arg(3)?.parse()?,
+        trace_spans: crate::payload::SPANS_PER_TRACE,
         rate: match arg(4)? {
             "max" => None,
             r => Some(r.parse()?),

@@ -38,11 +38,18 @@ pub struct Template {
 impl Template {
     /// `spans` spans per request, grouped into traces of up to [`SPANS_PER_TRACE`] spans.
     pub fn new(spans: usize) -> Self {
+        Self::with_trace_spans(spans, SPANS_PER_TRACE)
+    }
+
+    /// `spans` spans per request, in traces of up to `per_trace` spans (a root and the first
+    /// `per_trace - 1` of the ten-span trace's children).
+    pub fn with_trace_spans(spans: usize, per_trace: usize) -> Self {
         assert!(spans > 0);
+        let per_trace = per_trace.clamp(1, SPANS_PER_TRACE);
         let mut all = Vec::with_capacity(spans);
         let mut traces = 0;
         while all.len() < spans {
-            let n = SPANS_PER_TRACE.min(spans - all.len());
+            let n = per_trace.min(spans - all.len());
             all.extend(trace_spans(traces, n, now_nanos()));
             traces += 1;
         }

@@ -14,23 +14,13 @@ use crate::procs::{self, Collector, GatewayOptions, Mlflow, Postgres};
 use crate::sink::Sink;
 
 /// How long delivered counts may lag acknowledged ones once the load stops.
-const DRAIN_LIMIT: Duration = Duration::from_secs(60);
-/// The gateway's TraceInfo concurrency when looking for its ceiling: one StartTraceV3 per 10
-/// spans is thousands per second there, more than the default 4 (sized for MLflow) carry.
-const CEILING_TRACE_INFO_CONCURRENCY: usize = 16;
+pub(crate) const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 /// Connections of the load generator in the collector scenarios (OTel testbed style).
 pub(crate) const CONNECTIONS: usize = 4;
 /// The steady load of scenarios 1 and 4 and of `--ab` (the OTel Collector testbed's rate)...
 const STEADY_SPANS_PER_SEC: f64 = 10_000.0;
 /// ...in requests of this many spans.
 pub(crate) const STEADY_SPANS_PER_REQUEST: usize = 100;
-/// A fixed-rate trial is sustained when at least this share of what was acknowledged in the
-/// window was delivered in it (the rest is the pipeline's lag)...
-const SUSTAINED_SHARE: f64 = 0.95;
-/// ...and everything acknowledged was delivered within this long after the load stopped.
-const SUSTAINED_GRACE: Duration = Duration::from_secs(3);
-/// Trials per search (each ~12 s), which bounds scenario 2's run time.
-const SUSTAINED_TRIALS: usize = 4;
 /// Client threads used to find MLflow's own StartTraceV3 ceiling: on SQLite, 8 gave more than
 /// 1, 2 or 4, so the ceiling the gateway is held to is MLflow's best.
 pub(crate) const TRACE_INFO_CLIENTS: usize = 8;
@@ -79,6 +69,7 @@ pub async fn smoke() -> anyhow::Result<()> {
                 target,
                 connections: 2,
                 spans_per_request: 50,
+                trace_spans: crate::payload::SPANS_PER_TRACE,
                 rate: Some(2000.0),
                 duration: Duration::from_secs(2),
                 headers: vec![],
@@ -166,7 +157,7 @@ pub async fn run_all(opts: Options) -> anyhow::Result<()> {
         let t = Instant::now();
         let table = match n {
             1 => steady(&opts).await,
-            2 => ceiling(&opts).await,
+            2 => crate::ceiling::ceiling(&opts).await,
             3 => end_to_end(&opts).await,
             4 => ack_latency(&opts).await,
             5 => complete_traces(&opts).await,
@@ -211,7 +202,7 @@ fn print_environment() {
     );
 }
 
-async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+pub(crate) async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let started = Instant::now();
     while started.elapsed() < limit {
         if done() {
@@ -227,7 +218,7 @@ async fn start_peer(name: &str, sink: &Sink, durable: bool) -> anyhow::Result<Co
 }
 
 /// `trace_info_concurrency` only applies to the gateway (rotel writes no TraceInfo).
-async fn start_peer_with(
+pub(crate) async fn start_peer_with(
     name: &str,
     sink: &Sink,
     durable: bool,
@@ -250,7 +241,7 @@ async fn start_peer_with(
     }
 }
 
-fn peers() -> Vec<&'static str> {
+pub(crate) fn peers() -> Vec<&'static str> {
     if procs::rotel_binary().is_some() {
         vec!["gateway", "rotel"]
     } else {
@@ -267,6 +258,7 @@ pub(crate) fn steady_load(protocol: Protocol, target: String, duration: Duration
         target,
         connections: CONNECTIONS,
         spans_per_request: STEADY_SPANS_PER_REQUEST,
+        trace_spans: crate::payload::SPANS_PER_TRACE,
         rate: Some(STEADY_SPANS_PER_SEC),
         duration,
         headers: vec![],
@@ -376,196 +368,6 @@ async fn drain(sink: &Sink, acked: u64) -> u64 {
     sink.spans()
 }
 
-/// Scenario 2: the highest sustained delivery rate into the sink, flat-out clients.
-async fn ceiling(opts: &Options) -> anyhow::Result<String> {
-    let mut t = String::from(
-        "### 2. Ceiling into the sink (OTLP/gRPC, 8 connections; flat out, delivered spans/s over a 10 s window; the gateway also at fixed rates)\n\n\
-         | collector | spans/request | acked spans/s | delivered spans/s | TraceInfos/s | sent == delivered (spans; TraceInfos) | CPU s per 1M spans | peak RSS MiB | errors |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
-    );
-    let warmup = opts.secs(3.0);
-    // 10 s: what a flat-out gateway acknowledges beyond what it delivers must drain afterwards,
-    // and the whole suite (with the fixed-rate search) has to stay under 15 minutes.
-    let window = opts.secs(10.0);
-    let mut sustained_100 = None;
-    for spans in [100, 512] {
-        for peer in peers() {
-            let sink = Sink::start().await?;
-            let collector =
-                start_peer_with(peer, &sink, true, CEILING_TRACE_INFO_CONCURRENCY).await?;
-            let live = Arc::new(Live::default());
-            let spec = ceiling_load(&collector, spans, None, warmup + window);
-            let load = tokio::spawn(load::run(spec, live.clone()));
-            tokio::time::sleep(warmup).await;
-            let (s0, a0, c0, i0) = (
-                sink.spans(),
-                live.acked_spans.load(std::sync::atomic::Ordering::Relaxed),
-                collector.cpu_seconds(),
-                sink.trace_infos(),
-            );
-            tokio::time::sleep(window).await;
-            let (s1, a1, c1, i1) = (
-                sink.spans(),
-                live.acked_spans.load(std::sync::atomic::Ordering::Relaxed),
-                collector.cpu_seconds(),
-                sink.trace_infos(),
-            );
-            let report: LoadReport = load.await??;
-            let mut delivered = drain(&sink, report.acked_spans).await;
-            let infos = if peer == "gateway" {
-                // A TraceInfo follows its spans: once all are in, so are the spans.
-                wait_until(DRAIN_LIMIT, || sink.trace_infos() >= report.acked_traces).await;
-                delivered = sink.spans();
-                format!("; {}", same(report.acked_traces, sink.trace_infos()))
-            } else {
-                "; none written".into()
-            };
-            let w = window.as_secs_f64();
-            let row = format!(
-                "| {peer} | {spans} | {:.0} | {:.0} | {:.0} | {}{infos} | {:.2} | {:.1} | {} |",
-                (a1 - a0) as f64 / w,
-                (s1 - s0) as f64 / w,
-                (i1 - i0) as f64 / w,
-                same(report.acked_spans, delivered),
-                (c1 - c0) / ((s1 - s0).max(1) as f64 / 1e6),
-                collector.peak_rss_mib(),
-                report.errors_text(),
-            );
-            println!("{row}");
-            t += &row;
-            t.push('\n');
-            if peer == "gateway" {
-                // Flat out, the gateway may acknowledge into its spool more than it delivers
-                // (a backlog that drains afterwards); the rate it sustains, every span and
-                // TraceInfo delivered as acknowledged, is found at fixed rates. The search
-                // starts at the flat-out delivery, or at the rate sustained with 100 spans per
-                // request if that is higher.
-                let floor = ((s1 - s0) as f64 / w).max(10_000.0);
-                let start = sustained_100.map_or(floor, |r: f64| r.max(floor));
-                let (line, good) = sustained(opts, spans, start).await?;
-                if spans == 100 {
-                    sustained_100 = good;
-                }
-                println!("{line}");
-                t += &line;
-                t.push('\n');
-            }
-        }
-    }
-    Ok(t)
-}
-
-/// Scenario 2's load: OTLP/gRPC over 8 connections, flat out (`rate` None) or at a fixed rate.
-fn ceiling_load(
-    collector: &Collector,
-    spans: usize,
-    rate: Option<f64>,
-    duration: Duration,
-) -> LoadSpec {
-    LoadSpec {
-        ca: None,
-        protocol: Protocol::Grpc,
-        target: collector.grpc_url.clone(),
-        connections: 8,
-        spans_per_request: spans,
-        rate,
-        duration,
-        headers: vec![],
-    }
-}
-
-/// One fixed-rate trial: did every span and TraceInfo acknowledged in the window reach the
-/// sink within the window (allowing for the pipeline's lag), and the rest shortly after?
-async fn sustains(
-    collector: &Collector,
-    sink: &Sink,
-    spans: usize,
-    rate: f64,
-    window: Duration,
-) -> anyhow::Result<(bool, f64)> {
-    let warmup = Duration::from_secs(2);
-    let live = Arc::new(Live::default());
-    let spec = ceiling_load(collector, spans, Some(rate), warmup + window);
-    let (spans0, infos0) = (sink.spans(), sink.trace_infos());
-    let load = tokio::spawn(load::run(spec, live.clone()));
-    tokio::time::sleep(warmup).await;
-    // Delivered spans and TraceInfos, acknowledged spans and traces.
-    let counts = || {
-        (
-            sink.spans(),
-            sink.trace_infos(),
-            live.acked_spans.load(std::sync::atomic::Ordering::Relaxed),
-            live.acked_traces.load(std::sync::atomic::Ordering::Relaxed),
-        )
-    };
-    let (s0, i0, a0, t0) = counts();
-    tokio::time::sleep(window).await;
-    let (s1, i1, a1, t1) = counts();
-    let report: LoadReport = load.await??;
-    let kept_up = (s1 - s0) as f64 >= SUSTAINED_SHARE * (a1 - a0) as f64
-        && (i1 - i0) as f64 >= SUSTAINED_SHARE * (t1 - t0) as f64
-        && (a1 - a0) as f64 >= SUSTAINED_SHARE * rate * window.as_secs_f64()
-        && report.errors.is_empty();
-    let all_in = || {
-        sink.spans() - spans0 >= report.acked_spans
-            && sink.trace_infos() - infos0 >= report.acked_traces
-    };
-    let caught_up = wait_until(SUSTAINED_GRACE, all_in).await;
-    // Let a failed trial's backlog drain before the next one.
-    wait_until(DRAIN_LIMIT, all_in).await;
-    Ok((
-        kept_up && caught_up,
-        (s1 - s0) as f64 / window.as_secs_f64(),
-    ))
-}
-
-/// The highest fixed rate at which the gateway delivers every span and TraceInfo as fast as it
-/// acknowledges them: up by 1.4x from `start` until a trial fails, then bisected while the
-/// trials last (the row shows every trial, so the bracket is visible). Also returns the highest
-/// rate that passed.
-async fn sustained(
-    opts: &Options,
-    spans: usize,
-    start: f64,
-) -> anyhow::Result<(String, Option<f64>)> {
-    let window = opts.secs(8.0);
-    let sink = Sink::start().await?;
-    let collector = start_peer_with("gateway", &sink, true, CEILING_TRACE_INFO_CONCURRENCY).await?;
-    let mut trials = vec![];
-    let (mut good, mut bad): (Option<f64>, Option<f64>) = (None, None);
-    let mut rate = start;
-    for _ in 0..SUSTAINED_TRIALS {
-        let (ok, delivered) = sustains(&collector, &sink, spans, rate, window).await?;
-        trials.push(format!(
-            "{:.0}k {}",
-            rate / 1e3,
-            if ok {
-                "ok".to_string()
-            } else {
-                format!("no ({:.0}k delivered)", delivered / 1e3)
-            }
-        ));
-        if ok {
-            good = Some(rate);
-        } else {
-            bad = Some(rate);
-        }
-        rate = match (good, bad) {
-            (Some(g), None) => g * 1.4,
-            (None, Some(b)) => b / 1.4,
-            (Some(g), Some(b)) if b / g > 1.1 => (g + b) / 2.0,
-            _ => break,
-        };
-    }
-    let line = format!(
-        "| gateway, fixed rate | {spans} | sustained: {} | | | every span and TraceInfo delivered as acknowledged (trials: {}) | | {:.1} | |",
-        good.map_or("below the first trial".into(), |g| format!("{g:.0}")),
-        trials.join(", "),
-        collector.peak_rss_mib(),
-    );
-    Ok((line, good))
-}
-
 /// Scenario 3: apps sending 1 span per request, directly to MLflow vs through the gateway.
 async fn end_to_end(opts: &Options) -> anyhow::Result<String> {
     let mut t = String::from(
@@ -587,6 +389,7 @@ async fn end_to_end(opts: &Options) -> anyhow::Result<String> {
                 target: mlflow.url.clone(),
                 connections: clients,
                 spans_per_request: spans,
+                trace_spans: crate::payload::SPANS_PER_TRACE,
                 rate: None,
                 duration: opts.secs(if spans == 1 { 10.0 } else { 15.0 }),
                 headers: vec![("x-mlflow-experiment-id".into(), exp.clone())],
@@ -631,6 +434,7 @@ async fn end_to_end(opts: &Options) -> anyhow::Result<String> {
             target: gateway.http_url.clone(),
             connections: 8,
             spans_per_request: 1,
+            trace_spans: crate::payload::SPANS_PER_TRACE,
             rate: Some(offered),
             duration: opts.secs(20.0),
             headers: vec![("x-mlflow-experiment-id".into(), exp.clone())],
@@ -662,7 +466,7 @@ fn landed_spans(mlflow: &Mlflow, experiment_id: &str) -> anyhow::Result<u64> {
 }
 
 /// "yes (sent / arrived)" when nothing was lost or duplicated, "NO (...)" otherwise.
-fn same(sent: u64, arrived: u64) -> String {
+pub(crate) fn same(sent: u64, arrived: u64) -> String {
     let verdict = if sent == arrived { "yes" } else { "NO" };
     format!("{verdict} ({sent} / {arrived})")
 }
@@ -722,9 +526,13 @@ async fn ack_latency(opts: &Options) -> anyhow::Result<String> {
     );
     let mut subjects = vec![("gateway", true), ("gateway", false)];
     let mut fsyncs = vec![];
+    let mut targets = vec![];
     if peers().contains(&"rotel") {
         subjects.push(("rotel", false));
     }
+    // The disk's own flush latency, read just before the durable rows, at about their rate of
+    // group commits: the durable target is relative to it.
+    let (disk_p50, disk_p99, flushes) = crate::disk::fdatasync_ms(opts.secs(10.0), 100.0).await?;
     for (peer, durable) in subjects {
         for protocol in [Protocol::Grpc, Protocol::Http] {
             let sink = Sink::start().await?;
@@ -743,16 +551,28 @@ async fn ack_latency(opts: &Options) -> anyhow::Result<String> {
                     sum / count * 1e3
                 ));
             }
+            let p99 = report.percentile_ms(0.99);
+            match (peer, durable) {
+                ("gateway", true) => targets.push(format!(
+                    "spool, {protocol:?}: ack p99 {p99:.2} ms against the disk's fdatasync p99 + 1 ms = {:.2} ms: {}",
+                    disk_p99 + 1.0,
+                    if p99 <= disk_p99 + 1.0 { "met" } else { "not met" }
+                )),
+                ("gateway", false) => targets.push(format!(
+                    "memory queue, {protocol:?}: ack p99 {p99:.2} ms against 3 ms: {}",
+                    if p99 <= 3.0 { "met" } else { "not met" }
+                )),
+                _ => {}
+            }
             let label = match (peer, durable) {
                 ("gateway", true) => "gateway (spool on disk, fsync always)",
                 ("gateway", false) => "gateway (memory queue)",
                 _ => "rotel (memory only)",
             };
             let row = format!(
-                "| {label} | {protocol:?} | {} | {:.2} | {:.2} | {:.2} | {} |",
+                "| {label} | {protocol:?} | {} | {:.2} | {p99:.2} | {:.2} | {} |",
                 report.requests,
                 report.percentile_ms(0.5),
-                report.percentile_ms(0.99),
                 report.max_ms(),
                 report.errors_text()
             );
@@ -761,11 +581,14 @@ async fn ack_latency(opts: &Options) -> anyhow::Result<String> {
             t.push('\n');
         }
     }
-    if !fsyncs.is_empty() {
-        let line = format!("\nSpool: {}.\n", fsyncs.join("; "));
-        println!("{line}");
-        t += &line;
-    }
+    let line = format!(
+        "\nDisk: {flushes} appends of 40 KiB + fdatasync at 100/s just before, fdatasync p50 {disk_p50:.2} ms, p99 {disk_p99:.2} ms.\n\
+         Spool: {}.\nTargets: {}.\n",
+        fsyncs.join("; "),
+        targets.join("; ")
+    );
+    println!("{line}");
+    t += &line;
     Ok(t)
 }
 
@@ -982,6 +805,7 @@ async fn gateway_complete_traces(
             target: gateway.grpc_url.clone(),
             connections: 2,
             spans_per_request: 50,
+            trace_spans: crate::payload::SPANS_PER_TRACE,
             rate: Some(offered_spans),
             duration: opts.secs(24.0),
             headers: vec![("x-mlflow-experiment-id".into(), exp.clone())],

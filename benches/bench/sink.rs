@@ -1,5 +1,8 @@
 //! A fast sink that stands in for MLflow's endpoints so a collector's own ceiling can be found.
-//! It is a sink, not an MLflow: it stores nothing and only counts what arrives.
+//! It is a sink, not an MLflow: it stores nothing and only counts what arrives. It answers as
+//! MLflow does where a collector could notice: StartTraceV3 gets its TraceInfo back, and
+//! accepted connections set `TCP_NODELAY` as uvicorn does (`Sink::start_with_nagle` leaves
+//! Nagle's algorithm on, as a server or proxy that does not set it would).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -13,6 +16,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use serde_json::json;
 
 use crate::payload::count_spans;
@@ -40,6 +44,15 @@ const SINK_THREADS: usize = 2;
 
 impl Sink {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(true).await
+    }
+
+    /// A sink whose connections keep Nagle's algorithm on.
+    pub async fn start_with_nagle() -> anyhow::Result<Self> {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(nodelay: bool) -> anyhow::Result<Self> {
         let counts = Arc::new(SinkCounts::default());
         let app = Router::new()
             .route("/v1/traces", post(spans))
@@ -68,6 +81,9 @@ impl Sink {
                     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                         return;
                     };
+                    let listener = listener.tap_io(move |tcp| {
+                        let _ = tcp.set_nodelay(nodelay);
+                    });
                     tokio::select! {
                         _ = axum::serve(listener, app) => {}
                         _ = stopped => {}
@@ -150,9 +166,11 @@ async fn spans(
     }
 }
 
-async fn trace_info(State(c): State<Arc<SinkCounts>>) -> impl IntoResponse {
+/// StartTraceV3 answers `{"trace": {"trace_info": ...}}` with the TraceInfo as stored: the
+/// request has that very shape, so it is echoed (MLflow's own reply adds a few fields).
+async fn trace_info(State(c): State<Arc<SinkCounts>>, body: Bytes) -> impl IntoResponse {
     c.trace_infos.fetch_add(1, Ordering::Relaxed);
-    axum::Json(json!({"trace": {"trace_info": {}}}))
+    ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
 async fn experiment(Query(q): Query<HashMap<String, String>>) -> impl IntoResponse {

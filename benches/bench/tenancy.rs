@@ -79,6 +79,7 @@ fn load(tenant: &BenchTenant, connections: usize, rate: f64, duration: Duration)
         target: String::new(),
         connections,
         spans_per_request: SPANS_PER_REQUEST,
+        trace_spans: crate::payload::SPANS_PER_TRACE,
         rate: Some(rate),
         duration,
         headers: vec![(
