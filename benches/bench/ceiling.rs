@@ -34,13 +34,46 @@ struct Run {
     peak_rss_mib: f64,
     ack_p99_ms: f64,
     errors: String,
+    /// Cores used until the last landed: the collector, the sink, the load generator.
+    cores: (f64, f64, f64),
+}
+
+/// CPU seconds of this process's threads, split into the sink's (named "sink") and the rest
+/// (the load generator's).
+fn own_cpu_seconds() -> (f64, f64) {
+    let tick = 100.0; // USER_HZ on Linux
+    let (mut sink, mut rest) = (0.0, 0.0);
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return (0.0, 0.0);
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // comm is in parentheses and may hold spaces; the fields after it are fixed.
+        let Some((head, tail)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = tail.split_whitespace().collect();
+        let cpu = fields
+            .get(11..13)
+            .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum::<f64>())
+            .unwrap_or(0.0)
+            / tick;
+        if head.ends_with("(sink") {
+            sink += cpu;
+        } else {
+            rest += cpu;
+        }
+    }
+    (sink, rest)
 }
 
 pub async fn ceiling(opts: &Options) -> anyhow::Result<String> {
     let mut t = format!(
         "### 2. Sustained ceiling into the sink (OTLP/gRPC, {CONNECTIONS} connections, {SPANS_PER_REQUEST} spans/request, flat out {:.0} s; sustained = delivered ÷ time until the last landed)\n\n\
-         | trace | collector | sink | acked spans/s | sustained spans/s | ratio to rotel | TraceInfos/s | all delivered (spans; TraceInfos) | CPU s per 1M spans | peak RSS MiB | ack p99 ms | errors |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         | trace | collector | sink | acked spans/s | sustained spans/s | ratio to rotel | TraceInfos/s | all delivered (spans; TraceInfos) | CPU s per 1M spans | cores: collector / sink / load generator | peak RSS MiB | ack p99 ms | errors |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         opts.secs(FLAT_OUT_SECS).as_secs_f64()
     );
     for trace_spans in [4, 10] {
@@ -76,7 +109,7 @@ pub async fn ceiling(opts: &Options) -> anyhow::Result<String> {
                 nodelay_rate = Some(r.sustained);
             }
             let row = format!(
-                "| {trace_spans} spans | {peer} | {} | {:.0} | {:.0} | {ratio} | {} | {} | {:.2} | {:.1} | {:.2} | {} |",
+                "| {trace_spans} spans | {peer} | {} | {:.0} | {:.0} | {ratio} | {} | {} | {:.2} | {:.2} / {:.2} / {:.2} | {:.1} | {:.2} | {} |",
                 if nodelay { "TCP_NODELAY" } else { "Nagle on" },
                 r.acked_per_sec,
                 r.sustained,
@@ -87,6 +120,9 @@ pub async fn ceiling(opts: &Options) -> anyhow::Result<String> {
                 },
                 r.all_in,
                 r.cpu_per_million,
+                r.cores.0,
+                r.cores.1,
+                r.cores.2,
                 r.peak_rss_mib,
                 r.ack_p99_ms,
                 r.errors,
@@ -118,7 +154,7 @@ async fn flat_out(
         duration,
         headers: vec![],
     };
-    let (cpu0, started) = (collector.cpu_seconds(), Instant::now());
+    let (cpu0, own0, started) = (collector.cpu_seconds(), own_cpu_seconds(), Instant::now());
     let report: LoadReport = load::run(spec, Arc::new(Live::default())).await?;
     let acked_secs = started.elapsed().as_secs_f64();
     let landed = || {
@@ -130,6 +166,7 @@ async fn flat_out(
     }
     let until_last = started.elapsed().as_secs_f64();
     let cpu = collector.cpu_seconds() - cpu0;
+    let own = own_cpu_seconds();
     let delivered = sink.spans();
     Ok(Run {
         acked_per_sec: report.acked_spans as f64 / acked_secs,
@@ -148,5 +185,10 @@ async fn flat_out(
         peak_rss_mib: collector.peak_rss_mib(),
         ack_p99_ms: report.percentile_ms(0.99),
         errors: report.errors_text(),
+        cores: (
+            cpu / until_last,
+            (own.0 - own0.0) / until_last,
+            (own.1 - own0.1) / until_last,
+        ),
     })
 }

@@ -88,6 +88,9 @@ pub(super) async fn round(
             socket.buf.reserve(READ_CHUNK);
             match socket.stream.try_read_buf(&mut socket.buf) {
                 Ok(0) => eof = true,
+                // Acknowledged at once: a server with Nagle's algorithm on holds the next reply
+                // of the round until this one is acknowledged.
+                Ok(_) if replies.len() + 1 < count => quick_ack(&socket.stream),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return RoundEnd::Failed(e.to_string()),
