@@ -110,7 +110,8 @@ pub(super) async fn round(
 /// connection soon is, acknowledges them ~40 ms later (Linux's delayed-ACK timer), so each
 /// StartTraceV3 on a reused connection took ~40 ms longer than on a fresh one. The kernel leaves
 /// quick-ack mode when the client next writes soon after reading, so it is asked after every
-/// write; the replies to a pipelined round, read without writing in between, stay quick.
+/// write, and after every read while replies are due: a server with Nagle's algorithm on holds
+/// each next reply of a pipelined round until the one before is acknowledged.
 fn quick_ack(stream: &TcpStream) {
     // Best effort: where the option is refused the reply is only late, not lost.
     let _ = socket2::SockRef::from(stream).set_tcp_quickack(true);
