@@ -41,32 +41,15 @@ struct Run {
 /// CPU seconds of this process's threads, split into the sink's (named "sink") and the rest
 /// (the load generator's).
 fn own_cpu_seconds() -> (f64, f64) {
-    let tick = 100.0; // USER_HZ on Linux
-    let (mut sink, mut rest) = (0.0, 0.0);
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return (0.0, 0.0);
-    };
-    for task in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-            continue;
-        };
-        // comm is in parentheses and may hold spaces; the fields after it are fixed.
-        let Some((head, tail)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = tail.split_whitespace().collect();
-        let cpu = fields
-            .get(11..13)
-            .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum::<f64>())
-            .unwrap_or(0.0)
-            / tick;
-        if head.ends_with("(sink") {
-            sink += cpu;
-        } else {
-            rest += cpu;
-        }
-    }
-    (sink, rest)
+    fixtures::procfs::own_threads_cpu_seconds()
+        .into_iter()
+        .fold((0.0, 0.0), |(sink, rest), (name, cpu)| {
+            if name == "sink" {
+                (sink + cpu, rest)
+            } else {
+                (sink, rest + cpu)
+            }
+        })
 }
 
 pub async fn ceiling(opts: &Options) -> anyhow::Result<String> {
