@@ -190,7 +190,9 @@ impl Retention {
                         store.index(trace_id, &record, (seq, f.offset as u64, f.len as u32));
                         segment.traces.push(trace_id);
                     }
-                    PROMOTED => store.forget(&trace_id),
+                    PROMOTED => {
+                        store.take(&trace_id);
+                    }
                     _ => {}
                 }
             }
@@ -467,10 +469,6 @@ impl Store {
             self.by_crid.remove(crid);
         }
         Some(held)
-    }
-
-    fn forget(&mut self, trace_id: &[u8; 16]) {
-        self.take(trace_id);
     }
 
     fn discard(&mut self, trace_id: &[u8; 16], reason: GoneReason) {
