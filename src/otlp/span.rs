@@ -5,7 +5,6 @@ use std::ops::Range;
 
 use bytes::Bytes;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use prost::Message;
@@ -229,30 +228,66 @@ impl SpanView {
         Span::decode(&self.body[..]).map_err(|e| WireError::new(format!("Span: {e}")))
     }
 
-    /// Sets string attributes without decoding the span: its attributes with these keys are
-    /// left out and the new ones appended (protobuf allows fields in any order). A span that
-    /// already holds every value is forwarded as received. For roots, whose decode and
-    /// re-encode was a visible share of the gateway's CPU at its ceiling.
-    /// `attributes` is the list of the span's scope (`ScopeSpansView::attributes`).
+    /// Sets string attributes without decoding the span. Keys the span lacks are appended (no
+    /// copy of the span); where it holds a key with another value, or holds it twice, those
+    /// attributes are left out of a rewritten span and the new ones appended (protobuf allows
+    /// fields in any order). A span that already holds every value is forwarded as received.
+    /// For roots, whose decode and re-encode was a visible share of the gateway's CPU at its
+    /// ceiling. `attributes` is the list of the span's scope (`ScopeSpansView::attributes`).
     pub fn set_string_attributes(
         &mut self,
         attributes: &[AttributeAt],
         set: &[(impl AsRef<str>, &str)],
     ) {
         let mine = self.own_attributes(attributes);
-        let holds = |key: &str, value: &str| {
-            let mut found = mine.iter().filter(|at| self.key(at) == key.as_bytes());
+        let mut missing = 0;
+        for (key, value) in set {
+            let mut found = mine
+                .iter()
+                .filter(|at| self.key(at) == key.as_ref().as_bytes());
             match (found.next(), found.next()) {
-                (Some(at), None) => KeyValue::decode(&self.body[at.key_value.clone()])
-                    .ok()
-                    .and_then(|kv| kv.value?.value)
-                    .is_some_and(|v| matches!(v, Value::StringValue(s) if s == value)),
-                _ => false,
+                (None, _) => missing += 1,
+                (Some(at), None) if self.holds_string(at, key.as_ref(), value) => {}
+                _ => return self.rewrite_with(mine, set),
             }
-        };
-        if set.iter().all(|(k, v)| holds(k.as_ref(), v)) {
+        }
+        if missing == 0 {
             return;
         }
+        for (key, value) in set {
+            let key = key.as_ref();
+            if !mine.iter().any(|at| self.key(at) == key.as_bytes()) {
+                self.append_string_attribute(key, value);
+            }
+        }
+    }
+
+    /// Whether the attribute at `at` is `key` with the string `value`, encoded as the gateway
+    /// would encode it (another encoding of the same value reads as different: the span is
+    /// then rewritten, which is still right).
+    fn holds_string(&self, at: &AttributeAt, key: &str, value: &str) -> bool {
+        let Some(mut rest) = self.body.get(at.key_value.clone()) else {
+            return false;
+        };
+        let mut expect = |field: u32, len: usize, payload: &[u8]| {
+            let mut head = [0u8; 11];
+            let head_len = {
+                let mut cursor = &mut head[..];
+                put_framed(&mut cursor, field, len);
+                11 - bytes::BufMut::remaining_mut(&cursor)
+            };
+            let ok = rest.starts_with(&head[..head_len]) && rest[head_len..].starts_with(payload);
+            rest = rest.get(head_len + payload.len()..).unwrap_or_default();
+            ok
+        };
+        expect(1, key.len(), key.as_bytes())
+            && expect(2, framed_len(value.len()), &[])
+            && expect(1, value.len(), value.as_bytes())
+            && rest.is_empty()
+    }
+
+    /// The span re-encoded without its attributes whose keys `set` names, with `set` after.
+    fn rewrite_with(&mut self, mine: &[AttributeAt], set: &[(impl AsRef<str>, &str)]) {
         let extra: usize = set
             .iter()
             .map(|(k, v)| framed_len(string_key_value_len(k.as_ref(), v)))

@@ -480,13 +480,12 @@ fn unknown_fields_travel_unchanged_and_explain_an_empty_request() {
 }
 
 fn view_of(span: &Span) -> (SpanView, Vec<AttributeAt>) {
+    view_of_bytes(span.encode_to_vec())
+}
+
+fn view_of_bytes(span: Vec<u8>) -> (SpanView, Vec<AttributeAt>) {
     let mut attributes = Vec::new();
-    let view = SpanView::parse(
-        Bytes::from(span.encode_to_vec()),
-        &mut attributes,
-        MLFLOW_MAX_NESTING,
-    )
-    .unwrap();
+    let view = SpanView::parse(Bytes::from(span), &mut attributes, MLFLOW_MAX_NESTING).unwrap();
     (view, attributes)
 }
 
@@ -534,6 +533,55 @@ fn string_attributes_set_on_the_wire_match_the_decoded_result() {
         duplicated.forwarded(),
         &before[..],
         "a duplicated key is set once"
+    );
+}
+
+/// Keys a root lacks are appended after its received bytes (no rewrite), values it holds are
+/// kept where they are, and the result reads as setting the decoded span does.
+#[test]
+fn string_attributes_a_span_lacks_are_appended_to_its_bytes() {
+    let mut root = span(1, &[]);
+    root.attributes = vec![kv_str("session.id", "s"), kv_str("keep", "k")];
+    let received = root.encode_to_vec();
+    let set = [
+        ("session.id", "s"),
+        ("mlflow.traceTag.t", "v"),
+        ("user.id", "u"),
+    ];
+    let (mut view, attributes) = view_of(&root);
+    view.set_string_attributes(&attributes, &set);
+    let forwarded = view.forwarded().to_vec();
+    assert!(
+        forwarded.starts_with(&received),
+        "received bytes kept as is"
+    );
+    let mut expected = root.clone();
+    expected.attributes.push(kv_str("mlflow.traceTag.t", "v"));
+    expected.attributes.push(kv_str("user.id", "u"));
+    assert_eq!(Span::decode(&forwarded[..]).unwrap(), expected);
+
+    // A value held in another encoding (an extra empty field) is set by a rewrite, once.
+    let mut odd = span(1, &[]);
+    odd.attributes = vec![kv_str("keep", "k")];
+    let mut bytes = odd.encode_to_vec();
+    // KeyValue { key: "session.id", value: { string_value: "s" }, key_strindex: 0 (explicit) }
+    let key_value = [
+        &[0x0a, 10][..],
+        b"session.id",
+        &[0x12, 3, 0x0a, 1, b's'],
+        &[0x18, 0],
+    ]
+    .concat();
+    bytes.extend_from_slice(&[9 << 3 | 2, key_value.len() as u8]);
+    bytes.extend_from_slice(&key_value);
+    let (mut view, attributes) = view_of_bytes(bytes);
+    view.set_string_attributes(&attributes, &set[..1]);
+    let forwarded = view.forwarded().to_vec();
+    assert!(!forwarded.windows(key_value.len()).any(|w| w == key_value));
+    let on_wire = Span::decode(&forwarded[..]).unwrap();
+    assert_eq!(
+        on_wire.attributes,
+        vec![kv_str("keep", "k"), kv_str("session.id", "s")]
     );
 }
 
