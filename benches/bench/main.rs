@@ -15,7 +15,6 @@ mod bombs;
 mod ceiling;
 mod disk;
 mod load;
-mod micro;
 mod payload;
 mod procs;
 mod sampling;
@@ -41,8 +40,6 @@ fn main() {
     };
     let result = if let Some(i) = args.iter().position(|a| a == "--load") {
         runtime.block_on(load_only(&args[i + 1..]))
-    } else if let Some(i) = args.iter().position(|a| a == "--micro") {
-        micro::run(&args[i + 1..])
     } else if let Some(i) = args.iter().position(|a| a == "--sink") {
         runtime.block_on(sink_only(&args[i + 1..]))
     } else if args.iter().any(|a| a == "--bench") {

@@ -7,6 +7,7 @@
 pub mod deadletter;
 pub mod disk;
 pub mod frame;
+mod header;
 mod record;
 mod shares;
 
@@ -425,6 +426,30 @@ pub(crate) mod tests {
         let r = record(3);
         assert_eq!(SpoolRecord::decode(Bytes::from(r.encode())).unwrap(), r);
         assert!(SpoolRecord::decode(Bytes::from_static(b"\x05\x00")).is_err());
+    }
+
+    /// A spool left by a version that wrote JSON headers is still delivered after an upgrade.
+    #[test]
+    fn records_with_a_json_header_still_read() {
+        let header = br#"{"experiment":{"name":"chat"},"tenant":"team-a","span_count":4,"roots":[{"trace_id":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16],"root_span_id":[0,0,0,0,0,0,0,1],"root_name":"POST /v1/chat","start_unix_nano":1000,"end_unix_nano":2000,"state":"Error","facts":{"client_request_id":"req-1","metadata":{"mlflow.trace.user":"u"},"tags":{"feature":"chat"}},"from_mlflow_sdk":false}],"received_ms":42,"sampled":true}"#;
+        let mut bytes = (header.len() as u32).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        bytes.extend_from_slice(b"spans");
+        let r = SpoolRecord::decode(Bytes::from(bytes)).unwrap();
+        assert_eq!(r.experiment, ExperimentRef::Name("chat".into()));
+        assert_eq!(r.tenant.as_deref(), Some("team-a"));
+        assert_eq!((r.span_count, r.received_ms, r.sampled), (4, 42, true));
+        assert_eq!(&r.body[..], b"spans");
+        let job = &r.roots[0];
+        assert_eq!(job.trace_id[15], 16);
+        assert_eq!(job.root_span_id, [0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(job.state, TraceState::Error);
+        assert_eq!(job.facts.client_request_id.as_deref(), Some("req-1"));
+        assert_eq!(job.facts.metadata["mlflow.trace.user"], "u");
+        assert_eq!(job.facts.tags["feature"], "chat");
+        // Written again, it is written in the binary form and reads back the same.
+        let again = SpoolRecord::decode(Bytes::from(r.encode())).unwrap();
+        assert_eq!(again, r);
     }
 
     #[tokio::test]

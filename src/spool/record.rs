@@ -1,10 +1,10 @@
 //! A spooled record: what one accepted request (for one experiment) leaves in the spool, and
 //! its encoding on disk.
 
-use std::borrow::Cow;
-
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+
+use super::header::{self, Header, HeaderError, HeaderRef};
 
 use crate::map::trace_info::TraceInfoJob;
 use crate::vocab::ExperimentRef;
@@ -26,20 +26,19 @@ pub struct SpoolRecord {
     pub body: Bytes,
 }
 
-/// A record's header on disk. Written from a borrowed record: copying the roots' TraceInfo jobs
-/// (their metadata and tag maps) only to serialize them was a copy of every trace's facts. Read
-/// back, it owns what it holds.
-#[derive(Serialize, Deserialize)]
-struct RecordHeader<'a> {
-    experiment: Cow<'a, ExperimentRef>,
+/// A record's header as versions before the binary one (`header.rs`) wrote it, in JSON: still
+/// read, so that a spool left by an upgrade is delivered.
+#[derive(Deserialize)]
+struct JsonHeader {
+    experiment: ExperimentRef,
     /// Absent in records written before tenants, and in records without one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    tenant: Option<Cow<'a, str>>,
+    #[serde(default)]
+    tenant: Option<String>,
     span_count: usize,
-    roots: Cow<'a, [TraceInfoJob]>,
+    roots: Vec<TraceInfoJob>,
     received_ms: u64,
     /// Absent in records written before sampling, and in records not yet sampled.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default)]
     sampled: bool,
 }
 
@@ -49,6 +48,8 @@ pub enum RecordError {
     Short,
     #[error("record header: {0}")]
     Header(#[from] serde_json::Error),
+    #[error(transparent)]
+    Binary(#[from] HeaderError),
 }
 
 impl SpoolRecord {
@@ -60,8 +61,8 @@ impl SpoolRecord {
         out
     }
 
-    /// `header_len (u32 LE) | header JSON | body`, appended to `out`: the disk spool frames
-    /// the record in the same buffer (`frame::encode_with`).
+    /// `header_len (u32 LE) | header | body`, appended to `out`: the disk spool frames the
+    /// record in the same buffer (`frame::encode_with`).
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         self.encode_header_into(out);
         out.extend_from_slice(&self.body);
@@ -73,17 +74,16 @@ impl SpoolRecord {
         // The header is written in place after room for its length.
         let start = out.len();
         out.extend_from_slice(&[0; 4]);
-        // Writing plain structs into a Vec cannot fail.
-        let _ = serde_json::to_writer(
-            &mut *out,
-            &RecordHeader {
-                experiment: Cow::Borrowed(&self.experiment),
-                tenant: self.tenant.as_deref().map(Cow::Borrowed),
+        header::write(
+            &HeaderRef {
+                experiment: &self.experiment,
+                tenant: self.tenant.as_deref(),
                 span_count: self.span_count,
-                roots: Cow::Borrowed(&self.roots),
+                roots: &self.roots,
                 received_ms: self.received_ms,
                 sampled: self.sampled,
             },
+            out,
         );
         let header_len = (out.len() - start - 4) as u32;
         out[start..start + 4].copy_from_slice(&header_len.to_le_bytes());
@@ -96,12 +96,24 @@ impl SpoolRecord {
             .map(u32::from_le_bytes)
             .ok_or(RecordError::Short)? as usize;
         let header_bytes = bytes.get(4..4 + len).ok_or(RecordError::Short)?;
-        let header: RecordHeader = serde_json::from_slice(header_bytes)?;
+        let header = if header_bytes.first() == Some(&b'{') {
+            let h: JsonHeader = serde_json::from_slice(header_bytes)?;
+            Header {
+                experiment: h.experiment,
+                tenant: h.tenant,
+                span_count: h.span_count,
+                roots: h.roots,
+                received_ms: h.received_ms,
+                sampled: h.sampled,
+            }
+        } else {
+            header::read(header_bytes)?
+        };
         Ok(Self {
-            experiment: header.experiment.into_owned(),
-            tenant: header.tenant.map(Cow::into_owned),
+            experiment: header.experiment,
+            tenant: header.tenant,
             span_count: header.span_count,
-            roots: header.roots.into_owned(),
+            roots: header.roots,
             received_ms: header.received_ms,
             sampled: header.sampled,
             body: bytes.slice(4 + len..),

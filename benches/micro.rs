@@ -1,8 +1,14 @@
-//! `--micro [SPANS_PER_TRACE] [SECONDS]`: the gateway's per-trace CPU on one thread, stage by
-//! stage, with no network, disk or runtime in the way: the same request (100 spans, fresh trace
+//! `cargo bench --bench micro -- [SPANS_PER_TRACE] [SECONDS]`: the gateway's per-trace CPU on
+//! one thread, stage by stage, with no network, disk or runtime in the way: the same request (100 spans, fresh trace
 //! ids each time) is parsed, screened, mapped, re-encoded, framed for the spool (header and
-//! zstd) and given its StartTraceV3 bodies, as ingest and the TraceInfo writers do. For finding
-//! where a short trace's CPU goes; scenario 2 is the measurement that counts.
+//! zstd), given its StartTraceV3 bodies and read back from its frame, as ingest, the
+//! TraceInfo writers and the batcher do. For finding
+//! where a short trace's CPU goes; scenario 2 is the measurement that counts. The allocator is
+//! the gateway's. Under `cargo test` it runs briefly, as a check that the stages still run.
+
+#[path = "bench/payload.rs"]
+#[allow(dead_code)]
+mod payload;
 
 use std::time::{Duration, Instant};
 
@@ -17,21 +23,31 @@ use mlflow_otlp_gateway::pipeline::screen;
 use mlflow_otlp_gateway::spool::{SpoolRecord, frame};
 use mlflow_otlp_gateway::vocab::{ExperimentRef, Transport};
 
-use crate::payload::Template;
+use payload::Template;
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SPANS_PER_REQUEST: usize = 100;
-const STAGES: [&str; 6] = [
+const STAGES: [&str; 7] = [
     "parse",
     "screen",
     "map",
     "encode spans",
-    "spool frame (header + zstd)",
+    "spool frame (header, zstd)",
     "StartTraceV3 bodies",
+    "spool read back",
 ];
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; `cargo test` passes nothing (a short run).
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let measuring = args.iter().any(|a| a == "--bench");
+    let args: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
     let trace_spans = args.first().map(|a| a.parse()).transpose()?.unwrap_or(4);
-    let seconds: f64 = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(5.0);
+    let default_secs = if measuring { 5.0 } else { 0.2 };
+    let seconds: f64 = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(default_secs);
     let template = Template::with_trace_spans(SPANS_PER_REQUEST, trace_spans);
     let mapping = MappingTable::new(&MappingConfig::default());
     let tracker = TraceTracker::new(100_000, Duration::from_secs(30));
@@ -75,17 +91,16 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         let framed = frame::encode_compressed([&header, &record.body]);
         mark(4);
         let bodies: Vec<Vec<u8>> = record.roots.iter().map(|j| j.body_bytes("1")).collect();
-        if requests == 0 && std::env::var_os("MICRO_DUMP").is_some() {
-            eprintln!(
-                "{}\n{}",
-                String::from_utf8_lossy(&bodies[0]),
-                String::from_utf8_lossy(&header)
-            );
-        }
         mark(5);
+        let read_back = framed
+            .map(frame::into_record)
+            .transpose()?
+            .map(SpoolRecord::decode)
+            .transpose()?;
+        mark(6);
         traces += record.roots.len() as u64;
         requests += 1;
-        std::hint::black_box((framed, bodies, record));
+        std::hint::black_box((read_back, bodies, record));
     }
     let total: Duration = spent.iter().sum();
     println!(
