@@ -47,7 +47,11 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
     let trace_spans = args.first().map(|a| a.parse()).transpose()?.unwrap_or(4);
     let default_secs = if measuring { 5.0 } else { 0.2 };
-    let seconds: f64 = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(default_secs);
+    let seconds: f64 = args
+        .get(1)
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(default_secs);
     let template = Template::with_trace_spans(SPANS_PER_REQUEST, trace_spans);
     let mapping = MappingTable::new(&MappingConfig::default());
     let tracker = TraceTracker::new(100_000, Duration::from_secs(30));

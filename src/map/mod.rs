@@ -2,6 +2,7 @@
 //! TraceInfo body.
 
 pub mod attrs;
+mod json;
 pub mod refusals;
 pub mod request;
 pub mod rules;

@@ -243,7 +243,7 @@ mod tests {
 
     fn job(i: u8) -> TraceInfoJob {
         let mut facts = TraceFacts {
-            client_request_id: (i % 2 == 0).then(|| format!("req-{i}")),
+            client_request_id: i.is_multiple_of(2).then(|| format!("req-{i}")),
             ..Default::default()
         };
         facts
@@ -257,13 +257,13 @@ mod tests {
             root_name: format!("root {i}"),
             start_unix_nano: u64::MAX - u64::from(i),
             end_unix_nano: u64::from(i),
-            state: if i % 3 == 0 {
+            state: if i.is_multiple_of(3) {
                 TraceState::Error
             } else {
                 TraceState::Ok
             },
             facts,
-            from_mlflow_sdk: i % 4 == 0,
+            from_mlflow_sdk: i.is_multiple_of(4),
         }
     }
 
