@@ -76,11 +76,7 @@ async fn load_only(args: &[String]) -> anyhow::Result<()> {
         target: arg(1)?.to_string(),
         connections: arg(2)?.parse()?,
         spans_per_request: arg(3)?.parse()?,
-        // BENCH_TRACE_SPANS: spans per trace (default 10).
-        trace_spans: std::env::var("BENCH_TRACE_SPANS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(crate::payload::SPANS_PER_TRACE),
+        trace_spans: crate::payload::trace_spans_from_env(),
         rate: match arg(4)? {
             "max" => None,
             r => Some(r.parse()?),

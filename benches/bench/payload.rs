@@ -16,6 +16,15 @@ use prost::Message;
 /// Spans per trace: an HTTP root and nine children (retrievals, LLM calls, tool calls), one agent
 /// turn; the same shape as the MLflow probes in benches/probes.
 pub const SPANS_PER_TRACE: usize = 10;
+
+/// Spans per trace for the steady load and `--load`: `BENCH_TRACE_SPANS`, else
+/// [`SPANS_PER_TRACE`].
+pub fn trace_spans_from_env() -> usize {
+    std::env::var("BENCH_TRACE_SPANS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(SPANS_PER_TRACE)
+}
 /// Marks a template trace id; the last two bytes hold the trace's index in the request.
 const TRACE_MARK: &[u8; 14] = b"\xfe\xedTRACEIDMARKS";
 /// Marks a template client request id (hex of the trace id is written over it).

@@ -258,7 +258,7 @@ pub(crate) fn steady_load(protocol: Protocol, target: String, duration: Duration
         target,
         connections: CONNECTIONS,
         spans_per_request: STEADY_SPANS_PER_REQUEST,
-        trace_spans: crate::payload::SPANS_PER_TRACE,
+        trace_spans: crate::payload::trace_spans_from_env(),
         rate: Some(STEADY_SPANS_PER_SEC),
         duration,
         headers: vec![],

@@ -228,12 +228,14 @@ impl Reader<'_> {
 
     fn map(&mut self) -> Result<BTreeMap<String, String>, HeaderError> {
         let count = self.len()?;
-        let mut map = BTreeMap::new();
+        // Written in key order: built in bulk from the list, not insert by insert. Each entry
+        // takes at least two bytes, which bounds what a damaged count reserves.
+        let mut entries = Vec::with_capacity(count.min(self.0.len() / 2));
         for _ in 0..count {
             let key = self.string()?;
-            map.insert(key, self.string()?);
+            entries.push((key, self.string()?));
         }
-        Ok(map)
+        Ok(BTreeMap::from_iter(entries))
     }
 }
 
