@@ -3,7 +3,8 @@
 //! acknowledged (and, for the gateway, every trace's TraceInfo) delivered, divided by the time
 //! from the first request until the last of them landed. A collector that acknowledges faster
 //! than it delivers pays for its backlog there. The gateway is also measured into a sink that
-//! leaves Nagle's algorithm on.
+//! leaves Nagle's algorithm on, and with its memory queue (acknowledged from memory, as rotel
+//! acknowledges) beside its spool on disk.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +34,8 @@ struct Run {
     cpu_per_million: f64,
     peak_rss_mib: f64,
     ack_p99_ms: f64,
+    /// The gateway's requests' time waiting for an ingest turn, as a share of their ack time.
+    ingest_wait_share: Option<f64>,
     errors: String,
     /// Cores used until the last landed: the collector, the sink, the load generator.
     cores: (f64, f64, f64),
@@ -55,32 +58,40 @@ fn own_cpu_seconds() -> (f64, f64) {
 pub async fn ceiling(opts: &Options) -> anyhow::Result<String> {
     let mut t = format!(
         "### 2. Sustained ceiling into the sink (OTLP/gRPC, {CONNECTIONS} connections, {SPANS_PER_REQUEST} spans/request, flat out {:.0} s; sustained = delivered ÷ time until the last landed)\n\n\
-         | trace | collector | sink | acked spans/s | sustained spans/s | ratio to rotel | TraceInfos/s | all delivered (spans; TraceInfos) | CPU s per 1M spans | cores: collector / sink / load generator | peak RSS MiB | ack p99 ms | errors |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         | trace | collector | sink | acked spans/s | sustained spans/s | ratio to rotel | TraceInfos/s | all delivered (spans; TraceInfos) | CPU s per 1M spans | cores: collector / sink / load generator | peak RSS MiB | ack p99 ms | ack time waiting for an ingest turn | errors |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         opts.secs(FLAT_OUT_SECS).as_secs_f64()
     );
     for trace_spans in [4, 10] {
         let mut rotel = None;
         let mut nodelay_rate = None;
-        let mut runs: Vec<(&str, bool)> = peers().into_iter().rev().map(|p| (p, true)).collect();
-        // Nagle on at the sink: where pipelined TraceInfo writes would stall, if anywhere.
-        if trace_spans == 4 {
-            runs.push(("gateway", false));
+        // (collector, TCP_NODELAY at the sink, the gateway's spool on disk)
+        let mut runs: Vec<(&str, bool, bool)> = peers()
+            .into_iter()
+            .rev()
+            .map(|p| (p, true, true))
+            .collect();
+        if trace_spans == 4 && runs.iter().any(|(p, ..)| *p == "gateway") {
+            // Nagle on at the sink: where pipelined TraceInfo writes would stall, if anywhere.
+            runs.push(("gateway", false, true));
+            // The memory queue (no data_dir, the default): acknowledged from memory, as rotel.
+            runs.push(("gateway", true, false));
         }
-        for (peer, nodelay) in runs {
+        for (peer, nodelay, durable) in runs {
             let sink = if nodelay {
                 Sink::start().await?
             } else {
                 Sink::start_with_nagle().await?
             };
-            let collector = start_peer_with(peer, &sink, true, TRACE_INFO_CONCURRENCY).await?;
+            let collector = start_peer_with(peer, &sink, durable, TRACE_INFO_CONCURRENCY).await?;
             let r = flat_out(&collector, &sink, peer == "gateway", trace_spans, opts).await?;
             let ratio = match (peer, nodelay, rotel) {
                 ("rotel", _, _) => {
                     rotel = Some(r.sustained);
                     String::new()
                 }
-                (_, true, Some(base)) => format!("**{:.2}×**", r.sustained / base),
+                (_, true, Some(base)) if durable => format!("**{:.2}×**", r.sustained / base),
+                (_, true, Some(base)) => format!("{:.2}×", r.sustained / base),
                 (_, false, _) => format!(
                     "{} (**{:.2}×** of Nagle off)",
                     rotel.map_or(String::new(), |b| format!("{:.2}×", r.sustained / b)),
@@ -88,11 +99,16 @@ pub async fn ceiling(opts: &Options) -> anyhow::Result<String> {
                 ),
                 _ => String::new(),
             };
-            if peer == "gateway" && nodelay {
+            if peer == "gateway" && nodelay && durable {
                 nodelay_rate = Some(r.sustained);
             }
+            let collector = match (peer, durable) {
+                ("gateway", true) => "gateway (spool on disk)",
+                ("gateway", false) => "gateway (memory queue)",
+                (peer, _) => peer,
+            };
             let row = format!(
-                "| {trace_spans} spans | {peer} | {} | {:.0} | {:.0} | {ratio} | {} | {} | {:.2} | {:.2} / {:.2} / {:.2} | {:.1} | {:.2} | {} |",
+                "| {trace_spans} spans | {collector} | {} | {:.0} | {:.0} | {ratio} | {} | {} | {:.2} | {:.2} / {:.2} / {:.2} | {:.1} | {:.2} | {} | {} |",
                 if nodelay { "TCP_NODELAY" } else { "Nagle on" },
                 r.acked_per_sec,
                 r.sustained,
@@ -108,6 +124,8 @@ pub async fn ceiling(opts: &Options) -> anyhow::Result<String> {
                 r.cores.2,
                 r.peak_rss_mib,
                 r.ack_p99_ms,
+                r.ingest_wait_share
+                    .map_or("".to_string(), |w| format!("{:.0} %", 100.0 * w)),
                 r.errors,
             );
             println!("{row}");
@@ -137,8 +155,11 @@ async fn flat_out(
         duration,
         headers: vec![],
     };
+    let ingest_wait = || collector.metric("gateway_receiver_ingest_wait_seconds_sum");
+    let wait0 = ingest_wait().await;
     let (cpu0, own0, started) = (collector.cpu_seconds(), own_cpu_seconds(), Instant::now());
     let report: LoadReport = load::run(spec, Arc::new(Live::default())).await?;
+    let waited = ingest_wait().await - wait0;
     let acked_secs = started.elapsed().as_secs_f64();
     let landed = || {
         sink.spans() >= report.acked_spans
@@ -167,6 +188,10 @@ async fn flat_out(
         cpu_per_million: cpu / (delivered.max(1) as f64 / 1e6),
         peak_rss_mib: collector.peak_rss_mib(),
         ack_p99_ms: report.percentile_ms(0.99),
+        ingest_wait_share: collector.api_url.as_ref().map(|_| {
+            let acking: f64 = report.latencies_us.iter().map(|&us| f64::from(us)).sum();
+            waited / (acking / 1e6).max(f64::MIN_POSITIVE)
+        }),
         errors: report.errors_text(),
         cores: (
             cpu / until_last,
