@@ -66,11 +66,8 @@ pub async fn ceiling(opts: &Options) -> anyhow::Result<String> {
         let mut rotel = None;
         let mut nodelay_rate = None;
         // (collector, TCP_NODELAY at the sink, the gateway's spool on disk)
-        let mut runs: Vec<(&str, bool, bool)> = peers()
-            .into_iter()
-            .rev()
-            .map(|p| (p, true, true))
-            .collect();
+        let mut runs: Vec<(&str, bool, bool)> =
+            peers().into_iter().rev().map(|p| (p, true, true)).collect();
         if trace_spans == 4 && runs.iter().any(|(p, ..)| *p == "gateway") {
             // Nagle on at the sink: where pipelined TraceInfo writes would stall, if anywhere.
             runs.push(("gateway", false, true));

@@ -25,4 +25,6 @@ pub use span::{AttributeAt, SpanView};
 pub use wire::WireError;
 
 #[cfg(test)]
+mod edit_tests;
+#[cfg(test)]
 mod tests;
