@@ -41,10 +41,14 @@ const STAGES: [&str; 7] = [
 ];
 
 fn main() -> anyhow::Result<()> {
-    // `cargo bench` passes `--bench`; `cargo test` passes nothing (a short run).
+    // `cargo bench` passes `--bench`; under `cargo test` (test filters and flags, if any, are
+    // not ours) it runs briefly with the defaults.
     let args: Vec<String> = std::env::args().skip(1).collect();
     let measuring = args.iter().any(|a| a == "--bench");
-    let args: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<&String> = match measuring {
+        true => args.iter().filter(|a| !a.starts_with("--")).collect(),
+        false => Vec::new(),
+    };
     let trace_spans = args.first().map(|a| a.parse()).transpose()?.unwrap_or(4);
     let default_secs = if measuring { 5.0 } else { 0.2 };
     let seconds: f64 = args
