@@ -68,9 +68,14 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Appends `bytes` as lowercase hex digits (no quotes).
 pub fn hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    for b in bytes {
-        out.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+    for &b in bytes {
+        out.extend_from_slice(&hex_pair(b));
     }
+}
+
+/// A byte's two lowercase hex digits.
+pub fn hex_pair(b: u8) -> [u8; 2] {
+    [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]
 }
 
 /// Appends a protobuf JSON Duration of `millis` without its quotes: `1.450s`.

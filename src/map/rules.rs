@@ -35,7 +35,7 @@ struct Rule {
 }
 
 /// What the table derived for one trace.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 pub struct TraceFacts {
     pub client_request_id: Option<String>,
     pub metadata: BTreeMap<String, String>,

@@ -25,14 +25,14 @@ pub const TRACE_NAME_TAG: &str = "mlflow.traceName";
 const SPANS_LOCATION_TAG: (&str, &str) = ("mlflow.trace.spansLocation", "TRACKING_STORE");
 
 /// Terminal state of a trace, from its root span's status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 pub enum TraceState {
     Ok,
     Error,
 }
 
 /// Everything needed to write one trace's TraceInfo.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub struct TraceInfoJob {
     /// OTel trace id (16 bytes).
     pub trace_id: [u8; 16],
@@ -53,12 +53,10 @@ pub struct TraceInfoJob {
 pub fn mlflow_trace_id(trace_id: &[u8]) -> String {
     // Called a few times per trace (index, TraceInfo, log fields): one allocation, not one
     // `format!` per byte.
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(3 + 2 * trace_id.len());
     s.push_str("tr-");
-    for b in trace_id {
-        s.push(char::from(HEX[usize::from(b >> 4)]));
-        s.push(char::from(HEX[usize::from(b & 0xf)]));
+    for &b in trace_id {
+        s.extend(json::hex_pair(b).map(char::from));
     }
     s
 }

@@ -32,14 +32,19 @@ pub struct HeaderRef<'a> {
     pub sampled: bool,
 }
 
-/// The header's fields, read back.
-#[derive(Debug, PartialEq)]
+/// The header's fields, read back: from the binary form (`read`), or from the JSON that earlier
+/// versions wrote (`record.rs`).
+#[derive(Debug, PartialEq, serde::Deserialize)]
 pub struct Header {
     pub experiment: ExperimentRef,
+    /// Absent in JSON headers written before tenants, and in those without one.
+    #[serde(default)]
     pub tenant: Option<String>,
     pub span_count: usize,
     pub roots: Vec<TraceInfoJob>,
     pub received_ms: u64,
+    /// Absent in JSON headers written before sampling, and in those not yet sampled.
+    #[serde(default)]
     pub sampled: bool,
 }
 

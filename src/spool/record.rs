@@ -2,7 +2,6 @@
 //! its encoding on disk.
 
 use bytes::Bytes;
-use serde::Deserialize;
 
 use super::header::{self, Header, HeaderError, HeaderRef};
 
@@ -24,22 +23,6 @@ pub struct SpoolRecord {
     pub sampled: bool,
     /// An encoded `ExportTraceServiceRequest`; requests concatenate into one batch as is.
     pub body: Bytes,
-}
-
-/// A record's header as versions before the binary one (`header.rs`) wrote it, in JSON: still
-/// read, so that a spool left by an upgrade is delivered.
-#[derive(Deserialize)]
-struct JsonHeader {
-    experiment: ExperimentRef,
-    /// Absent in records written before tenants, and in records without one.
-    #[serde(default)]
-    tenant: Option<String>,
-    span_count: usize,
-    roots: Vec<TraceInfoJob>,
-    received_ms: u64,
-    /// Absent in records written before sampling, and in records not yet sampled.
-    #[serde(default)]
-    sampled: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,16 +79,9 @@ impl SpoolRecord {
             .map(u32::from_le_bytes)
             .ok_or(RecordError::Short)? as usize;
         let header_bytes = bytes.get(4..4 + len).ok_or(RecordError::Short)?;
-        let header = if header_bytes.first() == Some(&b'{') {
-            let h: JsonHeader = serde_json::from_slice(header_bytes)?;
-            Header {
-                experiment: h.experiment,
-                tenant: h.tenant,
-                span_count: h.span_count,
-                roots: h.roots,
-                received_ms: h.received_ms,
-                sampled: h.sampled,
-            }
+        // Versions before the binary header wrote JSON; a spool they left is still read.
+        let header: Header = if header_bytes.first() == Some(&b'{') {
+            serde_json::from_slice(header_bytes)?
         } else {
             header::read(header_bytes)?
         };
