@@ -3,8 +3,9 @@
 //! acknowledged (and, for the gateway, every trace's TraceInfo) delivered, divided by the time
 //! from the first request until the last of them landed. A collector that acknowledges faster
 //! than it delivers pays for its backlog there. The gateway is also measured into a sink that
-//! leaves Nagle's algorithm on, and with its memory queue (acknowledged from memory, as rotel
-//! acknowledges) beside its spool on disk.
+//! leaves Nagle's algorithm on, with its memory queue (acknowledged from memory, as rotel
+//! acknowledges) beside its spool on disk, and with an ingest turn for every core: whether the
+//! core its default keeps for delivery is what holds it back, or the machine.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,6 +42,11 @@ struct Run {
     cores: (f64, f64, f64),
 }
 
+/// The machine's cores, which the collector, the sink and the load generator share.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// CPU seconds of this process's threads, split into the sink's (named "sink") and the rest
 /// (the load generator's).
 fn own_cpu_seconds() -> (f64, f64) {
@@ -58,36 +64,44 @@ fn own_cpu_seconds() -> (f64, f64) {
 pub async fn ceiling(opts: &Options) -> anyhow::Result<String> {
     let mut t = format!(
         "### 2. Sustained ceiling into the sink (OTLP/gRPC, {CONNECTIONS} connections, {SPANS_PER_REQUEST} spans/request, flat out {:.0} s; sustained = delivered ÷ time until the last landed)\n\n\
-         | trace | collector | sink | acked spans/s | sustained spans/s | ratio to rotel | TraceInfos/s | all delivered (spans; TraceInfos) | CPU s per 1M spans | cores: collector / sink / load generator | peak RSS MiB | ack p99 ms | ack time waiting for an ingest turn | errors |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         | trace | collector | sink | acked spans/s | sustained spans/s | ratio to rotel | TraceInfos/s | all delivered (spans; TraceInfos) | CPU s per 1M spans | cores: collector / sink / load generator (all, of the machine's) | cores all three would need at rotel's rate | peak RSS MiB | ack p99 ms | ack time waiting for an ingest turn | errors |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         opts.secs(FLAT_OUT_SECS).as_secs_f64()
     );
     for trace_spans in [4, 10] {
         let mut rotel = None;
         let mut nodelay_rate = None;
-        // (collector, TCP_NODELAY at the sink, the gateway's spool on disk)
-        let mut runs: Vec<(&str, bool, bool)> =
-            peers().into_iter().rev().map(|p| (p, true, true)).collect();
+        // (collector, TCP_NODELAY at the sink, the gateway's spool on disk, its ingest turns)
+        let mut runs: Vec<(&str, bool, bool, Option<usize>)> = peers()
+            .into_iter()
+            .rev()
+            .map(|p| (p, true, true, None))
+            .collect();
         if trace_spans == 4 && runs.iter().any(|(p, ..)| *p == "gateway") {
             // Nagle on at the sink: where pipelined TraceInfo writes would stall, if anywhere.
-            runs.push(("gateway", false, true));
+            runs.push(("gateway", false, true, None));
             // The memory queue (no data_dir, the default): acknowledged from memory, as rotel.
-            runs.push(("gateway", true, false));
+            runs.push(("gateway", true, false, None));
+            // No core kept for delivery: if the machine is what limits, this sustains no more.
+            runs.push(("gateway", true, true, Some(cores())));
         }
-        for (peer, nodelay, durable) in runs {
+        for (peer, nodelay, durable, ingest_turns) in runs {
             let sink = if nodelay {
                 Sink::start().await?
             } else {
                 Sink::start_with_nagle().await?
             };
-            let collector = start_peer_with(peer, &sink, durable, TRACE_INFO_CONCURRENCY).await?;
+            let collector =
+                start_peer_with(peer, &sink, durable, TRACE_INFO_CONCURRENCY, ingest_turns).await?;
             let r = flat_out(&collector, &sink, peer == "gateway", trace_spans, opts).await?;
             let ratio = match (peer, nodelay, rotel) {
                 ("rotel", _, _) => {
                     rotel = Some(r.sustained);
                     String::new()
                 }
-                (_, true, Some(base)) if durable => format!("**{:.2}×**", r.sustained / base),
+                (_, true, Some(base)) if durable && ingest_turns.is_none() => {
+                    format!("**{:.2}×**", r.sustained / base)
+                }
                 (_, true, Some(base)) => format!("{:.2}×", r.sustained / base),
                 (_, false, _) => format!(
                     "{} (**{:.2}×** of Nagle off)",
@@ -96,16 +110,26 @@ pub async fn ceiling(opts: &Options) -> anyhow::Result<String> {
                 ),
                 _ => String::new(),
             };
-            if peer == "gateway" && nodelay && durable {
+            if peer == "gateway" && nodelay && durable && ingest_turns.is_none() {
                 nodelay_rate = Some(r.sustained);
             }
-            let collector = match (peer, durable) {
-                ("gateway", true) => "gateway (spool on disk)",
-                ("gateway", false) => "gateway (memory queue)",
-                (peer, _) => peer,
+            let collector = match (peer, durable, ingest_turns) {
+                ("gateway", true, None) => "gateway (spool on disk)".to_string(),
+                ("gateway", true, Some(n)) => format!("gateway (spool on disk, {n} ingest turns)"),
+                ("gateway", false, _) => "gateway (memory queue)".to_string(),
+                (peer, ..) => peer.to_string(),
+            };
+            // Each process's CPU per span as measured, at the rate rotel sustained: above the
+            // machine's cores, that rate cannot be had here at these costs per span.
+            let all_cores = r.cores.0 + r.cores.1 + r.cores.2;
+            let needed = match rotel {
+                Some(base) if peer != "rotel" => {
+                    format!("{:.2}", all_cores / r.sustained.max(1.0) * base)
+                }
+                _ => String::new(),
             };
             let row = format!(
-                "| {trace_spans} spans | {collector} | {} | {:.0} | {:.0} | {ratio} | {} | {} | {:.2} | {:.2} / {:.2} / {:.2} | {:.1} | {:.2} | {} | {} |",
+                "| {trace_spans} spans | {collector} | {} | {:.0} | {:.0} | {ratio} | {} | {} | {:.2} | {:.2} / {:.2} / {:.2} ({:.2} of {}) | {needed} | {:.1} | {:.2} | {} | {} |",
                 if nodelay { "TCP_NODELAY" } else { "Nagle on" },
                 r.acked_per_sec,
                 r.sustained,
@@ -119,6 +143,8 @@ pub async fn ceiling(opts: &Options) -> anyhow::Result<String> {
                 r.cores.0,
                 r.cores.1,
                 r.cores.2,
+                all_cores,
+                cores(),
                 r.peak_rss_mib,
                 r.ack_p99_ms,
                 r.ingest_wait_share

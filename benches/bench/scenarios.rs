@@ -214,15 +214,17 @@ pub(crate) async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) 
 }
 
 async fn start_peer(name: &str, sink: &Sink, durable: bool) -> anyhow::Result<Collector> {
-    start_peer_with(name, sink, durable, GATEWAY_TRACE_INFO_CONCURRENCY).await
+    start_peer_with(name, sink, durable, GATEWAY_TRACE_INFO_CONCURRENCY, None).await
 }
 
-/// `trace_info_concurrency` only applies to the gateway (rotel writes no TraceInfo).
+/// `trace_info_concurrency` and `ingest_concurrency` (None: the gateway's default) only apply to
+/// the gateway (rotel writes no TraceInfo).
 pub(crate) async fn start_peer_with(
     name: &str,
     sink: &Sink,
     durable: bool,
     trace_info_concurrency: usize,
+    ingest_concurrency: Option<usize>,
 ) -> anyhow::Result<Collector> {
     match name {
         "gateway" => {
@@ -233,7 +235,7 @@ pub(crate) async fn start_peer_with(
                 durable,
                 trace_info_concurrency,
                 binary: None,
-                ingest_concurrency: None,
+                ingest_concurrency,
             })
             .await
         }
