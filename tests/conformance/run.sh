@@ -22,11 +22,32 @@ cargo build --quiet -p fixtures --bin test-pki
 # The Rust SDK app shares the project's target directory, so tonic and prost are built once.
 CARGO_TARGET_DIR="$root/target" cargo build --quiet --manifest-path tests/conformance/rust/Cargo.toml
 
-free_port() { .venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Ports below the kernel's ephemeral range: one the OS picked would come from that range, where
+# an outgoing connection made before the gateway binds it (MLflow's to PostgreSQL) may take it.
+free_ports() {
+  .venv/bin/python - "$1" <<'PY'
+import random, socket, sys
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+candidates = list(range(10000, max(low, 11000)))
+random.shuffle(candidates)
+ports = []
+for port in candidates:
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    ports.append(str(port))
+    if len(ports) == int(sys.argv[1]):
+        break
+print(" ".join(ports))
+PY
+}
 state="$(mktemp -d)"
-mlflow_port="$(free_port)"; grpc_port="$(free_port)"; http_port="$(free_port)"; api_port="$(free_port)"
-pg_port="$(free_port)"; pg_mlflow_port="$(free_port)"; pg_http_port="$(free_port)"; pg_api_port="$(free_port)"
-tls_grpc_port="$(free_port)"; tls_http_port="$(free_port)"; tls_api_port="$(free_port)"
+read -r mlflow_port grpc_port http_port api_port pg_port pg_mlflow_port pg_grpc_port pg_http_port \
+  pg_api_port tls_grpc_port tls_http_port tls_api_port <<< "$(free_ports 12)"
 mkdir -p "$state/artifacts"
 MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid .venv/bin/mlflow server \
   --backend-store-uri "sqlite:///$state/mlflow.db" --default-artifact-root "$state/artifacts" \
@@ -74,7 +95,7 @@ MLFLOW_TRACKING_URI="http://127.0.0.1:$mlflow_port" target/debug/mlflow-otlp-gat
   > "$state/gateway.log" 2>&1 &
 gateway_pid=$!
 MLFLOW_TRACKING_URI="http://127.0.0.1:$pg_mlflow_port" target/debug/mlflow-otlp-gateway \
-  --otlp-grpc-addr "127.0.0.1:$(free_port)" --otlp-http-addr "127.0.0.1:$pg_http_port" \
+  --otlp-grpc-addr "127.0.0.1:$pg_grpc_port" --otlp-http-addr "127.0.0.1:$pg_http_port" \
   --api-addr "127.0.0.1:$pg_api_port" --data-dir "$state/gateway-pg" --log-level warn \
   > "$state/gateway-pg.log" 2>&1 &
 pg_gateway_pid=$!
