@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::Options;
 use crate::load::{self, Live, LoadReport, LoadSpec, Protocol};
 use crate::procs::Collector;
-use crate::scenarios::{peers, same, start_peer_with};
+use crate::scenarios::{cores, peers, same, start_peer_with};
 use crate::sink::Sink;
 
 /// Flat out for this long (scaled by `--quick`), as the independent measurement did.
@@ -40,11 +40,6 @@ struct Run {
     errors: String,
     /// Cores used until the last landed: the collector, the sink, the load generator.
     cores: (f64, f64, f64),
-}
-
-/// The machine's cores, which the collector, the sink and the load generator share.
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// CPU seconds of this process's threads, split into the sink's (named "sink") and the rest

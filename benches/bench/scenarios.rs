@@ -183,8 +183,13 @@ pub async fn run_all(opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The machine's cores, which everything in a run shares.
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn print_environment() {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpus = cores();
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

@@ -18,36 +18,15 @@ if ! cmp -s tests/conformance/requirements-sdk-otlp.txt "$sdk_venv/requirements.
 fi
 (cd tests/conformance/node && npm ci --no-audit --no-fund --loglevel=error)
 cargo build --quiet
-cargo build --quiet -p fixtures --bin test-pki
+cargo build --quiet -p fixtures --bin test-pki --bin free-ports
 # The Rust SDK app shares the project's target directory, so tonic and prost are built once.
 CARGO_TARGET_DIR="$root/target" cargo build --quiet --manifest-path tests/conformance/rust/Cargo.toml
 
-# Ports below the kernel's ephemeral range: one the OS picked would come from that range, where
-# an outgoing connection made before the gateway binds it (MLflow's to PostgreSQL) may take it.
-free_ports() {
-  .venv/bin/python - "$1" <<'PY'
-import random, socket, sys
-low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-candidates = list(range(10000, max(low, 11000)))
-random.shuffle(candidates)
-ports = []
-for port in candidates:
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", port))
-    except OSError:
-        continue
-    finally:
-        s.close()
-    ports.append(str(port))
-    if len(ports) == int(sys.argv[1]):
-        break
-print(" ".join(ports))
-PY
-}
 state="$(mktemp -d)"
+# Picked below the ephemeral range, as the tests pick theirs: the gateways bind theirs only after
+# MLflow and PostgreSQL are up, and an outgoing connection meanwhile could take an OS-picked one.
 read -r mlflow_port grpc_port http_port api_port pg_port pg_mlflow_port pg_grpc_port pg_http_port \
-  pg_api_port tls_grpc_port tls_http_port tls_api_port <<< "$(free_ports 12)"
+  pg_api_port tls_grpc_port tls_http_port tls_api_port <<< "$(target/debug/free-ports 12)"
 mkdir -p "$state/artifacts"
 MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid .venv/bin/mlflow server \
   --backend-store-uri "sqlite:///$state/mlflow.db" --default-artifact-root "$state/artifacts" \
