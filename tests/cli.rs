@@ -120,10 +120,7 @@ fn flags_beat_env_beat_file() {
 
 #[test]
 fn healthcheck_fails_when_no_gateway_answers() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
+    let port = fixtures::net::free_port();
     let out = gateway()
         .args(["--api-addr", &format!("127.0.0.1:{port}"), "healthcheck"])
         .output()

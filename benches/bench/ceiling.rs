@@ -89,14 +89,14 @@ pub async fn ceiling(opts: &Options) -> anyhow::Result<String> {
             let collector =
                 start_peer_with(peer, &sink, durable, TRACE_INFO_CONCURRENCY, ingest_turns).await?;
             let r = flat_out(&collector, &sink, peer == "gateway", trace_spans, opts).await?;
+            // The gateway as shipped into a sink as MLflow: the row the target is read from.
+            let headline = peer == "gateway" && nodelay && durable && ingest_turns.is_none();
             let ratio = match (peer, nodelay, rotel) {
                 ("rotel", _, _) => {
                     rotel = Some(r.sustained);
                     String::new()
                 }
-                (_, true, Some(base)) if durable && ingest_turns.is_none() => {
-                    format!("**{:.2}×**", r.sustained / base)
-                }
+                (_, true, Some(base)) if headline => format!("**{:.2}×**", r.sustained / base),
                 (_, true, Some(base)) => format!("{:.2}×", r.sustained / base),
                 (_, false, _) => format!(
                     "{} (**{:.2}×** of Nagle off)",
@@ -105,7 +105,7 @@ pub async fn ceiling(opts: &Options) -> anyhow::Result<String> {
                 ),
                 _ => String::new(),
             };
-            if peer == "gateway" && nodelay && durable && ingest_turns.is_none() {
+            if headline {
                 nodelay_rate = Some(r.sustained);
             }
             let collector = match (peer, durable, ingest_turns) {

@@ -118,11 +118,7 @@ pub fn read(bytes: &[u8]) -> Result<Header, HeaderError> {
         1 => ExperimentRef::Name(r.string()?),
         _ => return Err(HeaderError("unknown experiment kind")),
     };
-    let tenant = if flags & HAS_TENANT != 0 {
-        Some(r.string()?)
-    } else {
-        None
-    };
+    let tenant = (flags & HAS_TENANT != 0).then(|| r.string()).transpose()?;
     let span_count = r.len()?;
     let received_ms = r.varint()?;
     let count = r.len()?;
@@ -151,11 +147,9 @@ fn read_job(r: &mut Reader<'_>) -> Result<TraceInfoJob, HeaderError> {
     let start_unix_nano = r.varint()?;
     let end_unix_nano = r.varint()?;
     let root_name = r.string()?;
-    let client_request_id = if flags & HAS_CLIENT_REQUEST_ID != 0 {
-        Some(r.string()?)
-    } else {
-        None
-    };
+    let client_request_id = (flags & HAS_CLIENT_REQUEST_ID != 0)
+        .then(|| r.string())
+        .transpose()?;
     let metadata = r.map()?;
     let tags = r.map()?;
     Ok(TraceInfoJob {

@@ -27,10 +27,7 @@ fn ingest_with(cfg: &Config) -> Ingest {
 async fn requests_beyond_the_ingest_concurrency_wait_for_a_turn() {
     // A port nothing listens on: resolving the experiment fails at once and the spans are
     // queued to be resolved at delivery, as while MLflow is down.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = fixtures::net::free_port();
     let mut cfg = Config::default();
     cfg.mlflow.tracking_uri = format!("http://127.0.0.1:{port}");
     cfg.receiver.ingest_concurrency = Some(1);
